@@ -1,0 +1,2 @@
+//! The `fovea` command line.
+fn main() {}
