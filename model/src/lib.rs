@@ -5,6 +5,25 @@
 //! It owns no scheduling, batching policy or networking: the worker crate drives it, and memory for
 //! the KV cache is handed in by the caller.
 
+pub mod attention;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod generate;
+pub mod kv_cache;
+pub mod layers;
+pub mod model;
+pub mod preprocess;
+pub mod random;
+pub mod rotary;
+pub mod sampling;
+pub mod vision;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
+pub use model::{ImagePlacement, Phi4VisionModel};
+
 /// Fixture paths shared by this crate's tests.
 #[cfg(test)]
 pub(crate) mod test_fixtures {

@@ -1,0 +1,157 @@
+//! The SigLIP-2 NaFlex vision tower and the MLP projector into the decoder's embedding space.
+//!
+//! Each image is encoded on its own (attention never crosses images): patches go through a linear
+//! patch embedding, plus the learned 16×16 position grid resized to the image's patch grid, then
+//! through the pre-norm encoder layers. Features come from the second-to-last layer with no
+//! post-layernorm and no pooling head, as the model was trained; the projector maps them to tokens.
+
+use candle_core::{DType, Tensor};
+
+use crate::attention::{Visibility, attention};
+use crate::config::{ModelConfig, VisionConfig};
+use crate::error::{ModelError, Result};
+use crate::layers::{LayerNorm, Linear};
+use crate::preprocess::resize_position_grid;
+use crate::weights::Weights;
+
+struct EncoderAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl EncoderAttention {
+    fn load(weights: &Weights, cfg: &VisionConfig) -> Result<Self> {
+        let hidden = cfg.hidden_size;
+        let proj = |name: &str| Linear::load(&weights.pp(name), hidden, hidden, true);
+        Ok(EncoderAttention {
+            q_proj: proj("q_proj")?,
+            k_proj: proj("k_proj")?,
+            v_proj: proj("v_proj")?,
+            out_proj: proj("out_proj")?,
+            num_heads: cfg.num_heads,
+            head_dim: hidden / cfg.num_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let len = x.dim(0)?;
+        let heads = |proj: &Linear| -> Result<Tensor> {
+            Ok(proj
+                .forward(x)?
+                .reshape((len, self.num_heads, self.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?)
+        };
+        let attended = attention(&heads(&self.q_proj)?, &heads(&self.k_proj)?, &heads(&self.v_proj)?, Visibility::Full)?;
+        self.out_proj.forward(&attended)
+    }
+}
+
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: EncoderAttention,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl EncoderLayer {
+    fn load(weights: &Weights, cfg: &VisionConfig) -> Result<Self> {
+        let (hidden, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(EncoderLayer {
+            layer_norm1: LayerNorm::load(&weights.pp("layer_norm1"), hidden, eps)?,
+            self_attn: EncoderAttention::load(&weights.pp("self_attn"), cfg)?,
+            layer_norm2: LayerNorm::load(&weights.pp("layer_norm2"), hidden, eps)?,
+            fc1: Linear::load(&weights.pp("mlp").pp("fc1"), hidden, cfg.intermediate_size, true)?,
+            fc2: Linear::load(&weights.pp("mlp").pp("fc2"), cfg.intermediate_size, hidden, true)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
+        let mlp = self.fc2.forward(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?.gelu()?)?;
+        Ok((x + mlp)?)
+    }
+}
+
+/// SigLIP-2 NaFlex encoder, truncated after the second-to-last layer.
+pub struct VisionTower {
+    patch_embedding: Linear,
+    /// The learned position grid as `[hidden, side, side]` f32, ready for resizing.
+    position_grid: Vec<f32>,
+    layers: Vec<EncoderLayer>,
+    config: VisionConfig,
+}
+
+impl VisionTower {
+    /// Loads `embeddings.*` and the used `encoder.layers.*` under `weights` (the `vision_model` prefix).
+    pub fn load(weights: &Weights, cfg: &VisionConfig) -> Result<Self> {
+        let embeddings = weights.pp("embeddings");
+        let side = cfg.position_grid_side;
+        let positions = embeddings
+            .pp("position_embedding")
+            .get("weight", &[side * side, cfg.hidden_size])?;
+        let position_grid = positions
+            .to_dtype(DType::F32)?
+            .t()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let layers = (0..cfg.used_layers())
+            .map(|i| EncoderLayer::load(&weights.pp("encoder").pp("layers").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(VisionTower {
+            patch_embedding: Linear::load(&embeddings.pp("patch_embedding"), cfg.patch_dim(), cfg.hidden_size, true)?,
+            position_grid,
+            layers,
+            config: cfg.clone(),
+        })
+    }
+
+    /// Encodes one image's patches `[grid_h · grid_w, patch_dim]` into features `[grid_h · grid_w, hidden]`.
+    pub fn encode(&self, patches: &Tensor, grid_h: usize, grid_w: usize) -> Result<Tensor> {
+        let (count, dim) = patches.dims2()?;
+        if count != grid_h * grid_w || dim != self.config.patch_dim() {
+            return Err(ModelError::BadInput(format!(
+                "image patches are [{count}, {dim}], expected [{}, {}] for a {grid_h}x{grid_w} grid",
+                grid_h * grid_w,
+                self.config.patch_dim()
+            )));
+        }
+        let side = self.config.position_grid_side;
+        let hidden = self.config.hidden_size;
+        let resized = resize_position_grid(&self.position_grid, hidden, side, side, grid_h, grid_w);
+        let dtype = self.patch_embedding.dtype();
+        let positions = Tensor::from_vec(resized, (count, hidden), patches.device())?.to_dtype(dtype)?;
+        let mut x = (self.patch_embedding.forward(&patches.to_dtype(dtype)?)? + positions)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `Linear → GELU (erf) → Linear`: vision features to decoder embeddings (`model.mm_projector`).
+pub struct Projector {
+    first: Linear,
+    second: Linear,
+}
+
+impl Projector {
+    /// Loads `0.{weight,bias}` and `2.{weight,bias}` under `weights`.
+    pub fn load(weights: &Weights, cfg: &ModelConfig) -> Result<Self> {
+        let (vision, text) = (cfg.vision.hidden_size, cfg.text.hidden_size);
+        Ok(Projector {
+            first: Linear::load(&weights.pp(0), vision, text, true)?,
+            second: Linear::load(&weights.pp(2), text, text, true)?,
+        })
+    }
+
+    /// `[N, vision_hidden]` → `[N, text_hidden]`.
+    pub fn forward(&self, features: &Tensor) -> Result<Tensor> {
+        self.second.forward(&self.first.forward(features)?.gelu_erf()?)
+    }
+}
