@@ -8,8 +8,10 @@
 pub mod attention;
 pub mod config;
 pub mod decoder;
+pub mod demo;
 pub mod error;
 pub mod generate;
+pub mod input;
 pub mod kv_cache;
 pub mod layers;
 pub mod model;
@@ -17,6 +19,7 @@ pub mod preprocess;
 pub mod random;
 pub mod rotary;
 pub mod sampling;
+pub mod text;
 pub mod vision;
 pub mod weights;
 
