@@ -34,6 +34,9 @@ pub enum ModelError {
     /// The inputs to a forward pass do not fit the network.
     #[error("invalid model input: {0}")]
     BadInput(String),
+    /// The tokenizer or chat template failed.
+    #[error(transparent)]
+    Text(#[from] crate::text::TextError),
     /// A tensor operation failed (a bug or an exhausted resource, not bad user input).
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -5,6 +5,9 @@
 //! It owns no scheduling, batching policy or networking: the worker crate drives it, and memory for
 //! the KV cache is handed in by the caller.
 
+// The demo checkpoint's config.json is one `json!` literal with the real model's 40 keys.
+#![recursion_limit = "256"]
+
 pub mod attention;
 pub mod config;
 pub mod decoder;
