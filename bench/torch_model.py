@@ -118,6 +118,8 @@ class PhiVisionModel(nn.Module):
         cfg = json.loads((model_dir / "config.json").read_text())
         if cfg.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
             raise ValueError(f"unsupported projector {cfg['mm_projector_type']}")
+        if cfg.get("rope_scaling") is not None:
+            raise ValueError(f"unsupported rope_scaling {cfg['rope_scaling']}")
         self.config = cfg
         self.dtype_ = dtype
         tensors = load_checkpoint(model_dir)
