@@ -5,6 +5,8 @@
 //! It owns no scheduling, batching policy or networking: the worker crate drives it, and memory for
 //! the KV cache is handed in by the caller.
 
+pub mod preprocess;
+
 /// Fixture paths shared by this crate's tests.
 #[cfg(test)]
 pub(crate) mod test_fixtures {
