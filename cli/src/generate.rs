@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use fovea_model::generate::{GenerationRequest, generate};
 use fovea_model::input::RequestPreparer;
 use fovea_model::sampling::SamplingParams;
-use fovea_model::text::{ChatMessage, Detokenizer, Mode};
+use fovea_model::text::{ChatMessage, Detokenizer, IMAGE_MARKER, Mode};
 use fovea_model::Phi4VisionModel;
 use serde_json::json;
 
@@ -34,7 +34,8 @@ pub struct GenerateArgs {
     /// Checkpoint directory (Hugging Face format).
     #[arg(long)]
     model: PathBuf,
-    /// One user message; `<image>` marks where each --image goes.
+    /// One user message; `<image>` marks where each --image goes (without any marker, the images
+    /// come first, one per line, before the text).
     #[arg(long, conflicts_with = "messages", required_unless_present = "messages")]
     prompt: Option<String>,
     /// A JSON file with an array of {"role", "content"} messages.
@@ -70,10 +71,17 @@ pub struct GenerateArgs {
 
 fn messages(args: &GenerateArgs) -> Result<Vec<ChatMessage>, String> {
     match (&args.prompt, &args.messages) {
-        (Some(prompt), _) => Ok(vec![ChatMessage {
-            role: "user".into(),
-            content: prompt.clone(),
-        }]),
+        (Some(prompt), _) => {
+            let content = if prompt.contains(IMAGE_MARKER) {
+                prompt.clone()
+            } else {
+                format!("{}{prompt}", format!("{IMAGE_MARKER}\n").repeat(args.images.len()))
+            };
+            Ok(vec![ChatMessage {
+                role: "user".into(),
+                content,
+            }])
+        }
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             serde_json::from_str(&text).map_err(|e| {

@@ -9,8 +9,9 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::Result;
 use crate::layers::softmax_f32;
 
-/// Upper bound on the attention-score elements held at once (64 Mi f32 = 256 MiB).
-const MAX_SCORE_ELEMENTS: usize = 64 << 20;
+/// Upper bound on the attention-score elements held at once (4 Mi f32 = 16 MiB): small enough
+/// that the allocator reuses the buffers instead of mapping fresh zeroed pages for every chunk.
+const MAX_SCORE_ELEMENTS: usize = 4 << 20;
 
 /// Which keys each query may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

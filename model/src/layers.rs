@@ -3,7 +3,8 @@
 //! Activations are 2-D `[tokens, features]` everywhere: a batch is a flat run of tokens, which is
 //! what a continuous-batching engine feeds the model.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
+use fovea_kernels::matvec;
 
 use crate::error::Result;
 use crate::weights::Weights;
@@ -28,7 +29,10 @@ impl Linear {
 
     /// Applies the layer to `[tokens, in]`, giving `[tokens, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = match skinny_matmul(x, &self.weight)? {
+            Some(y) => y,
+            None => x.matmul(&self.weight.t()?)?,
+        };
         Ok(match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
@@ -39,6 +43,32 @@ impl Linear {
     pub fn dtype(&self) -> DType {
         self.weight.dtype()
     }
+}
+
+/// `x · wᵀ` through the streaming kernel when `x` has few rows (decoding) and both are f32 on the
+/// CPU; `None` when the general matmul should run instead.
+fn skinny_matmul(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+    let (rows, k) = x.dims2()?;
+    let n = weight.dim(0)?;
+    let eligible = rows <= matvec::MAX_ROWS
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && weight.is_contiguous()
+        && matches!(x.device(), Device::Cpu);
+    if !eligible {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let (w_storage, w_layout) = weight.storage_and_layout();
+    let (Storage::Cpu(x_cpu), Storage::Cpu(w_cpu)) = (&*x_storage, &*w_storage) else {
+        return Ok(None);
+    };
+    let x_values = &x_cpu.as_slice::<f32>()?[x_layout.start_offset()..][..rows * k];
+    let w_values = &w_cpu.as_slice::<f32>()?[w_layout.start_offset()..][..n * k];
+    let mut out = vec![0f32; rows * n];
+    matvec::matmul_transposed(x_values, w_values, rows, k, n, &mut out);
+    Ok(Some(Tensor::from_vec(out, (rows, n), &Device::Cpu)?))
 }
 
 /// Root-mean-square normalisation with a learned scale (the decoder's norm).
