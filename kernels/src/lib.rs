@@ -4,4 +4,6 @@
 //! run time, so one binary runs everywhere. Kernels work on plain slices: they know nothing of
 //! tensors, models or scheduling.
 
+pub mod attention;
+pub mod exp;
 pub mod matvec;

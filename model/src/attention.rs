@@ -1,17 +1,13 @@
-//! Scaled dot-product attention over one sequence's keys and values, computed in query chunks so
-//! that a 4000-token multimodal prompt never materialises a full `[heads, L, L]` score matrix.
+//! Attention over one sequence's keys and values, as the decoder and the vision encoder call it:
+//! candle tensors in and out, the fused CPU kernel of `fovea_kernels::attention` in between.
 //!
-//! Grouped-query attention is handled without copying keys: the query heads that share a KV head
-//! are stacked along the row dimension of one matrix product.
+//! Grouped-query heads read their shared KV head in place, and keys may be a view into a larger
+//! cache buffer (heads a fixed stride apart), so a decoding step copies nothing but its own query.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
+use fovea_kernels::attention::{AttentionShape, Mask, attention as fused_attention};
 
-use crate::error::Result;
-use crate::layers::softmax_f32;
-
-/// Upper bound on the attention-score elements held at once (4 Mi f32 = 16 MiB): small enough
-/// that the allocator reuses the buffers instead of mapping fresh zeroed pages for every chunk.
-const MAX_SCORE_ELEMENTS: usize = 4 << 20;
+use crate::error::{ModelError, Result};
 
 /// Which keys each query may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,181 +18,69 @@ pub enum Visibility {
     Full,
 }
 
-/// Attention of `q` `[q_heads, L, D]` over `k`, `v` `[kv_heads, S, D]`, giving `[L, q_heads · D]`.
-///
-/// `q_heads` must be a multiple of `kv_heads`; query head `h` reads KV head `h / (q_heads / kv_heads)`,
-/// as Hugging Face's `repeat_kv` does.
+/// Attention of `q` `[q_heads, L, D]` over `k`, `v` `[kv_heads, S, D]`, giving `[L, q_heads · D]`
+/// in `q`'s dtype. `q_heads` must be a multiple of `kv_heads`; query head `h` reads KV head
+/// `h / (q_heads / kv_heads)`, as Hugging Face's `repeat_kv` does. Computed in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, visibility: Visibility) -> Result<Tensor> {
-    attention_in_chunks(q, k, v, visibility, MAX_SCORE_ELEMENTS)
-}
-
-fn attention_in_chunks(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    visibility: Visibility,
-    max_score_elements: usize,
-) -> Result<Tensor> {
     let (q_heads, q_len, head_dim) = q.dims3()?;
     let (kv_heads, kv_len, _) = k.dims3()?;
-    let group = q_heads / kv_heads;
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    let q = (q * scale)?.reshape((kv_heads, group, q_len, head_dim))?;
-    let k_t = k.t()?;
-    let chunk = (max_score_elements / (q_heads * kv_len)).max(1);
-    let mut outputs = Vec::with_capacity(q_len.div_ceil(chunk));
-    for start in (0..q_len).step_by(chunk) {
-        let rows = chunk.min(q_len - start);
-        let q_chunk = q
-            .narrow(2, start, rows)?
-            .contiguous()?
-            .reshape((kv_heads, group * rows, head_dim))?;
-        let scores = q_chunk.matmul(&k_t)?.to_dtype(DType::F32)?;
-        let scores = match causal_mask(visibility, start, rows, kv_len, q.device())? {
-            Some(mask) => scores
-                .reshape((kv_heads, group, rows, kv_len))?
-                .broadcast_add(&mask)?
-                .reshape((kv_heads, group * rows, kv_len))?,
-            None => scores,
-        };
-        let probs = softmax_f32(&scores, v.dtype())?;
-        outputs.push(probs.matmul(v)?.reshape((kv_heads, group, rows, head_dim))?);
+    if kv_heads == 0 || q_heads % kv_heads != 0 || v.dims3()? != (kv_heads, kv_len, head_dim) {
+        return Err(ModelError::BadInput(format!(
+            "attention shapes q {:?}, k {:?}, v {:?} do not fit together",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
     }
-    let out = Tensor::cat(&outputs, 2)?;
-    Ok(out
-        .reshape((q_heads, q_len, head_dim))?
-        .transpose(0, 1)?
-        .reshape((q_len, q_heads * head_dim))?)
-}
-
-/// The additive mask `[rows, kv_len]` for query rows `start..start + rows`, or `None` when every
-/// row may see every key.
-fn causal_mask(
-    visibility: Visibility,
-    start: usize,
-    rows: usize,
-    kv_len: usize,
-    device: &Device,
-) -> Result<Option<Tensor>> {
-    let Visibility::Causal { past } = visibility else {
-        return Ok(None);
+    let q32 = q.to_dtype(DType::F32)?.contiguous()?;
+    let (k32, k_stride) = heads_with_stride(k)?;
+    let (v32, v_stride) = heads_with_stride(v)?;
+    // Both views come from buffers of the same layout; fall back to packed copies if not.
+    let (k32, v32, kv_head_stride) = if k_stride == v_stride {
+        (k32, v32, k_stride)
+    } else {
+        (k32.contiguous()?, v32.contiguous()?, kv_len * head_dim)
     };
-    let first_position = past + start;
-    // The chunk's first row is its most restricted: if it sees every key, all rows do.
-    if first_position + 1 >= kv_len {
-        return Ok(None);
-    }
-    let mut mask = vec![0f32; rows * kv_len];
-    for (row, row_mask) in mask.chunks_mut(kv_len).enumerate() {
-        let last_visible = first_position + row;
-        for value in row_mask.iter_mut().skip(last_visible + 1) {
-            *value = f32::NEG_INFINITY;
-        }
-    }
-    Ok(Some(Tensor::from_vec(mask, (rows, kv_len), device)?))
+    let shape = AttentionShape {
+        q_heads,
+        kv_heads,
+        q_len,
+        kv_len,
+        head_dim,
+        kv_head_stride,
+        mask: match visibility {
+            Visibility::Causal { past } => Mask::Causal { past },
+            Visibility::Full => Mask::Full,
+        },
+    };
+    let mut out = vec![0f32; q_heads * q_len * head_dim];
+    with_f32_slice(&q32, |q_values| {
+        with_f32_slice(&k32, |k_values| {
+            with_f32_slice(&v32, |v_values| fused_attention(q_values, k_values, v_values, shape, &mut out))
+        })
+    })???;
+    let out = Tensor::from_vec(out, (q_heads, q_len, head_dim), &Device::Cpu)?;
+    Ok(out.transpose(0, 1)?.reshape((q_len, q_heads * head_dim))?.to_dtype(q.dtype())?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Attention computed naively, one head and one query at a time.
-    fn reference(q: &[Vec<Vec<f32>>], k: &[Vec<Vec<f32>>], v: &[Vec<Vec<f32>>], past: Option<usize>) -> Vec<Vec<f32>> {
-        let group = q.len() / k.len();
-        let d = q[0][0].len();
-        let mut out = vec![vec![0f32; q.len() * d]; q[0].len()];
-        for (h, q_head) in q.iter().enumerate() {
-            let (k_head, v_head) = (&k[h / group], &v[h / group]);
-            for (i, qi) in q_head.iter().enumerate() {
-                let visible = past.map_or(k_head.len(), |p| p + i + 1);
-                let scores: Vec<f32> = k_head[..visible]
-                    .iter()
-                    .map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() / (d as f32).sqrt())
-                    .collect();
-                let max = scores.iter().cloned().fold(f32::MIN, f32::max);
-                let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-                let total: f32 = exps.iter().sum();
-                for (j, e) in exps.iter().enumerate() {
-                    for c in 0..d {
-                        out[i][h * d + c] += e / total * v_head[j][c];
-                    }
-                }
-            }
-        }
-        out
+/// `t` `[heads, S, D]` as f32 whose rows are packed within each head, and the element distance
+/// between consecutive heads (a cache view keeps its buffer's stride instead of being copied).
+fn heads_with_stride(t: &Tensor) -> Result<(Tensor, usize)> {
+    let t = t.to_dtype(DType::F32)?;
+    let (_, rows, head_dim) = t.dims3()?;
+    let stride = t.stride();
+    if stride[2] == 1 && stride[1] == head_dim {
+        let head_stride = stride[0];
+        return Ok((t, head_stride));
     }
+    Ok((t.contiguous()?, rows * head_dim))
+}
 
-    fn pseudo_random(shape: (usize, usize, usize), seed: u32) -> Vec<Vec<Vec<f32>>> {
-        let mut state = seed;
-        (0..shape.0)
-            .map(|_| {
-                (0..shape.1)
-                    .map(|_| {
-                        (0..shape.2)
-                            .map(|_| {
-                                state = state.wrapping_mul(1664525).wrapping_add(1013904223);
-                                (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-                            })
-                            .collect()
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
-    fn to_tensor(x: &[Vec<Vec<f32>>]) -> Tensor {
-        let dims = (x.len(), x[0].len(), x[0][0].len());
-        let flat: Vec<f32> = x.iter().flatten().flatten().copied().collect();
-        Tensor::from_vec(flat, dims, &Device::Cpu).unwrap()
-    }
-
-    fn assert_matches_reference(
-        q_heads: usize,
-        kv_heads: usize,
-        q_len: usize,
-        kv_len: usize,
-        visibility: Visibility,
-        max_score_elements: usize,
-    ) {
-        let q = pseudo_random((q_heads, q_len, 8), 1);
-        let k = pseudo_random((kv_heads, kv_len, 8), 2);
-        let v = pseudo_random((kv_heads, kv_len, 8), 3);
-        let past = match visibility {
-            Visibility::Causal { past } => Some(past),
-            Visibility::Full => None,
-        };
-        let expected = reference(&q, &k, &v, past);
-        let (q, k, v) = (to_tensor(&q), to_tensor(&k), to_tensor(&v));
-        let got = attention_in_chunks(&q, &k, &v, visibility, max_score_elements)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        for (row_got, row_expected) in got.iter().zip(&expected) {
-            for (a, b) in row_got.iter().zip(row_expected) {
-                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-            }
-        }
-    }
-
-    #[test]
-    fn causal_grouped_query_attention_matches_naive_loop() {
-        assert_matches_reference(4, 2, 7, 7, Visibility::Causal { past: 0 }, MAX_SCORE_ELEMENTS);
-    }
-
-    #[test]
-    fn causal_attention_with_cached_prefix_sees_the_prefix() {
-        assert_matches_reference(6, 2, 3, 10, Visibility::Causal { past: 7 }, MAX_SCORE_ELEMENTS);
-    }
-
-    #[test]
-    fn full_attention_sees_every_key() {
-        assert_matches_reference(2, 2, 5, 5, Visibility::Full, MAX_SCORE_ELEMENTS);
-    }
-
-    #[test]
-    fn chunked_queries_give_the_same_result_as_one_chunk() {
-        // 4 heads x 9 keys x 2 rows per chunk: 5 chunks, the last one partial.
-        assert_matches_reference(4, 1, 9, 9, Visibility::Causal { past: 0 }, 4 * 9 * 2);
-        assert_matches_reference(2, 2, 5, 5, Visibility::Full, 2 * 5);
-    }
+/// Runs `f` on the f32 values of CPU tensor `t`, starting at its first element.
+fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(ModelError::BadInput("the CPU attention kernel needs CPU tensors".into()));
+    };
+    Ok(f(&cpu.as_slice::<f32>()?[layout.start_offset()..]))
 }
