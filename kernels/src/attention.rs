@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::exp::exp_shifted_in_place;
 
 /// Queries per task: small enough that a block's scores stay in L2 for long prompts.
-const QUERY_BLOCK: usize = 64;
+const QUERY_BLOCK: usize = 128;
 
 /// Which keys each query sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! run time, so one binary runs everywhere. Kernels work on plain slices: they know nothing of
 //! tensors, models or scheduling.
 
+pub mod activation;
 pub mod attention;
 pub mod exp;
 pub mod matvec;

@@ -4,9 +4,10 @@
 //! Grouped-query heads read their shared KV head in place, and keys may be a view into a larger
 //! cache buffer (heads a fixed stride apart), so a decoding step copies nothing but its own query.
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use fovea_kernels::attention::{AttentionShape, Mask, attention as fused_attention};
 
+use crate::cpu::with_f32_slice;
 use crate::error::{ModelError, Result};
 
 /// Which keys each query may see.
@@ -74,13 +75,4 @@ fn heads_with_stride(t: &Tensor) -> Result<(Tensor, usize)> {
         return Ok((t, head_stride));
     }
     Ok((t.contiguous()?, rows * head_dim))
-}
-
-/// Runs `f` on the f32 values of CPU tensor `t`, starting at its first element.
-fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(ModelError::BadInput("the CPU attention kernel needs CPU tensors".into()));
-    };
-    Ok(f(&cpu.as_slice::<f32>()?[layout.start_offset()..]))
 }

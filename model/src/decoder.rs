@@ -7,7 +7,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use fovea_kernels::activation;
+
 use crate::config::TextConfig;
+use crate::cpu::map_f32;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::layers::{Linear, RmsNorm, last_row};
@@ -74,9 +77,11 @@ impl GatedMlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(x)?;
-        let gate = gate_up.narrow(1, 0, self.intermediate_size)?;
-        let up = gate_up.narrow(1, self.intermediate_size, self.intermediate_size)?;
-        self.down_proj.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+        let inter = self.intermediate_size;
+        let gated = map_f32(&gate_up, (gate_up.dim(0)?, inter), |gate_up, out| {
+            activation::silu_mul(gate_up, inter, out)
+        })?;
+        self.down_proj.forward(&gated)
     }
 }
 

@@ -3,9 +3,10 @@
 //! Activations are 2-D `[tokens, features]` everywhere: a batch is a flat run of tokens, which is
 //! what a continuous-batching engine feeds the model.
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use fovea_kernels::matvec;
 
+use crate::cpu::{map_f32, with_f32_slice};
 use crate::error::Result;
 use crate::weights::Weights;
 
@@ -25,6 +26,16 @@ impl Linear {
             None
         };
         Ok(Linear { weight, bias })
+    }
+
+    /// One layer computing several layers' outputs side by side (their weights stacked by rows).
+    pub fn stack(layers: &[Linear]) -> Result<Self> {
+        let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+        let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();
+        Ok(Linear {
+            weight: Tensor::cat(&weights, 0)?,
+            bias: biases.map(|b| Tensor::cat(&b, 0)).transpose()?,
+        })
     }
 
     /// Applies the layer to `[tokens, in]`, giving `[tokens, out]`.
@@ -58,17 +69,12 @@ fn skinny_matmul(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     if !eligible {
         return Ok(None);
     }
-    let x = x.contiguous()?;
-    let (x_storage, x_layout) = x.storage_and_layout();
-    let (w_storage, w_layout) = weight.storage_and_layout();
-    let (Storage::Cpu(x_cpu), Storage::Cpu(w_cpu)) = (&*x_storage, &*w_storage) else {
-        return Ok(None);
-    };
-    let x_values = &x_cpu.as_slice::<f32>()?[x_layout.start_offset()..][..rows * k];
-    let w_values = &w_cpu.as_slice::<f32>()?[w_layout.start_offset()..][..n * k];
-    let mut out = vec![0f32; rows * n];
-    matvec::matmul_transposed(x_values, w_values, rows, k, n, &mut out);
-    Ok(Some(Tensor::from_vec(out, (rows, n), &Device::Cpu)?))
+    let y = with_f32_slice(weight, |w_values| {
+        map_f32(x, (rows, n), |x_values, out| {
+            matvec::matmul_transposed(x_values, &w_values[..n * k], rows, k, n, out)
+        })
+    })??;
+    Ok(Some(y))
 }
 
 /// Root-mean-square normalisation with a learned scale (the decoder's norm).

@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod cpu;
 pub mod decoder;
 pub mod demo;
 pub mod error;

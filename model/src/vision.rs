@@ -6,18 +6,19 @@
 //! post-layernorm and no pooling head, as the model was trained; the projector maps them to tokens.
 
 use candle_core::{DType, Tensor};
+use fovea_kernels::activation;
 
 use crate::attention::{Visibility, attention};
 use crate::config::{ModelConfig, VisionConfig};
+use crate::cpu::map_f32;
 use crate::error::{ModelError, Result};
 use crate::layers::{LayerNorm, Linear};
 use crate::preprocess::resize_position_grid;
 use crate::weights::Weights;
 
 struct EncoderAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` stacked into one projection (one GEMM instead of three).
+    qkv_proj: Linear,
     out_proj: Linear,
     num_heads: usize,
     head_dim: usize,
@@ -28,9 +29,7 @@ impl EncoderAttention {
         let hidden = cfg.hidden_size;
         let proj = |name: &str| Linear::load(&weights.pp(name), hidden, hidden, true);
         Ok(EncoderAttention {
-            q_proj: proj("q_proj")?,
-            k_proj: proj("k_proj")?,
-            v_proj: proj("v_proj")?,
+            qkv_proj: Linear::stack(&[proj("q_proj")?, proj("k_proj")?, proj("v_proj")?])?,
             out_proj: proj("out_proj")?,
             num_heads: cfg.num_heads,
             head_dim: hidden / cfg.num_heads,
@@ -39,14 +38,16 @@ impl EncoderAttention {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let len = x.dim(0)?;
-        let heads = |proj: &Linear| -> Result<Tensor> {
-            Ok(proj
-                .forward(x)?
+        let hidden = self.num_heads * self.head_dim;
+        let qkv = self.qkv_proj.forward(x)?;
+        let heads = |part: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(1, part * hidden, hidden)?
                 .reshape((len, self.num_heads, self.head_dim))?
                 .transpose(0, 1)?
                 .contiguous()?)
         };
-        let attended = attention(&heads(&self.q_proj)?, &heads(&self.k_proj)?, &heads(&self.v_proj)?, Visibility::Full)?;
+        let attended = attention(&heads(0)?, &heads(1)?, &heads(2)?, Visibility::Full)?;
         self.out_proj.forward(&attended)
     }
 }
@@ -73,7 +74,9 @@ impl EncoderLayer {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
-        let mlp = self.fc2.forward(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?.gelu()?)?;
+        let hidden = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
+        let activated = map_f32(&hidden, hidden.shape(), activation::gelu_tanh)?;
+        let mlp = self.fc2.forward(&activated)?;
         Ok((x + mlp)?)
     }
 }
