@@ -15,7 +15,7 @@ const ROWS_PER_TASK: usize = 16;
 /// # Panics
 /// If the slice lengths do not fit `inter`.
 pub fn silu_mul(gate_up: &[f32], inter: usize, out: &mut [f32]) {
-    assert!(inter > 0 && gate_up.len() % (2 * inter) == 0, "gate_up is not [rows, 2 * inter]");
+    assert!(inter > 0 && gate_up.len().is_multiple_of(2 * inter), "gate_up is not [rows, 2 * inter]");
     assert_eq!(out.len(), gate_up.len() / 2, "out is not [rows, inter]");
     out.par_chunks_mut(inter * ROWS_PER_TASK)
         .zip(gate_up.par_chunks(2 * inter * ROWS_PER_TASK))

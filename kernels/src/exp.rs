@@ -8,7 +8,7 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// Below this the result is under f32's normal range; clamping keeps the exponent arithmetic valid.
 const MIN_INPUT: f32 = -87.0;
 const MAX_INPUT: f32 = 88.0;
-const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.0e-1];
 
 /// Replaces each `x` of `values` by `e^(x − shift)` and returns their sum.
 pub fn exp_shifted_in_place(values: &mut [f32], shift: f32) -> f32 {

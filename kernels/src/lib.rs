@@ -8,3 +8,15 @@ pub mod activation;
 pub mod attention;
 pub mod exp;
 pub mod matvec;
+
+/// Deterministic pseudo-random inputs for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u32, amplitude: f32) -> Vec<f32> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * amplitude
+        })
+        .collect()
+}

@@ -181,7 +181,7 @@ fn required(value: Option<usize>, key: &str) -> Result<usize> {
 }
 
 fn divides(numerator: usize, numerator_key: &str, denominator: usize, denominator_key: &str) -> Result<()> {
-    if numerator % denominator != 0 {
+    if !numerator.is_multiple_of(denominator) {
         return Err(ModelError::config(
             numerator_key,
             format!("({numerator}) must be a multiple of {denominator_key} ({denominator})"),
@@ -277,7 +277,7 @@ fn text_config(raw: &RawConfig) -> Result<TextConfig> {
         return Err(ModelError::config("partial_rotary_factor", "must be in (0, 1]"));
     }
     let rotary_dim = (head_dim as f64 * raw.partial_rotary_factor) as usize;
-    if rotary_dim == 0 || rotary_dim % 2 != 0 {
+    if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
         return Err(ModelError::config(
             "partial_rotary_factor",
             format!("gives an odd or empty rotary dimension ({rotary_dim}) for head_dim {head_dim}"),
@@ -316,7 +316,7 @@ fn text_config(raw: &RawConfig) -> Result<TextConfig> {
             ));
         }
     }
-    if !(raw.rope_theta > 0.0) {
+    if raw.rope_theta.is_nan() || raw.rope_theta <= 0.0 {
         return Err(ModelError::config("rope_theta", "must be positive"));
     }
     Ok(TextConfig {

@@ -13,7 +13,7 @@ use crate::config::TextConfig;
 use crate::cpu::map_f32;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
-use crate::layers::{Linear, RmsNorm, last_row};
+use crate::layers::{Linear, RmsNorm, last_row, split_heads};
 use crate::rotary::RotaryEmbedding;
 use crate::weights::Weights;
 
@@ -40,15 +40,8 @@ impl SelfAttention {
 
     /// `[L, hidden]` → `[L, hidden]`, for tokens at positions `cache.cached_len()..`.
     fn forward(&self, x: &Tensor, layer: usize, rotary: &RotaryEmbedding, cache: &mut dyn KvCache) -> Result<Tensor> {
-        let len = x.dim(0)?;
         let qkv = self.qkv_proj.forward(x)?;
-        let heads = |start_head: usize, count: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(1, start_head * self.head_dim, count * self.head_dim)?
-                .reshape((len, count, self.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?)
-        };
+        let heads = |first_head, count| split_heads(&qkv, first_head, count, self.head_dim);
         let past = cache.cached_len();
         let q = rotary.apply(&heads(0, self.num_heads)?, past)?;
         let k = rotary.apply(&heads(self.num_heads, self.num_kv_heads)?, past)?;

@@ -209,6 +209,9 @@ fn skipped_tensors(config: &ModelConfig, inventory: &[(String, Vec<usize>)]) -> 
     extra
 }
 
+/// A tensor's name, shape and little-endian bf16 bytes.
+type RandomTensor = (String, Vec<usize>, Vec<u8>);
+
 /// Random bf16 values: normalisation scales near 1, everything else N(0, 0.02²).
 fn random_values(name: &str, count: usize, rng: &mut SplitMix64) -> Vec<u8> {
     let center = if name.contains("norm") && name.ends_with(".weight") { 1.0 } else { 0.0 };
@@ -246,7 +249,7 @@ pub fn write_demo_checkpoint(preset: DemoPreset, out: &Path, seed: u64) -> Resul
     tensors.extend(skipped);
 
     let mut rng = SplitMix64::new(seed);
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let data: Vec<RandomTensor> = tensors
         .into_iter()
         .map(|(name, shape)| {
             let values = random_values(&name, shape.iter().product(), &mut rng);
@@ -257,7 +260,7 @@ pub fn write_demo_checkpoint(preset: DemoPreset, out: &Path, seed: u64) -> Resul
 
     // Two shards split at half the bytes, like the real checkpoint's several files.
     let mut weight_map = BTreeMap::new();
-    let mut shards: [Vec<&(String, Vec<usize>, Vec<u8>)>; 2] = [Vec::new(), Vec::new()];
+    let mut shards: [Vec<&RandomTensor>; 2] = [Vec::new(), Vec::new()];
     let mut written = 0;
     for entry in &data {
         let shard = usize::from(written >= total_size / 2);

@@ -121,6 +121,17 @@ impl LayerNorm {
     }
 }
 
+/// Heads `first_head..first_head + count` of a fused projection `[L, heads · head_dim]`, as a
+/// packed `[count, L, head_dim]` tensor (the layout attention takes).
+pub fn split_heads(fused: &Tensor, first_head: usize, count: usize, head_dim: usize) -> Result<Tensor> {
+    let len = fused.dim(0)?;
+    Ok(fused
+        .narrow(1, first_head * head_dim, count * head_dim)?
+        .reshape((len, count, head_dim))?
+        .transpose(0, 1)?
+        .contiguous()?)
+}
+
 /// Softmax over the last dimension, computed in f32 and returned in `dtype`.
 pub fn softmax_f32(x: &Tensor, dtype: DType) -> Result<Tensor> {
     let probs = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?;

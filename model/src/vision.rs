@@ -12,7 +12,7 @@ use crate::attention::{Visibility, attention};
 use crate::config::{ModelConfig, VisionConfig};
 use crate::cpu::map_f32;
 use crate::error::{ModelError, Result};
-use crate::layers::{LayerNorm, Linear};
+use crate::layers::{LayerNorm, Linear, split_heads};
 use crate::preprocess::resize_position_grid;
 use crate::weights::Weights;
 
@@ -37,16 +37,8 @@ impl EncoderAttention {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let len = x.dim(0)?;
-        let hidden = self.num_heads * self.head_dim;
         let qkv = self.qkv_proj.forward(x)?;
-        let heads = |part: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(1, part * hidden, hidden)?
-                .reshape((len, self.num_heads, self.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?)
-        };
+        let heads = |part: usize| split_heads(&qkv, part * self.num_heads, self.num_heads, self.head_dim);
         let attended = attention(&heads(0)?, &heads(1)?, &heads(2)?, Visibility::Full)?;
         self.out_proj.forward(&attended)
     }

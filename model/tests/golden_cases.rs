@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use fovea_model::Phi4VisionModel;
-use fovea_model::input::RequestPreparer;
+use fovea_model::input::{PreparedRequest, RequestPreparer};
 use fovea_model::kv_cache::ContiguousKvCache;
 use fovea_model::sampling::argmax;
 use fovea_model::text::{ChatMessage, IMAGE_PLACEHOLDER_ID, Mode};
@@ -43,6 +43,19 @@ fn golden() -> Golden {
     }
 }
 
+/// The case's messages, images and mode through the real front end.
+fn prepare_case(preparer: &RequestPreparer, case: &serde_json::Value) -> PreparedRequest {
+    let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+    let mode: Mode = case["mode"].as_str().unwrap().parse().unwrap();
+    let images: Vec<Vec<u8>> = case["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| std::fs::read(golden_dir().join("images").join(f.as_str().unwrap())).unwrap())
+        .collect();
+    preparer.prepare(&messages, &images, mode).unwrap()
+}
+
 #[test]
 fn every_golden_case_matches_the_reference_in_f32() {
     let golden = golden();
@@ -51,15 +64,7 @@ fn every_golden_case_matches_the_reference_in_f32() {
     let model = Phi4VisionModel::load(&model_dir, DType::F32, &Device::Cpu).unwrap();
     for case in &golden.cases {
         let name = case["name"].as_str().unwrap();
-        let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
-        let mode: Mode = case["mode"].as_str().unwrap().parse().unwrap();
-        let images: Vec<Vec<u8>> = case["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| std::fs::read(golden_dir().join("images").join(f.as_str().unwrap())).unwrap())
-            .collect();
-        let request = preparer.prepare(&messages, &images, mode).unwrap();
+        let request = prepare_case(&preparer, case);
         assert_eq!(request.prompt_text, case["prompt_text"].as_str().unwrap(), "{name}: prompt text");
         assert_eq!(request.prompt_ids, ids(&case["input_ids"]), "{name}: input_ids");
 
@@ -100,5 +105,27 @@ fn every_golden_case_matches_the_reference_in_f32() {
         println!("{name}: last greedy step logits max |diff| {diff:e}");
         assert!(diff < 1e-3, "{name}: last-step logits differ by {diff}");
         assert!(request.images.iter().all(|(p, _)| request.prompt_ids[p.start..p.start + p.len].iter().all(|&t| t == IMAGE_PLACEHOLDER_ID)));
+    }
+}
+
+/// bf16 compute cannot be exact to an f32 reference; it must stay within bf16 rounding of it.
+#[test]
+fn bf16_compute_stays_close_to_the_reference() {
+    let golden = golden();
+    let model_dir = golden_dir().join("model");
+    let preparer = RequestPreparer::from_model_dir(&model_dir).unwrap();
+    let model = Phi4VisionModel::load(&model_dir, DType::BF16, &Device::Cpu).unwrap();
+    for case in &golden.cases {
+        let name = case["name"].as_str().unwrap();
+        let request = prepare_case(&preparer, case);
+        let features: Vec<_> = request.images.iter().map(|(p, image)| (*p, model.encode_image(image).unwrap())).collect();
+        let mut cache = ContiguousKvCache::new(model.config().text.num_layers);
+        let embeddings = model.prompt_embeddings(&request.prompt_ids, &features).unwrap();
+        let got = logits(model.forward(&embeddings, &mut cache).unwrap());
+        let expected = golden.tensors[&format!("{name}.prefill_last_logits")].to_vec1::<f32>().unwrap();
+        let diff = max_abs_diff(&got, &expected);
+        println!("{name}: bf16 prefill logits max |diff| {diff:e}");
+        // bf16 keeps 8 mantissa bits: O(1) logits move by a few hundredths; a broken path moves them by O(1).
+        assert!(diff < 0.15, "{name}: bf16 logits differ by {diff}");
     }
 }
