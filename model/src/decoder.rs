@@ -9,11 +9,12 @@ use candle_core::{DType, Device, Tensor};
 
 use fovea_kernels::activation;
 
+use crate::batch::BatchLayout;
 use crate::config::TextConfig;
 use crate::cpu::map_f32;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
-use crate::layers::{Linear, RmsNorm, last_row, split_heads};
+use crate::layers::{Linear, RmsNorm, split_heads};
 use crate::rotary::RotaryEmbedding;
 use crate::weights::Weights;
 
@@ -38,15 +39,14 @@ impl SelfAttention {
         })
     }
 
-    /// `[L, hidden]` → `[L, hidden]`, for tokens at positions `cache.cached_len()..`.
-    fn forward(&self, x: &Tensor, layer: usize, rotary: &RotaryEmbedding, cache: &mut dyn KvCache) -> Result<Tensor> {
+    /// `[T, hidden]` → `[T, hidden]` for the tokens of `step`.
+    fn forward(&self, x: &Tensor, layer: usize, step: &Step, cache: &mut dyn KvCache) -> Result<Tensor> {
         let qkv = self.qkv_proj.forward(x)?;
         let heads = |first_head, count| split_heads(&qkv, first_head, count, self.head_dim);
-        let past = cache.cached_len();
-        let q = rotary.apply(&heads(0, self.num_heads)?, past)?;
-        let k = rotary.apply(&heads(self.num_heads, self.num_kv_heads)?, past)?;
+        let q = step.rotary.apply(&heads(0, self.num_heads)?, &step.angles)?;
+        let k = step.rotary.apply(&heads(self.num_heads, self.num_kv_heads)?, &step.angles)?;
         let v = heads(self.num_heads + self.num_kv_heads, self.num_kv_heads)?;
-        let attended = cache.attend(layer, &q, &k, &v)?;
+        let attended = cache.attend(layer, step.batch, &q, &k, &v)?;
         self.o_proj.forward(&attended)
     }
 }
@@ -78,6 +78,13 @@ impl GatedMlp {
     }
 }
 
+/// What every layer of one forward pass shares: the batch layout and its rotary angles.
+struct Step<'a> {
+    batch: &'a BatchLayout,
+    rotary: &'a RotaryEmbedding,
+    angles: (Tensor, Tensor),
+}
+
 struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: SelfAttention,
@@ -99,10 +106,10 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, layer: usize, rotary: &RotaryEmbedding, cache: &mut dyn KvCache) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, layer: usize, step: &Step, cache: &mut dyn KvCache) -> Result<Tensor> {
         let attended = self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, layer, rotary, cache)?;
+            .forward(&self.input_layernorm.forward(x)?, layer, step, cache)?;
         let x = (x + attended)?;
         let mlp_out = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
         Ok((x + mlp_out)?)
@@ -163,19 +170,27 @@ impl Phi4Decoder {
         Ok(self.embed_tokens.index_select(&ids, 0)?)
     }
 
-    /// Runs `embeddings` `[L, hidden]` through the decoder after the tokens already in `cache`,
-    /// returning f32 logits `[1, vocab]` of the last position.
-    pub fn forward(&self, embeddings: &Tensor, cache: &mut dyn KvCache) -> Result<Tensor> {
-        let len = embeddings.dim(0)?;
-        if len == 0 {
-            return Err(ModelError::BadInput("a forward pass needs at least one token".into()));
+    /// Runs `embeddings` `[T, hidden]`, laid out as `batch` says, through the decoder, returning
+    /// f32 logits `[segments, vocab]` of each segment's last token.
+    pub fn forward(&self, embeddings: &Tensor, batch: &BatchLayout, cache: &mut dyn KvCache) -> Result<Tensor> {
+        let tokens = embeddings.dim(0)?;
+        if tokens == 0 || tokens != batch.total_tokens() {
+            return Err(ModelError::BadInput(format!(
+                "a forward pass needs at least one token and as many as its layout ({tokens} vs {})",
+                batch.total_tokens()
+            )));
         }
+        let step = Step {
+            batch,
+            rotary: &self.rotary,
+            angles: self.rotary.angles(&batch.positions())?,
+        };
         let mut x = embeddings.to_dtype(self.dtype())?;
         for (index, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, index, &self.rotary, cache)?;
+            x = layer.forward(&x, index, &step, cache)?;
         }
-        cache.advance(len);
-        let last = self.norm.forward(&last_row(&x)?)?;
+        let last_tokens = Tensor::new(batch.last_token_indices(), x.device())?;
+        let last = self.norm.forward(&x.index_select(&last_tokens, 0)?)?;
         Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
     }
 }

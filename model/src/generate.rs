@@ -93,7 +93,7 @@ pub fn generate(
     let started = Instant::now();
     let mut cache = ContiguousKvCache::new(model.config().text.num_layers);
     let embeddings = model.prompt_embeddings(request.prompt_ids, &features)?;
-    let mut logits = model.forward(&embeddings, &mut cache)?;
+    let mut logits = model.forward(&embeddings, &cache.next_batch(request.prompt_ids.len()), &mut cache)?;
     timings.prefill = started.elapsed();
 
     let started = Instant::now();
@@ -108,7 +108,7 @@ pub fn generate(
         if token_ids.len() == request.max_new_tokens {
             break FinishReason::Length;
         }
-        logits = model.forward(&model.decoder().embed(&[token])?, &mut cache)?;
+        logits = model.forward(&model.decoder().embed(&[token])?, &cache.next_batch(1), &mut cache)?;
     };
     timings.decode = started.elapsed();
     Ok(Generation {

@@ -1,28 +1,25 @@
-//! Where a sequence's keys and values live between decoding steps.
+//! Where sequences' keys and values live between forward passes.
 //!
 //! The decoder writes each layer's new keys and values through [`KvCache`] and gets back attention
-//! over everything cached; the layout of that memory (contiguous here, paged in the worker) is the
-//! cache's business, so the decoder stays the same whichever the engine uses.
+//! of every token over its own sequence; the layout of that memory (contiguous here, paged in the
+//! worker) is the cache's business, so the decoder is the same whichever the engine uses.
 
 use candle_core::Tensor;
 
 use crate::attention::{Visibility, attention};
-use crate::error::Result;
+use crate::batch::BatchLayout;
+use crate::error::{ModelError, Result};
 
-/// Per-sequence key/value storage that the decoder attends through.
+/// Key/value storage that the decoder attends through.
 pub trait KvCache {
-    /// Tokens already cached (the position of the next token).
-    fn cached_len(&self) -> usize;
-
-    /// Stores `k`, `v` `[kv_heads, L, D]` for `layer` after the cached tokens, then returns causal
-    /// attention of `q` `[q_heads, L, D]` over all the layer's keys, as `[L, q_heads · D]`.
-    fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor>;
-
-    /// Marks the `L` tokens written by the last forward pass as cached.
-    fn advance(&mut self, tokens: usize);
+    /// Stores the batch's new keys and values `k`, `v` `[kv_heads, T, D]` for `layer` (each
+    /// segment's tokens right after its `past` cached ones) and returns causal attention of
+    /// `q` `[q_heads, T, D]`, every token over its own sequence, as `[T, q_heads · D]`.
+    fn attend(&mut self, layer: usize, batch: &BatchLayout, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor>;
 }
 
-/// One growable contiguous buffer per layer: the simplest cache, for single-sequence generation.
+/// One growable contiguous buffer per layer for a single sequence: the simplest cache, for
+/// `fovea generate` and tests.
 pub struct ContiguousKvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
@@ -35,6 +32,16 @@ impl ContiguousKvCache {
             layers: vec![None; num_layers],
             len: 0,
         }
+    }
+
+    /// Tokens cached so far (the position of the next token).
+    pub fn cached_len(&self) -> usize {
+        self.len
+    }
+
+    /// The layout of a forward pass of `tokens` new tokens after the cached ones.
+    pub fn next_batch(&self, tokens: usize) -> BatchLayout {
+        BatchLayout::single(self.len, tokens)
     }
 }
 
@@ -51,30 +58,35 @@ fn grown_buffer(old: Option<&Tensor>, len: usize, like: &Tensor, capacity: usize
 }
 
 impl KvCache for ContiguousKvCache {
-    fn cached_len(&self) -> usize {
-        self.len
-    }
-
-    fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let new = k.dim(1)?;
-        let needed = self.len + new;
+    fn attend(&mut self, layer: usize, batch: &BatchLayout, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let [segment] = batch.segments() else {
+            return Err(ModelError::BadInput("a contiguous KV cache holds exactly one sequence".into()));
+        };
+        if segment.past > self.len {
+            return Err(ModelError::BadInput(format!(
+                "batch continues at position {} but only {} tokens are cached",
+                segment.past, self.len
+            )));
+        }
+        let past = segment.past;
+        let needed = past + segment.tokens;
+        let is_last_layer = layer + 1 == self.layers.len();
         let slot = &mut self.layers[layer];
         let capacity = slot.as_ref().map_or(0, |(k_buf, _)| k_buf.dim(1).unwrap_or(0));
         if needed > capacity {
             let capacity = needed.max(capacity * 2).max(256);
-            let k_buf = grown_buffer(slot.as_ref().map(|(k, _)| k), self.len, k, capacity)?;
-            let v_buf = grown_buffer(slot.as_ref().map(|(_, v)| v), self.len, v, capacity)?;
+            let k_buf = grown_buffer(slot.as_ref().map(|(k, _)| k), past, k, capacity)?;
+            let v_buf = grown_buffer(slot.as_ref().map(|(_, v)| v), past, v, capacity)?;
             *slot = Some((k_buf, v_buf));
         }
         let (k_buf, v_buf) = slot.as_ref().expect("buffer allocated above");
-        k_buf.slice_set(&k.contiguous()?, 1, self.len)?;
-        v_buf.slice_set(&v.contiguous()?, 1, self.len)?;
+        k_buf.slice_set(&k.contiguous()?, 1, past)?;
+        v_buf.slice_set(&v.contiguous()?, 1, past)?;
+        if is_last_layer {
+            self.len = needed;
+        }
         let keys = k_buf.narrow(1, 0, needed)?;
         let values = v_buf.narrow(1, 0, needed)?;
-        attention(q, &keys, &values, Visibility::Causal { past: self.len })
-    }
-
-    fn advance(&mut self, tokens: usize) {
-        self.len += tokens;
+        attention(q, &keys, &values, Visibility::Causal { past })
     }
 }

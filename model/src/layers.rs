@@ -137,10 +137,3 @@ pub fn softmax_f32(x: &Tensor, dtype: DType) -> Result<Tensor> {
     let probs = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?;
     Ok(probs.to_dtype(dtype)?)
 }
-
-/// The last row of a `[tokens, features]` tensor, kept 2-D.
-pub fn last_row(x: &Tensor) -> Result<Tensor> {
-    let rows = x.dim(0)?;
-    Ok(x.narrow(0, rows - 1, 1)?)
-}
-

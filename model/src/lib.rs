@@ -9,6 +9,7 @@
 #![recursion_limit = "256"]
 
 pub mod attention;
+pub mod batch;
 pub mod config;
 pub mod cpu;
 pub mod decoder;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::batch::BatchLayout;
 use crate::config::ModelConfig;
 use crate::decoder::Phi4Decoder;
 use crate::error::{ModelError, Result};
@@ -108,8 +109,9 @@ impl Phi4VisionModel {
         Ok(Tensor::cat(&pieces, 0)?)
     }
 
-    /// Runs `embeddings` after the tokens in `cache`; f32 logits `[1, vocab]` of the last position.
-    pub fn forward(&self, embeddings: &Tensor, cache: &mut dyn KvCache) -> Result<Tensor> {
-        self.decoder.forward(embeddings, cache)
+    /// Runs `embeddings` laid out as `batch` says; f32 logits `[segments, vocab]` of each
+    /// segment's last token.
+    pub fn forward(&self, embeddings: &Tensor, batch: &BatchLayout, cache: &mut dyn KvCache) -> Result<Tensor> {
+        self.decoder.forward(embeddings, batch, cache)
     }
 }

@@ -40,25 +40,28 @@ impl RotaryEmbedding {
         })
     }
 
-    /// Rotates `x` `[heads, L, head_dim]` whose rows sit at positions `first_position..first_position + L`.
-    pub fn apply(&self, x: &Tensor, first_position: usize) -> Result<Tensor> {
-        let len = x.dim(1)?;
+    /// The cos and sin rows `[T, rotary_dim / 2]` of `positions`, for [`RotaryEmbedding::apply`].
+    pub fn angles(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
         let max_positions = self.cos.dim(0)?;
-        if first_position + len > max_positions {
+        if let Some(&beyond) = positions.iter().find(|&&p| p as usize >= max_positions) {
             return Err(ModelError::BadInput(format!(
-                "positions up to {} exceed max_position_embeddings ({max_positions})",
-                first_position + len
+                "position {beyond} exceeds max_position_embeddings ({max_positions})"
             )));
         }
-        let cos = self.cos.narrow(0, first_position, len)?;
-        let sin = self.sin.narrow(0, first_position, len)?;
+        let index = Tensor::new(positions, self.cos.device())?;
+        Ok((self.cos.index_select(&index, 0)?, self.sin.index_select(&index, 0)?))
+    }
+
+    /// Rotates `x` `[heads, T, head_dim]` whose rows sit at the positions `angles` was made for.
+    pub fn apply(&self, x: &Tensor, angles: &(Tensor, Tensor)) -> Result<Tensor> {
+        let (cos, sin) = (&angles.0, &angles.1);
         let x = x.unsqueeze(0)?;
         let rotated = if self.rotary_dim == self.head_dim {
-            candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?
+            candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?
         } else {
             let rot = x.narrow(3, 0, self.rotary_dim)?.contiguous()?;
             let pass = x.narrow(3, self.rotary_dim, self.head_dim - self.rotary_dim)?;
-            Tensor::cat(&[&candle_nn::rotary_emb::rope(&rot, &cos, &sin)?, &pass], 3)?
+            Tensor::cat(&[&candle_nn::rotary_emb::rope(&rot, cos, sin)?, &pass], 3)?
         };
         Ok(rotated.squeeze(0)?)
     }

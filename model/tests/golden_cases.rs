@@ -83,7 +83,7 @@ fn every_golden_case_matches_the_reference_in_f32() {
 
         let mut cache = ContiguousKvCache::new(model.config().text.num_layers);
         let embeddings = model.prompt_embeddings(&request.prompt_ids, &features).unwrap();
-        let mut step_logits = logits(model.forward(&embeddings, &mut cache).unwrap());
+        let mut step_logits = logits(model.forward(&embeddings, &cache.next_batch(embeddings.dim(0).unwrap()), &mut cache).unwrap());
         let expected = golden.tensors[&format!("{name}.prefill_last_logits")].to_vec1::<f32>().unwrap();
         let diff = max_abs_diff(&step_logits, &expected);
         println!("{name}: prefill logits max |diff| {diff:e}");
@@ -97,7 +97,7 @@ fn every_golden_case_matches_the_reference_in_f32() {
                 break;
             }
             let next = model.decoder().embed(&tokens[tokens.len() - 1..]).unwrap();
-            step_logits = logits(model.forward(&next, &mut cache).unwrap());
+            step_logits = logits(model.forward(&next, &cache.next_batch(1), &mut cache).unwrap());
         }
         assert_eq!(tokens, expected_tokens, "{name}: greedy tokens");
         let expected = golden.tensors[&format!("{name}.greedy_last_logits")].to_vec1::<f32>().unwrap();
@@ -121,7 +121,7 @@ fn bf16_compute_stays_close_to_the_reference() {
         let features: Vec<_> = request.images.iter().map(|(p, image)| (*p, model.encode_image(image).unwrap())).collect();
         let mut cache = ContiguousKvCache::new(model.config().text.num_layers);
         let embeddings = model.prompt_embeddings(&request.prompt_ids, &features).unwrap();
-        let got = logits(model.forward(&embeddings, &mut cache).unwrap());
+        let got = logits(model.forward(&embeddings, &cache.next_batch(embeddings.dim(0).unwrap()), &mut cache).unwrap());
         let expected = golden.tensors[&format!("{name}.prefill_last_logits")].to_vec1::<f32>().unwrap();
         let diff = max_abs_diff(&got, &expected);
         println!("{name}: bf16 prefill logits max |diff| {diff:e}");
