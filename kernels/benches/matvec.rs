@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use fovea_kernels::matvec::matmul_transposed;
+use fovea_kernels::matvec::{bf16_bits, matmul_transposed, matmul_transposed_bf16};
 
 fn measure(name: &str, rows: usize, k: usize, n: usize) {
     let w: Vec<f32> = (0..n * k).map(|i| (i % 97) as f32 * 1e-3).collect();
@@ -29,8 +29,32 @@ fn measure(name: &str, rows: usize, k: usize, n: usize) {
     );
 }
 
+/// The same stream with bf16 weights (half the bytes).
+fn measure_bf16(name: &str, rows: usize, k: usize, n: usize) {
+    let w: Vec<u16> = (0..n * k).map(|i| bf16_bits((i % 97) as f32 * 1e-3)).collect();
+    let x: Vec<f32> = (0..rows * k).map(|i| (i % 89) as f32 * 1e-3).collect();
+    let mut out = vec![0f32; rows * n];
+    matmul_transposed_bf16(&x, &w, rows, k, n, &mut out);
+    let repeats = 20;
+    let mut times: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let started = Instant::now();
+            matmul_transposed_bf16(&x, &w, rows, k, n, &mut out);
+            started.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let median = times[repeats / 2];
+    println!(
+        "{name:<28} rows={rows} k={k} n={n}: median {:.2} ms, {:.1} GB/s of weights",
+        median * 1e3,
+        (n * k * 2) as f64 / median / 1e9
+    );
+}
+
 fn main() {
     measure("lm_head (bench preset)", 1, 768, 100_352);
+    measure_bf16("lm_head, bf16 weights", 1, 768, 100_352);
     measure("gate_up_proj (bench preset)", 1, 768, 4096);
     measure("lm_head, 4 rows", 4, 768, 100_352);
 }

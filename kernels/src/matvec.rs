@@ -17,6 +17,37 @@ const COLUMNS_PER_TASK: usize = 256;
 /// # Panics
 /// If the slice lengths do not match `rows`, `k` and `n`.
 pub fn matmul_transposed(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize, out: &mut [f32]) {
+    stream_rows(x, w, rows, k, n, out, best_dot());
+}
+
+/// As [`matmul_transposed`] with bf16 weights (`w` holds their bit patterns): `x` is rounded to
+/// bf16 and the products accumulate in f32, with AVX-512 BF16 dot-product instructions where the
+/// processor has them. Half the bytes of f32 weights, so about twice the decoding speed.
+///
+/// # Panics
+/// If the slice lengths do not match `rows`, `k` and `n`.
+pub fn matmul_transposed_bf16(x: &[f32], w: &[u16], rows: usize, k: usize, n: usize, out: &mut [f32]) {
+    let x_bf16: Vec<u16> = x.iter().map(|&v| bf16_bits(v)).collect();
+    stream_rows(&x_bf16, w, rows, k, n, out, best_bf16_dot());
+}
+
+/// Round-to-nearest-even f32 → bf16 bits (NaN stays NaN).
+pub fn bf16_bits(value: f32) -> u16 {
+    let bits = value.to_bits();
+    if value.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let rounding = 0x7FFF + ((bits >> 16) & 1);
+    ((bits + rounding) >> 16) as u16
+}
+
+/// The f32 value of bf16 bits.
+pub fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// Each task owns a band of output columns and dots every weight row of it with every input row.
+fn stream_rows<T: Sync>(x: &[T], w: &[T], rows: usize, k: usize, n: usize, out: &mut [f32], dot: fn(&[T], &[T]) -> f32) {
     assert_eq!(x.len(), rows * k, "x is not [rows, k]");
     assert_eq!(w.len(), n * k, "w is not [n, k]");
     assert_eq!(out.len(), rows * n, "out is not [rows, n]");
@@ -24,8 +55,6 @@ pub fn matmul_transposed(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize, 
         out.fill(0.0);
         return;
     }
-    let dot = best_dot();
-    // Each task owns a band of columns; it writes them for every row into a local buffer.
     let bands: Vec<(usize, Vec<f32>)> = w
         .par_chunks(COLUMNS_PER_TASK * k)
         .enumerate()
@@ -47,6 +76,66 @@ pub fn matmul_transposed(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize, 
                 .copy_from_slice(&local[r * columns..(r + 1) * columns]);
         }
     }
+}
+
+type Bf16DotFn = fn(&[u16], &[u16]) -> f32;
+
+/// The fastest bf16 dot product this processor supports.
+fn best_bf16_dot() -> Bf16DotFn {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bf16") && std::arch::is_x86_feature_detected!("avx512f") {
+        return dot_bf16_avx512;
+    }
+    dot_bf16_portable
+}
+
+fn dot_bf16_portable(a: &[u16], b: &[u16]) -> f32 {
+    a.iter().zip(b).map(|(&x, &y)| bf16_value(x) * bf16_value(y)).sum()
+}
+
+/// AVX-512 BF16: `vdpbf16ps` multiplies 32 bf16 pairs and adds them into 16 f32 lanes.
+#[cfg(target_arch = "x86_64")]
+fn dot_bf16_avx512(a: &[u16], b: &[u16]) -> f32 {
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn inner(a: &[u16], b: &[u16]) -> f32 {
+        use std::arch::x86_64::*;
+        let len = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        // SAFETY (all loads): `i + 32 <= len` before each 32-value (64-byte) load from either slice;
+        // the transmutes reinterpret 512 bits of bf16 values as the bf16 vector type.
+        while i + 64 <= len {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let offset = i + 32 * j;
+                let (x, y) = unsafe {
+                    (
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(pa.add(offset).cast())),
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(pb.add(offset).cast())),
+                    )
+                };
+                *acc = _mm512_dpbf16_ps(*acc, x, y);
+            }
+            i += 64;
+        }
+        while i + 32 <= len {
+            let (x, y) = unsafe {
+                (
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(pa.add(i).cast())),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(pb.add(i).cast())),
+                )
+            };
+            acc[0] = _mm512_dpbf16_ps(acc[0], x, y);
+            i += 32;
+        }
+        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        for k in i..len {
+            sum += bf16_value(a[k]) * bf16_value(b[k]);
+        }
+        sum
+    }
+    // SAFETY: chosen by `best_bf16_dot` only after detecting AVX-512F and AVX-512 BF16.
+    unsafe { inner(a, b) }
 }
 
 type DotFn = fn(&[f32], &[f32]) -> f32;
@@ -171,6 +260,33 @@ mod tests {
                 assert!((got - expected).abs() < 1e-4, "{rows}x{k}x{n}: {got} vs {expected}");
             }
         }
+    }
+
+    #[test]
+    fn bf16_product_matches_the_product_of_rounded_values() {
+        let (rows, k, n) = (2, 100, 300);
+        let x = values(rows * k, 5);
+        let w: Vec<u16> = values(n * k, 6).iter().map(|&v| bf16_bits(v)).collect();
+        let x_rounded: Vec<f32> = x.iter().map(|&v| bf16_value(bf16_bits(v))).collect();
+        let w_values: Vec<f32> = w.iter().map(|&b| bf16_value(b)).collect();
+        let mut out = vec![f32::NAN; rows * n];
+        matmul_transposed_bf16(&x, &w, rows, k, n, &mut out);
+        for (got, expected) in out.iter().zip(naive(&x_rounded, &w_values, rows, k, n)) {
+            assert!((got - expected).abs() < 1e-4, "{got} vs {expected}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
+            let (a, b) = (&w[..77], &w[100..177]);
+            assert!((dot_bf16_avx512(a, b) - dot_bf16_portable(a, b)).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3F80);
+        assert_eq!(bf16_value(bf16_bits(1.0 + 1.0 / 256.0)), 1.0); // halfway: to even
+        assert_eq!(bf16_value(bf16_bits(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
     }
 
     #[test]

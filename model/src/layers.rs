@@ -3,11 +3,12 @@
 //! Activations are 2-D `[tokens, features]` everywhere: a batch is a flat run of tokens, which is
 //! what a continuous-batching engine feeds the model.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use fovea_kernels::matvec;
+use half::slice::HalfFloatSliceExt;
 
-use crate::cpu::{map_f32, with_f32_slice};
-use crate::error::Result;
+use crate::cpu::map_f32;
+use crate::error::{ModelError, Result};
 use crate::weights::Weights;
 
 /// `y = x · Wᵀ (+ b)`, with `W` stored `[out, in]` as in PyTorch.
@@ -38,11 +39,19 @@ impl Linear {
         })
     }
 
-    /// Applies the layer to `[tokens, in]`, giving `[tokens, out]`.
+    /// Applies the layer to `[tokens, in]`, giving `[tokens, out]` in `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match skinny_matmul(x, &self.weight)? {
-            Some(y) => y,
-            None => x.matmul(&self.weight.t()?)?,
+        let (rows, _) = x.dims2()?;
+        let streamable = matches!(x.device(), Device::Cpu) && self.weight.is_contiguous() && rows <= matvec::MAX_ROWS;
+        let y = match self.weight.dtype() {
+            DType::F32 | DType::BF16 if streamable => self.stream_weights(x)?,
+            // The GEMM library has no bf16 kernels: widen to f32, which is also what a bf16 GEMM
+            // accumulates in.
+            DType::BF16 => x
+                .to_dtype(DType::F32)?
+                .matmul(&self.weight.to_dtype(DType::F32)?.t()?)?
+                .to_dtype(x.dtype())?,
+            _ => x.matmul(&self.weight.t()?)?,
         };
         Ok(match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
@@ -50,31 +59,33 @@ impl Linear {
         })
     }
 
+    /// `x · Wᵀ` for a few rows (decoding steps) with the streaming kernel, which reads each
+    /// weight once at memory bandwidth; f32 or bf16 weights.
+    fn stream_weights(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, k) = x.dims2()?;
+        let n = self.weight.dim(0)?;
+        let (storage, layout) = self.weight.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            return Err(ModelError::BadInput("the streaming kernel needs CPU weights".into()));
+        };
+        let weights = layout.start_offset()..layout.start_offset() + n * k;
+        match cpu {
+            CpuStorage::BF16(w) => {
+                let w: &[u16] = w[weights].reinterpret_cast();
+                map_f32(x, (rows, n), |x, out| matvec::matmul_transposed_bf16(x, w, rows, k, n, out))
+            }
+            CpuStorage::F32(w) => {
+                let w = &w[weights];
+                map_f32(x, (rows, n), |x, out| matvec::matmul_transposed(x, w, rows, k, n, out))
+            }
+            _ => Err(ModelError::BadInput(format!("no streaming kernel for {:?} weights", self.weight.dtype()))),
+        }
+    }
+
     /// The dtype of the weights (the layer's compute dtype).
     pub fn dtype(&self) -> DType {
         self.weight.dtype()
     }
-}
-
-/// `x · wᵀ` through the streaming kernel when `x` has few rows (decoding) and both are f32 on the
-/// CPU; `None` when the general matmul should run instead.
-fn skinny_matmul(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
-    let (rows, k) = x.dims2()?;
-    let n = weight.dim(0)?;
-    let eligible = rows <= matvec::MAX_ROWS
-        && x.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-        && weight.is_contiguous()
-        && matches!(x.device(), Device::Cpu);
-    if !eligible {
-        return Ok(None);
-    }
-    let y = with_f32_slice(weight, |w_values| {
-        map_f32(x, (rows, n), |x_values, out| {
-            matvec::matmul_transposed(x_values, &w_values[..n * k], rows, k, n, out)
-        })
-    })??;
-    Ok(Some(y))
 }
 
 /// Root-mean-square normalisation with a learned scale (the decoder's norm).
