@@ -165,8 +165,9 @@ mod tests {
 
     #[test]
     fn runs_split_at_block_boundaries() {
-        let runs: Vec<(usize, usize, usize, usize)> =
-            block_runs(4, 3..10).map(|r| (r.block, r.slot, r.position, r.len)).collect();
+        let runs: Vec<(usize, usize, usize, usize)> = block_runs(4, 3..10)
+            .map(|r| (r.block, r.slot, r.position, r.len))
+            .collect();
         assert_eq!(runs, vec![(0, 3, 3, 1), (1, 0, 4, 4), (2, 0, 8, 2)]);
     }
 
@@ -214,11 +215,18 @@ mod tests {
             for p in 0..11 {
                 for i in 0..shape.head_dim {
                     let at = (h * 11 + p) * shape.head_dim + i;
-                    assert_eq!((keys[at], values[at]), (value(h, p, i), -value(h, p, i)), "head {h} position {p}");
+                    assert_eq!(
+                        (keys[at], values[at]),
+                        (value(h, p, i), -value(h, p, i)),
+                        "head {h} position {p}"
+                    );
                 }
             }
         }
         pool.gather(0, &table, 11, &mut keys, &mut values);
-        assert!(keys.iter().chain(&values).all(|&x| x == 0.0), "layer 0 was never written");
+        assert!(
+            keys.iter().chain(&values).all(|&x| x == 0.0),
+            "layer 0 was never written"
+        );
     }
 }

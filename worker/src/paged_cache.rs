@@ -119,7 +119,8 @@ impl KvCache for PagedKvCache<'_> {
                 self.queries.clear();
                 for head in 0..q_heads {
                     let start = (head * rows + first_row) * head_dim;
-                    self.queries.extend_from_slice(&queries[start..start + tokens * head_dim]);
+                    self.queries
+                        .extend_from_slice(&queries[start..start + tokens * head_dim]);
                 }
                 self.output.resize(q_heads * tokens * head_dim, 0.0);
                 let shape = AttentionShape {

@@ -28,7 +28,10 @@ impl Sequence {
     /// Embeddings of the next `tokens` tokens (prompt rows, then decoded tokens one at a time).
     fn next_embeddings(&self, model: &Phi4VisionModel, tokens: usize) -> Tensor {
         if self.computed < self.prompt_len {
-            assert!(self.computed + tokens <= self.prompt_len, "chunks do not straddle the prompt end");
+            assert!(
+                self.computed + tokens <= self.prompt_len,
+                "chunks do not straddle the prompt end"
+            );
             self.prompt.narrow(0, self.computed, tokens).unwrap()
         } else {
             assert_eq!(tokens, 1, "one token per decoding step");
@@ -68,7 +71,11 @@ fn batched_chunks_over_the_paged_cache_match_each_sequence_alone() {
         })
         .collect();
     let lens: Vec<usize> = sequences.iter().map(|s| s.prompt_len).collect();
-    assert_eq!(lens, vec![435, 466, 732, 917], "text, multi-turn, one image, two images");
+    assert_eq!(
+        lens,
+        vec![435, 466, 732, 917],
+        "text, multi-turn, one image, two images"
+    );
 
     let block_size = 16;
     let blocks = 200;
@@ -89,7 +96,10 @@ fn batched_chunks_over_the_paged_cache_match_each_sequence_alone() {
             let sequence = &mut sequences[s];
             allocator.grow(&mut sequence.table, sequence.computed + tokens).unwrap();
         }
-        let embeddings: Vec<Tensor> = step.iter().map(|&(s, tokens)| sequences[s].next_embeddings(&model, tokens)).collect();
+        let embeddings: Vec<Tensor> = step
+            .iter()
+            .map(|&(s, tokens)| sequences[s].next_embeddings(&model, tokens))
+            .collect();
         let layout = BatchLayout::new(
             step.iter()
                 .map(|&(s, tokens)| BatchSegment {
@@ -100,14 +110,22 @@ fn batched_chunks_over_the_paged_cache_match_each_sequence_alone() {
         );
         let tables = step.iter().map(|&(s, _)| &sequences[s].table).collect();
         let mut paged = PagedKvCache::new(&mut pool, tables);
-        let batched = model.forward(&Tensor::cat(&embeddings, 0).unwrap(), &layout, &mut paged).unwrap();
+        let batched = model
+            .forward(&Tensor::cat(&embeddings, 0).unwrap(), &layout, &mut paged)
+            .unwrap();
 
         for (index, (&(s, tokens), embeddings)) in step.iter().zip(&embeddings).enumerate() {
             let sequence = &mut sequences[s];
             let layout = sequence.alone.next_batch(tokens);
-            let alone = model.forward(embeddings, &layout, &mut sequence.alone as &mut dyn KvCache).unwrap();
+            let alone = model
+                .forward(embeddings, &layout, &mut sequence.alone as &mut dyn KvCache)
+                .unwrap();
             let (got, expected) = (row(&batched, index), row(&alone, 0));
-            let diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let diff = got
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
             assert!(diff < 1e-4, "sequence {s}: logits differ by {diff}");
             worst = worst.max(diff);
             sequence.computed += tokens;
