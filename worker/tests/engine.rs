@@ -5,6 +5,8 @@ mod common;
 
 use std::sync::Arc;
 
+use candle_core::{DType, Device};
+
 use fovea_model::Phi4VisionModel;
 use fovea_model::generate::{GenerationRequest, generate};
 use fovea_model::sampling::SamplingParams;
@@ -316,4 +318,51 @@ fn seeded_sampling_matches_single_sequence_generation_while_batched() {
         assert_eq!(output.text, text, "{}", case.name);
     }
     assert_idle(&engine);
+}
+
+#[test]
+fn dropping_the_last_handle_cancels_what_is_running() {
+    let fixture = fixture();
+    let engine = fixture.engine(EngineConfig::new(512));
+    let case = fixture.case("text_only_auto");
+    let mut stream = engine.submit(GenerateRequest {
+        max_new_tokens: 4000,
+        ..fixture.golden_request(case)
+    });
+    assert!(matches!(stream.events.blocking_recv(), Some(Event::Token { .. })));
+    drop(engine);
+    assert_eq!(stream.wait().completion.reason, FinishReason::Cancelled);
+}
+
+#[test]
+fn a_bf16_model_gives_the_tokens_of_single_sequence_generation() {
+    let fixture = fixture();
+    let model = Arc::new(Phi4VisionModel::load(&common::model_dir(), DType::BF16, &Device::Cpu).unwrap());
+    let engine = Engine::start(
+        Arc::clone(&model),
+        fixture.preparer.tokenizer().clone(),
+        EngineConfig::new(1024),
+    )
+    .unwrap();
+    let cases: Vec<&GoldenCase> = fixture
+        .cases
+        .iter()
+        .filter(|case| case.name != "screen_grounding")
+        .collect();
+    let streams: Vec<_> = cases
+        .iter()
+        .map(|case| engine.submit(fixture.golden_request(case)))
+        .collect();
+    for (case, stream) in cases.iter().zip(streams) {
+        let request = GenerationRequest {
+            prompt_ids: &case.request.prompt_ids,
+            images: &case.request.images,
+            max_new_tokens: case.greedy_tokens.len(),
+            sampling: SamplingParams::default(),
+            stop_token_ids: &[],
+            ignore_eos: true,
+        };
+        let alone = generate(&model, &request, |_| {}).unwrap();
+        assert_eq!(stream.wait().token_ids, alone.token_ids, "{}", case.name);
+    }
 }
