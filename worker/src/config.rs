@@ -20,11 +20,14 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Bytes of image features kept for images sent again (0 disables the cache).
     pub image_cache_bytes: usize,
+    /// Keep the blocks of finished sequences and reuse them for requests that start with the same
+    /// tokens and images.
+    pub prefix_caching: bool,
 }
 
 impl EngineConfig {
     /// `kv_blocks` blocks of 16 tokens, 512 tokens per step, 64 running sequences, 256 MiB of
-    /// image features.
+    /// image features, prefix caching on.
     ///
     /// ```
     /// let config = fovea_worker::EngineConfig { max_batch_tokens: 1024, ..fovea_worker::EngineConfig::new(4096) };
@@ -37,6 +40,7 @@ impl EngineConfig {
             max_batch_tokens: 512,
             max_running: 64,
             image_cache_bytes: 256 << 20,
+            prefix_caching: true,
         }
     }
 

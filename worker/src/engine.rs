@@ -3,7 +3,7 @@
 //! scheduler picked.
 //!
 //! A step: apply the pending commands (submissions, cancellations), drop sequences nobody listens
-//! to, schedule, build each chunk's embeddings (encoding images the first time a chunk reaches
+//! to, schedule (reusing cached prefixes), build each chunk's embeddings (encoding images the first time a chunk reaches
 //! them), run the flat batch through the model on the paged cache, then sample every sequence
 //! whose chunk reached its last known token. A sequence's blocks are freed before its final event
 //! is sent, and the stats are published in between, so a caller that saw the final event sees the
@@ -86,6 +86,7 @@ impl Engine {
         let scheduler_limits = SchedulerLimits {
             max_batch_tokens: config.max_batch_tokens,
             max_running: config.max_running,
+            prefix_caching: config.prefix_caching,
         };
         let engine = Engine {
             scheduler: Scheduler::new(
@@ -105,7 +106,14 @@ impl Engine {
             .name("fovea-engine".into())
             .spawn(move || engine.run(receiver))
             .map_err(EngineError::Spawn)?;
-        Ok(EngineHandle::new(commands, stats, limits, tokenizer, thread))
+        Ok(EngineHandle::new(
+            commands,
+            stats,
+            limits,
+            tokenizer,
+            config.block_size,
+            thread,
+        ))
     }
 
     fn run(mut self, commands: Receiver<Command>) {
@@ -159,11 +167,19 @@ impl Engine {
 
     /// One scheduling decision and one forward pass.
     fn step(&mut self) {
-        let schedule = self.scheduler.schedule();
+        let sequences = &self.sequences;
+        let schedule = self
+            .scheduler
+            .schedule(|id| sequences.get(&id).map_or(&[][..], Sequence::block_hashes));
         for id in &schedule.preempted {
             if let Some(sequence) = self.sequences.get_mut(id) {
                 sequence.preempted();
                 tracing::debug!("{id} preempted: out of KV blocks");
+            }
+        }
+        for (id, tokens) in &schedule.reused {
+            if let Some(sequence) = self.sequences.get_mut(id) {
+                sequence.reused_prefix(*tokens);
             }
         }
         let mut chunks = Vec::with_capacity(schedule.chunks.len());
@@ -226,7 +242,8 @@ impl Engine {
             sequence.release_features_before(end);
             let generates = end == sequence.known_tokens();
             let finished = if generates { sequence.sample_next(row) } else { None };
-            self.scheduler.computed(chunk.id, chunk.positions.len(), generates);
+            let (tokens, hashes) = (chunk.positions.len(), sequence.block_hashes());
+            self.scheduler.computed(chunk.id, tokens, generates, hashes);
             if let Some(reason) = finished {
                 self.finish(chunk.id, reason);
             }
@@ -249,6 +266,7 @@ impl Engine {
             waiting: self.scheduler.waiting(),
             free_blocks: allocator.free_blocks(),
             total_blocks: allocator.total_blocks(),
+            cached_blocks: allocator.cached_blocks(),
             block_size: allocator.block_size(),
             queued_tokens: self.scheduler.queued_tokens(),
             image_cache_bytes: self.images.used_bytes(),

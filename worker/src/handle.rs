@@ -26,8 +26,11 @@ pub struct EngineStats {
     pub running: usize,
     /// Sequences waiting for blocks (new, or preempted).
     pub waiting: usize,
+    /// Blocks no sequence holds, cached ones included.
     pub free_blocks: usize,
     pub total_blocks: usize,
+    /// Of the free blocks, those that keep a prefix for reuse (taken last, evicted when needed).
+    pub cached_blocks: usize,
     /// Tokens per block.
     pub block_size: usize,
     /// Tokens submitted but not yet computed (prompts, and recomputation of preempted sequences).
@@ -102,6 +105,7 @@ struct Shared {
     stats: Arc<Mutex<EngineStats>>,
     limits: RequestLimits,
     tokenizer: Arc<TextTokenizer>,
+    block_size: usize,
     next_id: AtomicU64,
     thread: Option<JoinHandle<()>>,
 }
@@ -127,6 +131,7 @@ impl EngineHandle {
         stats: Arc<Mutex<EngineStats>>,
         limits: RequestLimits,
         tokenizer: Arc<TextTokenizer>,
+        block_size: usize,
         thread: JoinHandle<()>,
     ) -> Self {
         EngineHandle {
@@ -135,6 +140,7 @@ impl EngineHandle {
                 stats,
                 limits,
                 tokenizer,
+                block_size,
                 next_id: AtomicU64::new(0),
                 thread: Some(thread),
             }),
@@ -149,12 +155,14 @@ impl EngineHandle {
         let (sender, events) = unbounded_channel();
         let prompt_tokens = request.prompt_ids.len();
         let sequence = self.shared.limits.validate(request).and_then(|request| {
+            let tokenizer = Arc::clone(&self.shared.tokenizer);
             Sequence::new(
                 id,
                 request,
-                Arc::clone(&self.shared.tokenizer),
+                tokenizer,
                 sender.clone(),
                 submitted,
+                self.shared.block_size,
             )
         });
         match sequence {

@@ -6,33 +6,35 @@
 //! them alive, the cache just stops counting them.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hasher};
 
 use candle_core::Tensor;
 use fovea_model::Result;
 use fovea_model::preprocess::PreparedImage;
+
+use crate::content_hash::ContentHasher;
 
 /// The content hash of a prepared image: its grid and every patch value (128 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ImageKey(u128);
 
 impl ImageKey {
-    /// Hashes `image`'s grid and patch values (two SipHash streams with different seeds).
+    /// Hashes `image`'s grid and patch values.
     pub fn of(image: &PreparedImage) -> Self {
-        let mut halves = [DefaultHasher::new(), DefaultHasher::new()];
-        for (seed, hasher) in halves.iter_mut().enumerate() {
-            hasher.write_u64(seed as u64);
-            hasher.write_usize(image.grid_h);
-            hasher.write_usize(image.grid_w);
-        }
+        let mut hasher = ContentHasher::new();
+        hasher.write_u64(image.grid_h as u64);
+        hasher.write_u64(image.grid_w as u64);
         let mut bytes = Vec::with_capacity(4096);
         for chunk in image.patches.chunks(1024) {
             bytes.clear();
             bytes.extend(chunk.iter().flat_map(|value| value.to_bits().to_le_bytes()));
-            halves.iter_mut().for_each(|hasher| hasher.write(&bytes));
+            hasher.write(&bytes);
         }
-        let [high, low] = halves.map(|hasher| hasher.finish());
-        ImageKey((u128::from(high) << 64) | u128::from(low))
+        ImageKey(hasher.finish())
+    }
+
+    /// The hash's value.
+    pub fn value(self) -> u128 {
+        self.0
     }
 }
 

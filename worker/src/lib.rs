@@ -8,12 +8,14 @@
 //! [`Event`]s.
 
 pub mod block_allocator;
+pub mod block_hash;
 pub mod config;
+mod content_hash;
 pub mod engine;
 pub mod error;
 pub mod event;
 pub mod handle;
-mod image_cache;
+pub mod image_cache;
 pub mod kv_pool;
 pub mod paged_cache;
 pub mod request;

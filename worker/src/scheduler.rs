@@ -8,6 +8,10 @@
 //! (prompt plus generated tokens). If no preemption happened, waiting sequences are admitted in
 //! arrival order while budget, blocks and running slots last.
 //!
+//! With prefix caching, a sequence being admitted first takes the cached blocks of the longest
+//! prefix of its tokens that the cache holds (always leaving at least one token to compute, whose
+//! logits give the next token), and every block a sequence fills is registered in the cache.
+//!
 //! The scheduler knows token counts and block tables only; the tokens themselves live in the
 //! engine's [`Sequence`](crate::sequence::Sequence)s.
 
@@ -15,6 +19,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 use crate::block_allocator::{BlockAllocator, KvBlockTable};
+use crate::block_hash::BlockHash;
 use crate::request::RequestId;
 
 /// Step-size limits.
@@ -24,6 +29,8 @@ pub struct SchedulerLimits {
     pub max_batch_tokens: usize,
     /// Sequences holding KV blocks at once.
     pub max_running: usize,
+    /// Reuse the blocks of prefixes computed before.
+    pub prefix_caching: bool,
 }
 
 /// The KV side of one sequence.
@@ -37,6 +44,8 @@ struct Entry {
     /// Tokens whose keys and values are in `table`.
     computed: usize,
     table: KvBlockTable,
+    /// Blocks of `table` registered in the prefix cache (the first ones).
+    registered: usize,
 }
 
 impl Entry {
@@ -61,6 +70,8 @@ pub struct Schedule {
     pub chunks: Vec<Chunk>,
     /// Sequences whose blocks were freed this step (they are waiting again).
     pub preempted: Vec<RequestId>,
+    /// Sequences admitted this step whose first tokens came from the prefix cache, with how many.
+    pub reused: Vec<(RequestId, usize)>,
 }
 
 /// The waiting queue, the running set and the block allocator.
@@ -93,12 +104,14 @@ impl Scheduler {
             len,
             computed: 0,
             table: KvBlockTable::default(),
+            registered: 0,
         });
         self.next_arrival += 1;
     }
 
     /// Chooses the next step's chunks, growing block tables and preempting as needed.
-    pub fn schedule(&mut self) -> Schedule {
+    /// `block_hashes(id)` gives the hashes of sequence `id`'s full blocks of known tokens.
+    pub fn schedule<'h>(&mut self, block_hashes: impl Fn(RequestId) -> &'h [BlockHash]) -> Schedule {
         let mut schedule = Schedule::default();
         let mut budget = self.limits.max_batch_tokens;
         let mut decodes_behind = self.running.iter().filter(|e| e.pending() == 1).count();
@@ -139,7 +152,7 @@ impl Scheduler {
             }
         }
         if schedule.preempted.is_empty() {
-            self.admit(&mut budget, &mut schedule.chunks);
+            self.admit(&mut budget, &mut schedule, block_hashes);
         }
         schedule
     }
@@ -162,35 +175,50 @@ impl Scheduler {
         let mut entry = self.running.remove(index);
         self.allocator.release(&mut entry.table);
         entry.computed = 0;
+        entry.registered = 0;
         let at = self.waiting.partition_point(|w| w.arrival < entry.arrival);
         let id = entry.id;
         self.waiting.insert(at, entry);
         id
     }
 
-    /// Moves waiting sequences to running, each with a first chunk, while the budget and the free
-    /// blocks last. Blocks for one more token of every decoding sequence are kept free, so that a
-    /// newcomer does not cause a preemption at the next step.
-    fn admit(&mut self, budget: &mut usize, chunks: &mut Vec<Chunk>) {
+    /// Moves waiting sequences to running, each with its cached prefix and a first chunk, while
+    /// the budget and the free blocks last. Blocks for one more token of every decoding sequence
+    /// are kept free, so that a newcomer does not cause a preemption at the next step.
+    fn admit<'h>(
+        &mut self,
+        budget: &mut usize,
+        schedule: &mut Schedule,
+        block_hashes: impl Fn(RequestId) -> &'h [BlockHash],
+    ) {
         let reserve = self.running.iter().filter(|e| e.pending() <= 1).count();
+        let block_size = self.allocator.block_size();
         while let Some(entry) = self.waiting.front_mut() {
             if self.running.len() >= self.limits.max_running || *budget == 0 {
                 break;
             }
+            if self.limits.prefix_caching {
+                let hashes = block_hashes(entry.id);
+                let reusable = hashes.len().min((entry.len - 1) / block_size);
+                entry.registered = self.allocator.share_prefix(&mut entry.table, &hashes[..reusable]);
+                entry.computed = entry.registered * block_size;
+            }
             let spare_blocks = self.allocator.free_blocks().saturating_sub(reserve);
-            let tokens = entry
-                .pending()
-                .min(*budget)
-                .min(spare_blocks * self.allocator.block_size());
+            let tokens = entry.pending().min(*budget).min(spare_blocks * block_size);
             if tokens == 0 {
+                self.allocator.release(&mut entry.table);
+                (entry.computed, entry.registered) = (0, 0);
                 break;
             }
             self.allocator
-                .grow(&mut entry.table, tokens)
+                .grow(&mut entry.table, entry.computed + tokens)
                 .expect("spare blocks were counted");
-            chunks.push(Chunk {
+            if entry.computed > 0 {
+                schedule.reused.push((entry.id, entry.computed));
+            }
+            schedule.chunks.push(Chunk {
                 id: entry.id,
-                positions: 0..tokens,
+                positions: entry.computed..entry.computed + tokens,
             });
             *budget -= tokens;
             let entry = self.waiting.pop_front().expect("front exists");
@@ -198,16 +226,23 @@ impl Scheduler {
         }
     }
 
-    fn running_mut(&mut self, id: RequestId) -> Option<&mut Entry> {
-        self.running.iter_mut().find(|e| e.id == id)
-    }
-
     /// Records that a scheduled chunk of `id` was computed, and whether a token was then
-    /// generated (which the next step has to feed back).
-    pub fn computed(&mut self, id: RequestId, tokens: usize, generated: bool) {
-        if let Some(entry) = self.running_mut(id) {
-            entry.computed += tokens;
-            entry.len += usize::from(generated);
+    /// generated (which the next step has to feed back); registers the blocks it filled, whose
+    /// hashes are in `block_hashes`.
+    pub fn computed(&mut self, id: RequestId, tokens: usize, generated: bool, block_hashes: &[BlockHash]) {
+        let prefix_caching = self.limits.prefix_caching;
+        let block_size = self.allocator.block_size();
+        let Some(entry) = self.running.iter_mut().find(|e| e.id == id) else {
+            return;
+        };
+        entry.computed += tokens;
+        entry.len += usize::from(generated);
+        if prefix_caching {
+            let full = (entry.computed / block_size).min(block_hashes.len());
+            for (index, hash) in block_hashes.iter().enumerate().take(full).skip(entry.registered) {
+                self.allocator.register(&entry.table, index, *hash);
+            }
+            entry.registered = entry.registered.max(full);
         }
     }
 
@@ -262,8 +297,13 @@ mod tests {
         let limits = SchedulerLimits {
             max_batch_tokens,
             max_running: 8,
+            prefix_caching: false,
         };
         Scheduler::new(BlockAllocator::new(blocks, block_size), limits)
+    }
+
+    fn no_hashes(_: RequestId) -> &'static [BlockHash] {
+        &[]
     }
 
     fn chunk(id: u64, positions: Range<usize>) -> Chunk {
@@ -277,7 +317,7 @@ mod tests {
     fn run(scheduler: &mut Scheduler, schedule: &Schedule, lens: &[usize]) {
         for chunk in &schedule.chunks {
             let generated = chunk.positions.end >= lens[chunk.id.0 as usize];
-            scheduler.computed(chunk.id, chunk.positions.len(), generated);
+            scheduler.computed(chunk.id, chunk.positions.len(), generated, &[]);
         }
     }
 
@@ -287,22 +327,22 @@ mod tests {
         s.add(RequestId(0), 25);
         s.add(RequestId(1), 3);
         let lens = [25, 3];
-        let first = s.schedule();
+        let first = s.schedule(no_hashes);
         assert_eq!(first.chunks, vec![chunk(0, 0..10)]);
         run(&mut s, &first, &lens);
-        let second = s.schedule();
+        let second = s.schedule(no_hashes);
         assert_eq!(second.chunks, vec![chunk(0, 10..20)], "request 1 waits: budget spent");
         run(&mut s, &second, &lens);
-        let third = s.schedule();
+        let third = s.schedule(no_hashes);
         assert_eq!(third.chunks, vec![chunk(0, 20..25), chunk(1, 0..3)]);
         run(&mut s, &third, &lens);
         // Both decode now: one token each.
-        let fourth = s.schedule();
+        let fourth = s.schedule(no_hashes);
         assert_eq!(fourth.chunks, vec![chunk(0, 25..26), chunk(1, 3..4)]);
         run(&mut s, &fourth, &[26, 4]);
         // A new long prompt takes what the decodes leave.
         s.add(RequestId(2), 30);
-        let fifth = s.schedule();
+        let fifth = s.schedule(no_hashes);
         assert_eq!(fifth.chunks, vec![chunk(0, 26..27), chunk(1, 4..5), chunk(2, 0..8)]);
         assert_eq!(s.queued_tokens(), 2 + 30);
     }
@@ -320,9 +360,10 @@ mod tests {
                 len,
                 computed,
                 table,
+                registered: 0,
             });
         }
-        let schedule = s.schedule();
+        let schedule = s.schedule(no_hashes);
         assert_eq!(schedule.chunks, vec![chunk(0, 4..10), chunk(1, 2..3), chunk(2, 2..3)]);
     }
 
@@ -333,16 +374,16 @@ mod tests {
         s.add(RequestId(0), 7);
         s.add(RequestId(1), 7);
         let lens = [7, 7];
-        let schedule = s.schedule();
+        let schedule = s.schedule(no_hashes);
         assert_eq!(schedule.chunks, vec![chunk(0, 0..7), chunk(1, 0..7)]);
         run(&mut s, &schedule, &lens);
         // Both generated a token (len 8): position 7 still fits the second blocks.
-        let schedule = s.schedule();
+        let schedule = s.schedule(no_hashes);
         assert_eq!(schedule.chunks, vec![chunk(0, 7..8), chunk(1, 7..8)]);
         run(&mut s, &schedule, &[8, 8]);
         assert_eq!(s.allocator().free_blocks(), 0);
         // Position 8 needs a third block: 1 is preempted so that 0 continues.
-        let schedule = s.schedule();
+        let schedule = s.schedule(no_hashes);
         assert_eq!(schedule.chunks, vec![chunk(0, 8..9)]);
         assert_eq!(schedule.preempted, vec![RequestId(1)]);
         assert_eq!((s.running(), s.waiting()), (1, 1));
@@ -353,7 +394,7 @@ mod tests {
             "1 recomputes its 9 tokens; 0's scheduled one is not computed yet"
         );
         s.remove(RequestId(0));
-        let schedule = s.schedule();
+        let schedule = s.schedule(no_hashes);
         assert_eq!(schedule.chunks, vec![chunk(1, 0..9)], "recomputed from scratch");
     }
 
@@ -361,20 +402,20 @@ mod tests {
     fn newcomers_leave_a_block_per_decode_and_a_sequence_with_nobody_behind_it_preempts_itself() {
         let mut s = scheduler(4, 4, 64);
         s.add(RequestId(0), 5);
-        assert_eq!(s.schedule().chunks, vec![chunk(0, 0..5)]);
-        s.computed(RequestId(0), 5, true);
+        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 0..5)]);
+        s.computed(RequestId(0), 5, true, &[]);
         s.add(RequestId(1), 8);
         // 1 gets one block of its prompt: the last free block stays for 0's decoding.
-        assert_eq!(s.schedule().chunks, vec![chunk(0, 5..6), chunk(1, 0..4)]);
-        s.computed(RequestId(0), 1, true);
-        s.computed(RequestId(1), 4, false);
-        assert_eq!(s.schedule().chunks, vec![chunk(0, 6..7), chunk(1, 4..8)]);
-        s.computed(RequestId(0), 1, true);
-        s.computed(RequestId(1), 4, true);
+        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 5..6), chunk(1, 0..4)]);
+        s.computed(RequestId(0), 1, true, &[]);
+        s.computed(RequestId(1), 4, false, &[]);
+        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 6..7), chunk(1, 4..8)]);
+        s.computed(RequestId(0), 1, true, &[]);
+        s.computed(RequestId(1), 4, true, &[]);
         assert_eq!(s.allocator().free_blocks(), 0);
         // 0's next position fits its blocks; 1's needs a new block, and only 0, ahead of it,
         // holds any: 1 gives its own blocks up.
-        let schedule = s.schedule();
+        let schedule = s.schedule(no_hashes);
         assert_eq!(schedule.chunks, vec![chunk(0, 7..8)]);
         assert_eq!(schedule.preempted, vec![RequestId(1)]);
         assert_eq!(s.allocator().free_blocks(), 2);
@@ -386,7 +427,7 @@ mod tests {
         for id in 0..4 {
             s.add(RequestId(id), 9);
         }
-        let schedule = s.schedule();
+        let schedule = s.schedule(no_hashes);
         assert_eq!(schedule.chunks.len(), 2, "budget of 16 admits 9 + 7");
         assert!(s.allocator().free_blocks() < 10);
         for id in 0..4 {
@@ -395,5 +436,35 @@ mod tests {
         assert!(!s.remove(RequestId(0)));
         assert_eq!(s.allocator().free_blocks(), 10);
         assert_eq!((s.running(), s.waiting(), s.queued_tokens()), (0, 0, 0));
+    }
+
+    #[test]
+    fn an_admitted_sequence_starts_after_its_cached_prefix_and_computes_at_least_one_token() {
+        let mut s = scheduler(16, 4, 64);
+        s.limits.prefix_caching = true;
+        let tokens: Vec<u32> = (0..14).collect();
+        let mut hashes = Vec::new();
+        crate::block_hash::extend_block_hashes(&mut hashes, &tokens, &[], 4);
+        assert_eq!(hashes.len(), 3);
+        s.add(RequestId(0), 14);
+        let schedule = s.schedule(|_| &hashes[..]);
+        assert_eq!(schedule.chunks, vec![chunk(0, 0..14)]);
+        assert!(schedule.reused.is_empty());
+        s.computed(RequestId(0), 14, true, &hashes);
+        s.remove(RequestId(0));
+        assert_eq!(s.allocator().cached_blocks(), 3);
+        // The same 14 tokens: three cached blocks, two tokens to compute.
+        s.add(RequestId(1), 14);
+        let schedule = s.schedule(|_| &hashes[..]);
+        assert_eq!(schedule.chunks, vec![chunk(1, 12..14)]);
+        assert_eq!(schedule.reused, vec![(RequestId(1), 12)]);
+        // Its first 12 tokens alone: the last block is computed again, for its logits (1, not
+        // computed yet, is scheduled again too).
+        s.add(RequestId(2), 12);
+        let schedule = s.schedule(|_| &hashes[..]);
+        assert_eq!(schedule.chunks, vec![chunk(1, 12..14), chunk(2, 8..12)]);
+        s.remove(RequestId(1));
+        s.remove(RequestId(2));
+        assert_eq!(s.allocator().free_blocks(), 16);
     }
 }

@@ -1,5 +1,5 @@
-//! One admitted request inside the engine: its tokens (prompt, then generated), its image
-//! features, its sampler and text stream, its event channel and its clock.
+//! One admitted request inside the engine: its tokens (prompt, then generated) and their block
+//! hashes, its image features, its sampler and text stream, its event channel and its clock.
 //!
 //! The KV side of a sequence (blocks, tokens computed, queue position) is the scheduler's; this
 //! is the content side. Every event a request gets is sent from here, and [`Sequence::finish`]
@@ -10,14 +10,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
-use fovea_model::Phi4VisionModel;
 use fovea_model::sampling::Sampler;
 use fovea_model::text::TextTokenizer;
+use fovea_model::{ImagePlacement, Phi4VisionModel};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::block_hash::{BlockHash, extend_block_hashes};
 use crate::error::RequestError;
 use crate::event::{Completion, Event, FinishReason, Timings, Usage};
-use crate::image_cache::ImageFeatureCache;
+use crate::image_cache::{ImageFeatureCache, ImageKey};
 use crate::request::{RequestId, ValidRequest};
 use crate::text_stream::TextStream;
 
@@ -27,6 +28,13 @@ pub struct Sequence {
     request: ValidRequest,
     /// Prompt ids, then every generated token.
     tokens: Vec<u32>,
+    /// Where the images sit and what they are, for block hashes.
+    image_keys: Vec<(ImagePlacement, ImageKey)>,
+    block_size: usize,
+    /// Hashes of the full blocks of `tokens`.
+    block_hashes: Vec<BlockHash>,
+    /// Prompt tokens taken from the prefix cache at the first admission.
+    cached_tokens: usize,
     /// Per image, its features while a chunk still has to read them.
     features: Vec<Option<Tensor>>,
     sampler: Sampler,
@@ -39,18 +47,32 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    /// A sequence for `request`, whose events go to `events`.
+    /// A sequence for `request`, whose events go to `events`, hashing its tokens in blocks of
+    /// `block_size`.
     pub fn new(
         id: RequestId,
         request: ValidRequest,
         tokenizer: Arc<TextTokenizer>,
         events: UnboundedSender<Event>,
         submitted: Instant,
+        block_size: usize,
     ) -> Result<Self, RequestError> {
         let sampler = Sampler::new(request.sampling.clone()).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let tokens = request.prompt_ids.clone();
+        let image_keys: Vec<_> = request
+            .images
+            .iter()
+            .map(|image| (image.placement, image.key))
+            .collect();
+        let mut block_hashes = Vec::new();
+        extend_block_hashes(&mut block_hashes, &tokens, &image_keys, block_size);
         Ok(Sequence {
             id,
-            tokens: request.prompt_ids.clone(),
+            tokens,
+            image_keys,
+            block_size,
+            block_hashes,
+            cached_tokens: 0,
             features: vec![None; request.images.len()],
             sampler,
             text: TextStream::new(tokenizer, request.skip_special_tokens, request.stop_strings.clone()),
@@ -77,9 +99,22 @@ impl Sequence {
         self.events.is_closed()
     }
 
+    /// Hashes of the full blocks of the known tokens.
+    pub fn block_hashes(&self) -> &[BlockHash] {
+        &self.block_hashes
+    }
+
     /// Notes that the sequence's cache was freed; it will be recomputed.
     pub fn preempted(&mut self) {
         self.preemptions += 1;
+    }
+
+    /// Notes that the first `tokens` tokens' keys and values came from the prefix cache; counted
+    /// in the usage at the first admission only (later ones are recomputations).
+    pub fn reused_prefix(&mut self, tokens: usize) {
+        if self.preemptions == 0 {
+            self.cached_tokens = tokens.min(self.request.prompt_ids.len());
+        }
     }
 
     /// Decoder input `[range.len(), hidden]` for tokens `range`: token embeddings, with image
@@ -102,7 +137,7 @@ impl Sequence {
                 Some(features) => features,
                 None => features.insert(images.get_or_encode(image.key, || model.encode_image(&image.image))?),
             };
-            let placement = fovea_model::ImagePlacement {
+            let placement = ImagePlacement {
                 start: overlap.start - range.start,
                 len: overlap.len(),
             };
@@ -124,6 +159,7 @@ impl Sequence {
     pub fn sample_next(&mut self, logits: &[f32]) -> Option<FinishReason> {
         let token = self.sampler.sample(logits);
         self.tokens.push(token);
+        extend_block_hashes(&mut self.block_hashes, &self.tokens, &self.image_keys, self.block_size);
         self.first_token.get_or_insert_with(Instant::now);
         let delta = match self.text.push(token) {
             Ok(delta) => delta,
@@ -160,7 +196,7 @@ impl Sequence {
             usage: Usage {
                 prompt_tokens: self.request.prompt_ids.len(),
                 image_tokens: self.request.image_tokens(),
-                cached_tokens: 0,
+                cached_tokens: self.cached_tokens,
                 completion_tokens,
             },
             timings: Timings {

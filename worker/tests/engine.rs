@@ -108,45 +108,99 @@ fn every_golden_case_alone_gives_the_golden_tokens() {
 }
 
 #[test]
-fn sixteen_concurrent_requests_all_give_their_golden_tokens_and_repeated_images_are_encoded_once() {
+fn sixteen_concurrent_requests_all_give_their_golden_tokens() {
     let fixture = fixture();
-    let engine = fixture.engine(EngineConfig::new(2048));
-    let cases: Vec<&GoldenCase> = fixture.cases.iter().cycle().take(16).collect();
-    let streams: Vec<_> = cases
-        .iter()
-        .map(|case| engine.submit(fixture.golden_request(case)))
-        .collect();
-    for (stream, case) in streams.into_iter().zip(&cases) {
-        assert_golden(&stream.wait(), case);
+    for prefix_caching in [true, false] {
+        let engine = fixture.engine(EngineConfig {
+            prefix_caching,
+            ..EngineConfig::new(2048)
+        });
+        let cases: Vec<&GoldenCase> = fixture.cases.iter().cycle().take(16).collect();
+        let streams: Vec<_> = cases
+            .iter()
+            .map(|case| engine.submit(fixture.golden_request(case)))
+            .collect();
+        for (stream, case) in streams.into_iter().zip(&cases) {
+            assert_golden(&stream.wait(), case);
+        }
+        assert_idle(&engine);
+        // Chart and screen 3 times each, the two-image case 3 times: 4 distinct images, each
+        // encoded once. Without prefix caching every later use is a feature-cache hit; with it,
+        // most later uses skip the image altogether.
+        let stats = engine.stats();
+        assert_eq!(stats.images_encoded, 4, "{stats:?}");
+        if !prefix_caching {
+            assert_eq!(stats.image_cache_hits, 8, "{stats:?}");
+        }
     }
+}
+
+#[test]
+fn a_repeated_prompt_reuses_its_cached_blocks_up_to_its_first_different_image() {
+    let fixture = fixture();
+    let engine = fixture.engine(EngineConfig::new(512));
+    let case = fixture.case("chart_nothink");
+    let first = engine.submit(fixture.golden_request(case)).wait();
+    assert_eq!(first.completion.usage.cached_tokens, 0);
     assert_idle(&engine);
-    // Images: chart and screen 3 times each, the two-image case 3 times: 4 distinct images.
-    let stats = engine.stats();
-    assert_eq!((stats.images_encoded, stats.image_cache_hits), (4, 8), "{stats:?}");
+    assert!(engine.stats().cached_blocks > 0);
+
+    // All full blocks but the one holding the last prompt token (731): 45 blocks of 16.
+    let again = engine.submit(fixture.golden_request(case)).wait();
+    assert_golden(&again, case);
+    assert_eq!(again.completion.usage.cached_tokens, 720);
+
+    // Another image of the same size: only the 26 blocks before the image (at 418) are shared.
+    let mut request = fixture.golden_request(case);
+    request.images[0]
+        .1
+        .patches
+        .iter_mut()
+        .for_each(|value| *value = -*value);
+    let other_image = engine.submit(request.clone()).wait();
+    assert_eq!(other_image.completion.usage.cached_tokens, 416);
+    let alone = generate(
+        &fixture.model,
+        &GenerationRequest {
+            prompt_ids: &request.prompt_ids,
+            images: &request.images,
+            max_new_tokens: request.max_new_tokens,
+            sampling: SamplingParams::default(),
+            stop_token_ids: &[],
+            ignore_eos: true,
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(other_image.token_ids, alone.token_ids);
+    assert_idle(&engine);
 }
 
 #[test]
 fn preemption_under_a_tiny_block_budget_still_gives_the_golden_tokens() {
     let fixture = fixture();
-    // screen_grounding alone needs 4046 of the 4160 slots: everything else has to make way.
-    let config = EngineConfig {
-        max_batch_tokens: 256,
-        ..EngineConfig::new(260)
-    };
-    let engine = fixture.engine(config);
-    let cases: Vec<&GoldenCase> = fixture.cases.iter().cycle().take(8).collect();
-    let streams: Vec<_> = cases
-        .iter()
-        .map(|case| engine.submit(fixture.golden_request(case)))
-        .collect();
-    let mut preemptions = 0;
-    for (stream, case) in streams.into_iter().zip(&cases) {
-        let output = stream.wait();
-        assert_golden(&output, case);
-        preemptions += output.completion.preemptions;
+    for prefix_caching in [false, true] {
+        // screen_grounding alone needs 4046 of the 4160 slots: everything else has to make way.
+        let config = EngineConfig {
+            max_batch_tokens: 256,
+            prefix_caching,
+            ..EngineConfig::new(260)
+        };
+        let engine = fixture.engine(config);
+        let cases: Vec<&GoldenCase> = fixture.cases.iter().cycle().take(8).collect();
+        let streams: Vec<_> = cases
+            .iter()
+            .map(|case| engine.submit(fixture.golden_request(case)))
+            .collect();
+        let mut preemptions = 0;
+        for (stream, case) in streams.into_iter().zip(&cases) {
+            let output = stream.wait();
+            assert_golden(&output, case);
+            preemptions += output.completion.preemptions;
+        }
+        assert!(preemptions > 0, "the budget was meant to force preemptions");
+        assert_idle(&engine);
     }
-    assert!(preemptions > 0, "the budget was meant to force preemptions");
-    assert_idle(&engine);
 }
 
 #[test]
