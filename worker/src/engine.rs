@@ -1,0 +1,282 @@
+//! The engine loop: one thread that owns the model's KV pool, the scheduler and every sequence,
+//! takes commands from [`EngineHandle`]s, and runs one forward pass per step over everything the
+//! scheduler picked.
+//!
+//! A step: apply the pending commands (submissions, cancellations), drop sequences nobody listens
+//! to, schedule (reusing cached prefixes), build each chunk's embeddings (encoding images the first time a chunk reaches
+//! them), run the flat batch through the model on the paged cache, then sample every sequence
+//! whose chunk reached its last known token. A sequence's blocks are freed before its final event
+//! is sent, and the stats are published in between, so a caller that saw the final event sees the
+//! blocks free.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use candle_core::Tensor;
+use fovea_model::batch::{BatchLayout, BatchSegment};
+use fovea_model::text::TextTokenizer;
+use fovea_model::{ModelError, Phi4VisionModel};
+
+use crate::block_allocator::BlockAllocator;
+use crate::config::EngineConfig;
+use crate::error::{EngineError, RequestError};
+use crate::event::FinishReason;
+use crate::handle::{EngineHandle, EngineStats};
+use crate::image_cache::ImageFeatureCache;
+use crate::kv_pool::KvBlockPool;
+use crate::paged_cache::PagedKvCache;
+use crate::request::{RequestId, RequestLimits};
+use crate::scheduler::{Chunk, Scheduler, SchedulerLimits};
+use crate::sequence::Sequence;
+
+/// What handles ask of the engine thread.
+pub(crate) enum Command {
+    Submit(Box<Sequence>),
+    Cancel(RequestId),
+    /// Cancel everything and stop.
+    Shutdown,
+}
+
+/// The state the engine thread owns.
+pub struct Engine {
+    model: Arc<Phi4VisionModel>,
+    scheduler: Scheduler,
+    pool: KvBlockPool,
+    images: ImageFeatureCache,
+    sequences: HashMap<RequestId, Sequence>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+impl Engine {
+    /// Allocates the KV pool for `config`, starts the engine thread, and returns the first handle
+    /// to it. `tokenizer` turns generated tokens into text. The engine stops, cancelling what is
+    /// still running, when the last handle is dropped.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use candle_core::{DType, Device};
+    /// use fovea_model::{Phi4VisionModel, input::RequestPreparer, text::{ChatMessage, Mode}};
+    /// use fovea_worker::{Engine, EngineConfig, GenerateRequest};
+    ///
+    /// let dir = std::path::Path::new("model");
+    /// let preparer = RequestPreparer::from_model_dir(dir)?;
+    /// let model = Arc::new(Phi4VisionModel::load(dir, DType::F32, &Device::Cpu)?);
+    /// let engine = Engine::start(model, preparer.tokenizer().clone(), EngineConfig::new(1024))?;
+    /// let messages = [ChatMessage { role: "user".into(), content: "Hello!".into() }];
+    /// let prepared = preparer.prepare(&messages, &[], Mode::NoThink)?;
+    /// let output = engine.submit(GenerateRequest::new(prepared, 32)).wait();
+    /// println!("{} ({})", output.text, output.completion.reason.as_str());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn start(
+        model: Arc<Phi4VisionModel>,
+        tokenizer: Arc<TextTokenizer>,
+        config: EngineConfig,
+    ) -> Result<EngineHandle, EngineError> {
+        let model_config = model.config();
+        let shape = config.pool_shape(&model_config.text)?;
+        let limits = RequestLimits {
+            vocab_size: model_config.text.vocab_size,
+            context_len: model_config.text.max_position_embeddings,
+            patch_dim: model_config.vision.patch_dim(),
+            eos_token_ids: model_config.eos_token_ids.clone(),
+            kv_capacity_tokens: config.kv_blocks * config.block_size,
+        };
+        let scheduler_limits = SchedulerLimits {
+            max_batch_tokens: config.max_batch_tokens,
+            max_running: config.max_running,
+            prefix_caching: config.prefix_caching,
+        };
+        let engine = Engine {
+            scheduler: Scheduler::new(
+                BlockAllocator::new(config.kv_blocks, config.block_size),
+                scheduler_limits,
+            ),
+            pool: KvBlockPool::new(shape),
+            images: ImageFeatureCache::new(config.image_cache_bytes),
+            sequences: HashMap::new(),
+            stats: Arc::new(Mutex::new(EngineStats::default())),
+            model,
+        };
+        engine.publish_stats();
+        let stats = Arc::clone(&engine.stats);
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("fovea-engine".into())
+            .spawn(move || engine.run(receiver))
+            .map_err(EngineError::Spawn)?;
+        Ok(EngineHandle::new(
+            commands,
+            stats,
+            limits,
+            tokenizer,
+            config.block_size,
+            thread,
+        ))
+    }
+
+    fn run(mut self, commands: Receiver<Command>) {
+        loop {
+            // Idle: sleep until a command comes. Busy: take what has come and go on.
+            let mut next = if self.sequences.is_empty() {
+                Some(commands.recv().unwrap_or(Command::Shutdown))
+            } else {
+                None
+            };
+            loop {
+                let command = match next.take().ok_or(()).or_else(|()| commands.try_recv()) {
+                    Ok(command) => command,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => Command::Shutdown,
+                };
+                match command {
+                    Command::Submit(sequence) => self.add(*sequence),
+                    Command::Cancel(id) => self.finish(id, FinishReason::Cancelled),
+                    Command::Shutdown => return self.cancel_all(),
+                }
+            }
+            let abandoned: Vec<RequestId> = self
+                .sequences
+                .values()
+                .filter(|s| s.is_abandoned())
+                .map(Sequence::id)
+                .collect();
+            for id in abandoned {
+                self.finish(id, FinishReason::Cancelled);
+            }
+            if !self.sequences.is_empty() {
+                self.step();
+            }
+            self.publish_stats();
+        }
+    }
+
+    fn add(&mut self, sequence: Sequence) {
+        self.scheduler.add(sequence.id(), sequence.known_tokens());
+        self.sequences.insert(sequence.id(), sequence);
+        self.publish_stats();
+    }
+
+    fn cancel_all(mut self) {
+        let ids: Vec<RequestId> = self.sequences.keys().copied().collect();
+        for id in ids {
+            self.finish(id, FinishReason::Cancelled);
+        }
+    }
+
+    /// One scheduling decision and one forward pass.
+    fn step(&mut self) {
+        let sequences = &self.sequences;
+        let schedule = self
+            .scheduler
+            .schedule(|id| sequences.get(&id).map_or(&[][..], Sequence::block_hashes));
+        for id in &schedule.preempted {
+            if let Some(sequence) = self.sequences.get_mut(id) {
+                sequence.preempted();
+                tracing::debug!("{id} preempted: out of KV blocks");
+            }
+        }
+        for (id, tokens) in &schedule.reused {
+            if let Some(sequence) = self.sequences.get_mut(id) {
+                sequence.reused_prefix(*tokens);
+            }
+        }
+        let mut chunks = Vec::with_capacity(schedule.chunks.len());
+        let mut inputs = Vec::with_capacity(schedule.chunks.len());
+        for chunk in schedule.chunks {
+            let Some(sequence) = self.sequences.get_mut(&chunk.id) else {
+                continue;
+            };
+            match sequence.embeddings(&self.model, &mut self.images, chunk.positions.clone()) {
+                Ok(embeddings) => {
+                    inputs.push(embeddings);
+                    chunks.push(chunk);
+                }
+                Err(e) => self.finish(chunk.id, model_failure(&e)),
+            }
+        }
+        if chunks.is_empty() {
+            return;
+        }
+        match self.forward(&chunks, &inputs) {
+            Ok(logits) => self.advance(&chunks, &logits),
+            Err(e) => {
+                tracing::warn!("forward pass of {} sequences failed: {e}", chunks.len());
+                for chunk in &chunks {
+                    self.finish(chunk.id, model_failure(&e));
+                }
+            }
+        }
+    }
+
+    /// The model over `chunks` (whose embeddings are `inputs`): logits of each chunk's last
+    /// token, `[chunks, vocab]` flattened.
+    fn forward(&mut self, chunks: &[Chunk], inputs: &[Tensor]) -> fovea_model::Result<Vec<f32>> {
+        let segments = chunks
+            .iter()
+            .map(|chunk| BatchSegment {
+                past: chunk.positions.start,
+                tokens: chunk.positions.len(),
+            })
+            .collect();
+        let tables = self
+            .scheduler
+            .tables(chunks)
+            .ok_or_else(|| ModelError::BadInput("a scheduled sequence holds no blocks".into()))?;
+        let mut cache = PagedKvCache::new(&mut self.pool, tables);
+        let logits = self
+            .model
+            .forward(&Tensor::cat(inputs, 0)?, &BatchLayout::new(segments), &mut cache)?;
+        Ok(logits.flatten_all()?.to_vec1()?)
+    }
+
+    /// Records the computed chunks and samples the sequences that reached their last token.
+    fn advance(&mut self, chunks: &[Chunk], logits: &[f32]) {
+        let vocab = logits.len() / chunks.len();
+        for (chunk, row) in chunks.iter().zip(logits.chunks_exact(vocab)) {
+            let Some(sequence) = self.sequences.get_mut(&chunk.id) else {
+                continue;
+            };
+            let end = chunk.positions.end;
+            sequence.release_features_before(end);
+            let generates = end == sequence.known_tokens();
+            let finished = if generates { sequence.sample_next(row) } else { None };
+            let (tokens, hashes) = (chunk.positions.len(), sequence.block_hashes());
+            self.scheduler.computed(chunk.id, tokens, generates, hashes);
+            if let Some(reason) = finished {
+                self.finish(chunk.id, reason);
+            }
+        }
+    }
+
+    /// Frees `id`'s blocks, publishes the stats, then sends its final event.
+    fn finish(&mut self, id: RequestId, reason: FinishReason) {
+        self.scheduler.remove(id);
+        if let Some(sequence) = self.sequences.remove(&id) {
+            self.publish_stats();
+            sequence.finish(reason);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let allocator = self.scheduler.allocator();
+        let stats = EngineStats {
+            running: self.scheduler.running(),
+            waiting: self.scheduler.waiting(),
+            free_blocks: allocator.free_blocks(),
+            total_blocks: allocator.total_blocks(),
+            cached_blocks: allocator.cached_blocks(),
+            block_size: allocator.block_size(),
+            queued_tokens: self.scheduler.queued_tokens(),
+            image_cache_bytes: self.images.used_bytes(),
+            images_encoded: self.images.encoded(),
+            image_cache_hits: self.images.hits(),
+        };
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
+    }
+}
+
+fn model_failure(error: &ModelError) -> FinishReason {
+    FinishReason::Error(RequestError::Model(error.to_string()))
+}

@@ -1,0 +1,31 @@
+//! Fovea's serving engine: many requests at once on one model, by iteration-level continuous
+//! batching over a paged KV cache. Each step runs one forward pass over a flat batch of decoding
+//! steps and prefill chunks, and streams every request's tokens through its own channel.
+//! It must not do networking (the gRPC layer drives it through [`EngineHandle`]) nor change how
+//! the model computes: the model crate stays pure, this crate owns memory and policy.
+//!
+//! Start with [`Engine::start`], then [`EngineHandle::submit`] a [`GenerateRequest`] and read its
+//! [`Event`]s.
+
+pub mod block_allocator;
+pub mod block_hash;
+pub mod config;
+mod content_hash;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod handle;
+pub mod image_cache;
+pub mod kv_pool;
+pub mod paged_cache;
+pub mod request;
+mod scheduler;
+mod sequence;
+mod text_stream;
+
+pub use config::EngineConfig;
+pub use engine::Engine;
+pub use error::{EngineError, RequestError};
+pub use event::{Completion, Event, FinishReason, Timings, Usage};
+pub use handle::{EngineHandle, EngineStats, RequestOutput, RequestStream};
+pub use request::{GenerateRequest, RequestId};

@@ -1,0 +1,470 @@
+//! Which tokens of which sequences go into the next forward pass, and which KV blocks hold them.
+//!
+//! Each step, running sequences are served in admission order under a token budget: a decoding
+//! sequence takes one token, one still in its prompt takes a chunk (chunked prefill), leaving one
+//! token of budget for every decoding sequence behind it so that a long prompt never stalls them.
+//! When a sequence needs a block and none is free, the latest-admitted running sequence not yet
+//! served this step is preempted: its blocks are freed and it waits to be recomputed from scratch
+//! (prompt plus generated tokens). If no preemption happened, waiting sequences are admitted in
+//! arrival order while budget, blocks and running slots last.
+//!
+//! With prefix caching, a sequence being admitted first takes the cached blocks of the longest
+//! prefix of its tokens that the cache holds (always leaving at least one token to compute, whose
+//! logits give the next token), and every block a sequence fills is registered in the cache.
+//!
+//! The scheduler knows token counts and block tables only; the tokens themselves live in the
+//! engine's [`Sequence`](crate::sequence::Sequence)s.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use crate::block_allocator::{BlockAllocator, KvBlockTable};
+use crate::block_hash::BlockHash;
+use crate::request::RequestId;
+
+/// Step-size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerLimits {
+    /// Tokens per forward pass.
+    pub max_batch_tokens: usize,
+    /// Sequences holding KV blocks at once.
+    pub max_running: usize,
+    /// Reuse the blocks of prefixes computed before.
+    pub prefix_caching: bool,
+}
+
+/// The KV side of one sequence.
+#[derive(Debug)]
+struct Entry {
+    id: RequestId,
+    /// Submission order: the waiting queue's order.
+    arrival: u64,
+    /// Tokens known (prompt plus generated).
+    len: usize,
+    /// Tokens whose keys and values are in `table`.
+    computed: usize,
+    table: KvBlockTable,
+    /// Blocks of `table` registered in the prefix cache (the first ones).
+    registered: usize,
+}
+
+impl Entry {
+    /// Tokens known but not yet in the cache.
+    fn pending(&self) -> usize {
+        self.len - self.computed
+    }
+}
+
+/// New tokens of one sequence in the next forward pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub id: RequestId,
+    /// Positions of the tokens (`start` tokens are cached already).
+    pub positions: Range<usize>,
+}
+
+/// The scheduler's decision for one step.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Schedule {
+    /// What to compute, in batch order; every chunk's positions are covered by its table.
+    pub chunks: Vec<Chunk>,
+    /// Sequences whose blocks were freed this step (they are waiting again).
+    pub preempted: Vec<RequestId>,
+    /// Sequences admitted this step whose first tokens came from the prefix cache, with how many.
+    pub reused: Vec<(RequestId, usize)>,
+}
+
+/// The waiting queue, the running set and the block allocator.
+pub struct Scheduler {
+    limits: SchedulerLimits,
+    allocator: BlockAllocator,
+    /// In arrival order.
+    waiting: VecDeque<Entry>,
+    /// In admission order: served first to last, preempted last to first.
+    running: Vec<Entry>,
+    next_arrival: u64,
+}
+
+impl Scheduler {
+    pub fn new(allocator: BlockAllocator, limits: SchedulerLimits) -> Self {
+        Scheduler {
+            limits,
+            allocator,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_arrival: 0,
+        }
+    }
+
+    /// Queues sequence `id` with a prompt of `len` tokens.
+    pub fn add(&mut self, id: RequestId, len: usize) {
+        self.waiting.push_back(Entry {
+            id,
+            arrival: self.next_arrival,
+            len,
+            computed: 0,
+            table: KvBlockTable::default(),
+            registered: 0,
+        });
+        self.next_arrival += 1;
+    }
+
+    /// Chooses the next step's chunks, growing block tables and preempting as needed.
+    /// `block_hashes(id)` gives the hashes of sequence `id`'s full blocks of known tokens.
+    pub fn schedule<'h>(&mut self, block_hashes: impl Fn(RequestId) -> &'h [BlockHash]) -> Schedule {
+        let mut schedule = Schedule::default();
+        let mut budget = self.limits.max_batch_tokens;
+        let mut decodes_behind = self.running.iter().filter(|e| e.pending() == 1).count();
+        let mut next = 0;
+        while next < self.running.len() {
+            let pending = self.running[next].pending();
+            let decoding = pending == 1;
+            if decoding {
+                decodes_behind -= 1;
+            }
+            let wanted = pending.min(budget.saturating_sub(decodes_behind));
+            if wanted == 0 {
+                next += 1;
+                continue;
+            }
+            loop {
+                if let Some(tokens) = self.grow(next, wanted, decoding) {
+                    let entry = &self.running[next];
+                    schedule.chunks.push(Chunk {
+                        id: entry.id,
+                        positions: entry.computed..entry.computed + tokens,
+                    });
+                    budget -= tokens;
+                    next += 1;
+                    break;
+                }
+                // Everything after `next` is unserved this step: the last of them goes first,
+                // then `next` itself.
+                let victim = self.running.len() - 1;
+                if victim == next {
+                    schedule.preempted.push(self.preempt(victim));
+                    break;
+                }
+                if self.running[victim].pending() == 1 {
+                    decodes_behind -= 1;
+                }
+                schedule.preempted.push(self.preempt(victim));
+            }
+        }
+        if schedule.preempted.is_empty() {
+            self.admit(&mut budget, &mut schedule, block_hashes);
+        }
+        schedule
+    }
+
+    /// Grows running sequence `index`'s table for up to `wanted` more tokens (exactly `wanted`
+    /// when `exact`), returning how many fit; `None` when none (or not all, if `exact`) do.
+    fn grow(&mut self, index: usize, wanted: usize, exact: bool) -> Option<usize> {
+        let entry = &mut self.running[index];
+        let room = self.allocator.reachable_tokens(&entry.table) - entry.computed;
+        let tokens = wanted.min(room);
+        if tokens == 0 || (exact && tokens < wanted) {
+            return None;
+        }
+        self.allocator.grow(&mut entry.table, entry.computed + tokens).ok()?;
+        Some(tokens)
+    }
+
+    /// Frees running sequence `index`'s blocks and queues it again in arrival order.
+    fn preempt(&mut self, index: usize) -> RequestId {
+        let mut entry = self.running.remove(index);
+        self.allocator.release(&mut entry.table);
+        entry.computed = 0;
+        entry.registered = 0;
+        let at = self.waiting.partition_point(|w| w.arrival < entry.arrival);
+        let id = entry.id;
+        self.waiting.insert(at, entry);
+        id
+    }
+
+    /// Moves waiting sequences to running, each with its cached prefix and a first chunk, while
+    /// the budget and the free blocks last. Blocks for one more token of every decoding sequence
+    /// are kept free, so that a newcomer does not cause a preemption at the next step.
+    fn admit<'h>(
+        &mut self,
+        budget: &mut usize,
+        schedule: &mut Schedule,
+        block_hashes: impl Fn(RequestId) -> &'h [BlockHash],
+    ) {
+        let reserve = self.running.iter().filter(|e| e.pending() <= 1).count();
+        let block_size = self.allocator.block_size();
+        while let Some(entry) = self.waiting.front_mut() {
+            if self.running.len() >= self.limits.max_running || *budget == 0 {
+                break;
+            }
+            if self.limits.prefix_caching {
+                let hashes = block_hashes(entry.id);
+                let reusable = hashes.len().min((entry.len - 1) / block_size);
+                entry.registered = self.allocator.share_prefix(&mut entry.table, &hashes[..reusable]);
+                entry.computed = entry.registered * block_size;
+            }
+            let spare_blocks = self.allocator.free_blocks().saturating_sub(reserve);
+            let tokens = entry.pending().min(*budget).min(spare_blocks * block_size);
+            if tokens == 0 {
+                self.allocator.release(&mut entry.table);
+                (entry.computed, entry.registered) = (0, 0);
+                break;
+            }
+            self.allocator
+                .grow(&mut entry.table, entry.computed + tokens)
+                .expect("spare blocks were counted");
+            if entry.computed > 0 {
+                schedule.reused.push((entry.id, entry.computed));
+            }
+            schedule.chunks.push(Chunk {
+                id: entry.id,
+                positions: entry.computed..entry.computed + tokens,
+            });
+            *budget -= tokens;
+            let entry = self.waiting.pop_front().expect("front exists");
+            self.running.push(entry);
+        }
+    }
+
+    /// Records that a scheduled chunk of `id` was computed, and whether a token was then
+    /// generated (which the next step has to feed back); registers the blocks it filled, whose
+    /// hashes are in `block_hashes`.
+    pub fn computed(&mut self, id: RequestId, tokens: usize, generated: bool, block_hashes: &[BlockHash]) {
+        let prefix_caching = self.limits.prefix_caching;
+        let block_size = self.allocator.block_size();
+        let Some(entry) = self.running.iter_mut().find(|e| e.id == id) else {
+            return;
+        };
+        entry.computed += tokens;
+        entry.len += usize::from(generated);
+        if prefix_caching {
+            let full = (entry.computed / block_size).min(block_hashes.len());
+            for (index, hash) in block_hashes.iter().enumerate().take(full).skip(entry.registered) {
+                self.allocator.register(&entry.table, index, *hash);
+            }
+            entry.registered = entry.registered.max(full);
+        }
+    }
+
+    /// The block tables of `chunks`' sequences, in order (`None` if one is not running).
+    pub fn tables(&self, chunks: &[Chunk]) -> Option<Vec<&KvBlockTable>> {
+        chunks
+            .iter()
+            .map(|chunk| self.running.iter().find(|e| e.id == chunk.id).map(|e| &e.table))
+            .collect()
+    }
+
+    /// Forgets sequence `id`, freeing its blocks; false if it is not known.
+    pub fn remove(&mut self, id: RequestId) -> bool {
+        let entry = match self.running.iter().position(|e| e.id == id) {
+            Some(index) => Some(self.running.remove(index)),
+            None => self
+                .waiting
+                .iter()
+                .position(|e| e.id == id)
+                .and_then(|index| self.waiting.remove(index)),
+        };
+        entry
+            .map(|mut entry| self.allocator.release(&mut entry.table))
+            .is_some()
+    }
+
+    /// Sequences holding blocks.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Sequences waiting for admission (new or preempted).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Tokens known but not yet computed, over all sequences.
+    pub fn queued_tokens(&self) -> usize {
+        self.waiting.iter().chain(&self.running).map(Entry::pending).sum()
+    }
+
+    pub fn allocator(&self) -> &BlockAllocator {
+        &self.allocator
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduler(blocks: usize, block_size: usize, max_batch_tokens: usize) -> Scheduler {
+        let limits = SchedulerLimits {
+            max_batch_tokens,
+            max_running: 8,
+            prefix_caching: false,
+        };
+        Scheduler::new(BlockAllocator::new(blocks, block_size), limits)
+    }
+
+    fn no_hashes(_: RequestId) -> &'static [BlockHash] {
+        &[]
+    }
+
+    fn chunk(id: u64, positions: Range<usize>) -> Chunk {
+        Chunk {
+            id: RequestId(id),
+            positions,
+        }
+    }
+
+    /// Marks every chunk computed, generating a token where the chunk reached the end.
+    fn run(scheduler: &mut Scheduler, schedule: &Schedule, lens: &[usize]) {
+        for chunk in &schedule.chunks {
+            let generated = chunk.positions.end >= lens[chunk.id.0 as usize];
+            scheduler.computed(chunk.id, chunk.positions.len(), generated, &[]);
+        }
+    }
+
+    #[test]
+    fn long_prompts_are_chunked_and_leave_budget_for_decodes_behind_them() {
+        let mut s = scheduler(100, 4, 10);
+        s.add(RequestId(0), 25);
+        s.add(RequestId(1), 3);
+        let lens = [25, 3];
+        let first = s.schedule(no_hashes);
+        assert_eq!(first.chunks, vec![chunk(0, 0..10)]);
+        run(&mut s, &first, &lens);
+        let second = s.schedule(no_hashes);
+        assert_eq!(second.chunks, vec![chunk(0, 10..20)], "request 1 waits: budget spent");
+        run(&mut s, &second, &lens);
+        let third = s.schedule(no_hashes);
+        assert_eq!(third.chunks, vec![chunk(0, 20..25), chunk(1, 0..3)]);
+        run(&mut s, &third, &lens);
+        // Both decode now: one token each.
+        let fourth = s.schedule(no_hashes);
+        assert_eq!(fourth.chunks, vec![chunk(0, 25..26), chunk(1, 3..4)]);
+        run(&mut s, &fourth, &[26, 4]);
+        // A new long prompt takes what the decodes leave.
+        s.add(RequestId(2), 30);
+        let fifth = s.schedule(no_hashes);
+        assert_eq!(fifth.chunks, vec![chunk(0, 26..27), chunk(1, 4..5), chunk(2, 0..8)]);
+        assert_eq!(s.queued_tokens(), 2 + 30);
+    }
+
+    #[test]
+    fn a_prefilling_sequence_ahead_leaves_a_token_for_each_decode_behind_it() {
+        let mut s = scheduler(100, 4, 8);
+        // 0 is mid-prompt; 1 and 2, admitted after it, decode.
+        for (id, len, computed) in [(0, 20, 4), (1, 3, 2), (2, 3, 2)] {
+            let mut table = KvBlockTable::default();
+            s.allocator.grow(&mut table, computed).unwrap();
+            s.running.push(Entry {
+                id: RequestId(id),
+                arrival: id,
+                len,
+                computed,
+                table,
+                registered: 0,
+            });
+        }
+        let schedule = s.schedule(no_hashes);
+        assert_eq!(schedule.chunks, vec![chunk(0, 4..10), chunk(1, 2..3), chunk(2, 2..3)]);
+    }
+
+    #[test]
+    fn out_of_blocks_preempts_the_latest_arrival_and_readmits_it_from_scratch() {
+        // 4 blocks of 4 tokens; two sequences of 7 tokens fill them.
+        let mut s = scheduler(4, 4, 64);
+        s.add(RequestId(0), 7);
+        s.add(RequestId(1), 7);
+        let lens = [7, 7];
+        let schedule = s.schedule(no_hashes);
+        assert_eq!(schedule.chunks, vec![chunk(0, 0..7), chunk(1, 0..7)]);
+        run(&mut s, &schedule, &lens);
+        // Both generated a token (len 8): position 7 still fits the second blocks.
+        let schedule = s.schedule(no_hashes);
+        assert_eq!(schedule.chunks, vec![chunk(0, 7..8), chunk(1, 7..8)]);
+        run(&mut s, &schedule, &[8, 8]);
+        assert_eq!(s.allocator().free_blocks(), 0);
+        // Position 8 needs a third block: 1 is preempted so that 0 continues.
+        let schedule = s.schedule(no_hashes);
+        assert_eq!(schedule.chunks, vec![chunk(0, 8..9)]);
+        assert_eq!(schedule.preempted, vec![RequestId(1)]);
+        assert_eq!((s.running(), s.waiting()), (1, 1));
+        assert_eq!(s.allocator().free_blocks(), 1);
+        assert_eq!(
+            s.queued_tokens(),
+            9 + 1,
+            "1 recomputes its 9 tokens; 0's scheduled one is not computed yet"
+        );
+        s.remove(RequestId(0));
+        let schedule = s.schedule(no_hashes);
+        assert_eq!(schedule.chunks, vec![chunk(1, 0..9)], "recomputed from scratch");
+    }
+
+    #[test]
+    fn newcomers_leave_a_block_per_decode_and_a_sequence_with_nobody_behind_it_preempts_itself() {
+        let mut s = scheduler(4, 4, 64);
+        s.add(RequestId(0), 5);
+        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 0..5)]);
+        s.computed(RequestId(0), 5, true, &[]);
+        s.add(RequestId(1), 8);
+        // 1 gets one block of its prompt: the last free block stays for 0's decoding.
+        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 5..6), chunk(1, 0..4)]);
+        s.computed(RequestId(0), 1, true, &[]);
+        s.computed(RequestId(1), 4, false, &[]);
+        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 6..7), chunk(1, 4..8)]);
+        s.computed(RequestId(0), 1, true, &[]);
+        s.computed(RequestId(1), 4, true, &[]);
+        assert_eq!(s.allocator().free_blocks(), 0);
+        // 0's next position fits its blocks; 1's needs a new block, and only 0, ahead of it,
+        // holds any: 1 gives its own blocks up.
+        let schedule = s.schedule(no_hashes);
+        assert_eq!(schedule.chunks, vec![chunk(0, 7..8)]);
+        assert_eq!(schedule.preempted, vec![RequestId(1)]);
+        assert_eq!(s.allocator().free_blocks(), 2);
+    }
+
+    #[test]
+    fn removing_sequences_returns_every_block() {
+        let mut s = scheduler(10, 4, 16);
+        for id in 0..4 {
+            s.add(RequestId(id), 9);
+        }
+        let schedule = s.schedule(no_hashes);
+        assert_eq!(schedule.chunks.len(), 2, "budget of 16 admits 9 + 7");
+        assert!(s.allocator().free_blocks() < 10);
+        for id in 0..4 {
+            assert!(s.remove(RequestId(id)));
+        }
+        assert!(!s.remove(RequestId(0)));
+        assert_eq!(s.allocator().free_blocks(), 10);
+        assert_eq!((s.running(), s.waiting(), s.queued_tokens()), (0, 0, 0));
+    }
+
+    #[test]
+    fn an_admitted_sequence_starts_after_its_cached_prefix_and_computes_at_least_one_token() {
+        let mut s = scheduler(16, 4, 64);
+        s.limits.prefix_caching = true;
+        let tokens: Vec<u32> = (0..14).collect();
+        let mut hashes = Vec::new();
+        crate::block_hash::extend_block_hashes(&mut hashes, &tokens, &[], 4);
+        assert_eq!(hashes.len(), 3);
+        s.add(RequestId(0), 14);
+        let schedule = s.schedule(|_| &hashes[..]);
+        assert_eq!(schedule.chunks, vec![chunk(0, 0..14)]);
+        assert!(schedule.reused.is_empty());
+        s.computed(RequestId(0), 14, true, &hashes);
+        s.remove(RequestId(0));
+        assert_eq!(s.allocator().cached_blocks(), 3);
+        // The same 14 tokens: three cached blocks, two tokens to compute.
+        s.add(RequestId(1), 14);
+        let schedule = s.schedule(|_| &hashes[..]);
+        assert_eq!(schedule.chunks, vec![chunk(1, 12..14)]);
+        assert_eq!(schedule.reused, vec![(RequestId(1), 12)]);
+        // Its first 12 tokens alone: the last block is computed again, for its logits (1, not
+        // computed yet, is scheduled again too).
+        s.add(RequestId(2), 12);
+        let schedule = s.schedule(|_| &hashes[..]);
+        assert_eq!(schedule.chunks, vec![chunk(1, 12..14), chunk(2, 8..12)]);
+        s.remove(RequestId(1));
+        s.remove(RequestId(2));
+        assert_eq!(s.allocator().free_blocks(), 16);
+    }
+}

@@ -1,0 +1,211 @@
+//! One admitted request inside the engine: its tokens (prompt, then generated) and their block
+//! hashes, its image features, its sampler and text stream, its event channel and its clock.
+//!
+//! The KV side of a sequence (blocks, tokens computed, queue position) is the scheduler's; this
+//! is the content side. Every event a request gets is sent from here, and [`Sequence::finish`]
+//! consumes the sequence, so exactly one final event goes out.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use fovea_model::sampling::Sampler;
+use fovea_model::text::TextTokenizer;
+use fovea_model::{ImagePlacement, Phi4VisionModel};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::block_hash::{BlockHash, extend_block_hashes};
+use crate::error::RequestError;
+use crate::event::{Completion, Event, FinishReason, Timings, Usage};
+use crate::image_cache::{ImageFeatureCache, ImageKey};
+use crate::request::{RequestId, ValidRequest};
+use crate::text_stream::TextStream;
+
+/// Engine-side state of one request.
+pub struct Sequence {
+    id: RequestId,
+    request: ValidRequest,
+    /// Prompt ids, then every generated token.
+    tokens: Vec<u32>,
+    /// Where the images sit and what they are, for block hashes.
+    image_keys: Vec<(ImagePlacement, ImageKey)>,
+    block_size: usize,
+    /// Hashes of the full blocks of `tokens`.
+    block_hashes: Vec<BlockHash>,
+    /// Prompt tokens taken from the prefix cache at the first admission.
+    cached_tokens: usize,
+    /// Per image, its features while a chunk still has to read them.
+    features: Vec<Option<Tensor>>,
+    sampler: Sampler,
+    text: TextStream,
+    events: UnboundedSender<Event>,
+    submitted: Instant,
+    first_scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+    preemptions: usize,
+}
+
+impl Sequence {
+    /// A sequence for `request`, whose events go to `events`, hashing its tokens in blocks of
+    /// `block_size`.
+    pub fn new(
+        id: RequestId,
+        request: ValidRequest,
+        tokenizer: Arc<TextTokenizer>,
+        events: UnboundedSender<Event>,
+        submitted: Instant,
+        block_size: usize,
+    ) -> Result<Self, RequestError> {
+        let sampler = Sampler::new(request.sampling.clone()).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let tokens = request.prompt_ids.clone();
+        let image_keys: Vec<_> = request
+            .images
+            .iter()
+            .map(|image| (image.placement, image.key))
+            .collect();
+        let mut block_hashes = Vec::new();
+        extend_block_hashes(&mut block_hashes, &tokens, &image_keys, block_size);
+        Ok(Sequence {
+            id,
+            tokens,
+            image_keys,
+            block_size,
+            block_hashes,
+            cached_tokens: 0,
+            features: vec![None; request.images.len()],
+            sampler,
+            text: TextStream::new(tokenizer, request.skip_special_tokens, request.stop_strings.clone()),
+            events,
+            submitted,
+            first_scheduled: None,
+            first_token: None,
+            preemptions: 0,
+            request,
+        })
+    }
+
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// Tokens known so far: the prompt and everything generated.
+    pub fn known_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether nobody listens to the events any more.
+    pub fn is_abandoned(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Hashes of the full blocks of the known tokens.
+    pub fn block_hashes(&self) -> &[BlockHash] {
+        &self.block_hashes
+    }
+
+    /// Notes that the sequence's cache was freed; it will be recomputed.
+    pub fn preempted(&mut self) {
+        self.preemptions += 1;
+    }
+
+    /// Notes that the first `tokens` tokens' keys and values came from the prefix cache; counted
+    /// in the usage at the first admission only (later ones are recomputations).
+    pub fn reused_prefix(&mut self, tokens: usize) {
+        if self.preemptions == 0 {
+            self.cached_tokens = tokens.min(self.request.prompt_ids.len());
+        }
+    }
+
+    /// Decoder input `[range.len(), hidden]` for tokens `range`: token embeddings, with image
+    /// features (from `images`, or encoded now) over the image positions.
+    pub fn embeddings(
+        &mut self,
+        model: &Phi4VisionModel,
+        images: &mut ImageFeatureCache,
+        range: Range<usize>,
+    ) -> fovea_model::Result<Tensor> {
+        self.first_scheduled.get_or_insert_with(Instant::now);
+        let mut pieces = Vec::new();
+        for (image, features) in self.request.images.iter().zip(&mut self.features) {
+            let (start, end) = (image.placement.start, image.placement.start + image.placement.len);
+            let overlap = start.max(range.start)..end.min(range.end);
+            if overlap.is_empty() {
+                continue;
+            }
+            let features = match features {
+                Some(features) => features,
+                None => features.insert(images.get_or_encode(image.key, || model.encode_image(&image.image))?),
+            };
+            let placement = ImagePlacement {
+                start: overlap.start - range.start,
+                len: overlap.len(),
+            };
+            pieces.push((placement, features.narrow(0, overlap.start - start, overlap.len())?));
+        }
+        model.prompt_embeddings(&self.tokens[range], &pieces)
+    }
+
+    /// Forgets the features of images that lie wholly before position `computed`.
+    pub fn release_features_before(&mut self, computed: usize) {
+        for (image, features) in self.request.images.iter().zip(&mut self.features) {
+            if image.placement.start + image.placement.len <= computed {
+                *features = None;
+            }
+        }
+    }
+
+    /// Picks the next token from its logits, sends it, and says whether the request is done.
+    pub fn sample_next(&mut self, logits: &[f32]) -> Option<FinishReason> {
+        let token = self.sampler.sample(logits);
+        self.tokens.push(token);
+        extend_block_hashes(&mut self.block_hashes, &self.tokens, &self.image_keys, self.block_size);
+        self.first_token.get_or_insert_with(Instant::now);
+        let delta = match self.text.push(token) {
+            Ok(delta) => delta,
+            Err(e) => return Some(FinishReason::Error(RequestError::Model(e.to_string()))),
+        };
+        let _ = self.events.send(Event::Token {
+            id: token,
+            text: delta.text,
+        });
+        if delta.stopped || self.request.stop_token_ids.contains(&token) {
+            Some(FinishReason::Stop)
+        } else if self.generated() == self.request.max_new_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.request.prompt_ids.len()
+    }
+
+    /// Sends the final event.
+    pub fn finish(self, reason: FinishReason) {
+        let now = Instant::now();
+        let completion_tokens = self.generated();
+        let since_submitted = |at: Instant| at.duration_since(self.submitted);
+        let completion = Completion {
+            text: match reason {
+                FinishReason::Stop | FinishReason::Length => self.text.finish(),
+                FinishReason::Cancelled | FinishReason::Error(_) => String::new(),
+            },
+            reason,
+            usage: Usage {
+                prompt_tokens: self.request.prompt_ids.len(),
+                image_tokens: self.request.image_tokens(),
+                cached_tokens: self.cached_tokens,
+                completion_tokens,
+            },
+            timings: Timings {
+                queue: since_submitted(self.first_scheduled.unwrap_or(now)),
+                time_to_first_token: self.first_token.map(since_submitted),
+                total: since_submitted(now),
+            },
+            preemptions: self.preemptions,
+        };
+        let _ = self.events.send(Event::Finished(completion));
+    }
+}
