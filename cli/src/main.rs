@@ -1,7 +1,8 @@
-//! The `fovea` command line: offline generation, demo checkpoints, and (later) the serving cluster.
+//! The `fovea` command line: offline generation, demo checkpoints, and the serving cluster.
 
 mod demo_model;
 mod generate;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Write a random-weight checkpoint in the real model's directory format.
     DemoModel(demo_model::DemoModelArgs),
+    /// Run the coordinator and a worker in one process (gRPC API on 127.0.0.1:50051).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -25,6 +28,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::DemoModel(args) => demo_model::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,8 +1,8 @@
 //! Fovea's serving engine: many requests at once on one model, by iteration-level continuous
 //! batching over a paged KV cache. Each step runs one forward pass over a flat batch of decoding
 //! steps and prefill chunks, and streams every request's tokens through its own channel.
-//! It must not do networking (the gRPC layer drives it through [`EngineHandle`]) nor change how
-//! the model computes: the model crate stays pure, this crate owns memory and policy.
+//! The engine itself does no networking ([`service`] exposes it over the worker API, gRPC) and
+//! does not change how the model computes: the model crate stays pure, this crate owns memory and policy.
 //!
 //! Start with [`Engine::start`], then [`EngineHandle::submit`] a [`GenerateRequest`] and read its
 //! [`Event`]s.
@@ -21,6 +21,7 @@ pub mod paged_cache;
 pub mod request;
 mod scheduler;
 mod sequence;
+pub mod service;
 mod text_stream;
 
 pub use config::EngineConfig;

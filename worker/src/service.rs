@@ -1,0 +1,279 @@
+//! The worker API (`fovea.worker.v1.Worker`) over an [`EngineHandle`]: the coordinator submits
+//! jobs, streams their tokens, aborts them and watches the worker's load over gRPC.
+//!
+//! Jobs arrive as token ids and encoded images (the coordinator owns templates, text and stop
+//! strings); this layer decodes the images, submits to the engine and forwards its events. A job
+//! whose caller goes away is cancelled, which frees its KV blocks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use fovea_model::ImagePlacement;
+use fovea_model::preprocess::{PreprocessConfig, prepare_image};
+use fovea_model::sampling::SamplingParams;
+use fovea_proto::v1::FinishReason as WireFinishReason;
+use fovea_proto::worker::v1::worker_server::{Worker, WorkerServer};
+use fovea_proto::worker::v1::{
+    AbortRequest, AbortResponse, DescribeRequest, GenerateEvent, GenerateFinished, GenerateJob, GeneratedTokens,
+    WatchLoadRequest, WorkerInfo, WorkerLoad, WorkerState, generate_event,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::event::{Completion, Event, FinishReason};
+use crate::handle::EngineHandle;
+use crate::request::{GenerateRequest, RequestId};
+
+/// A running job: the engine's id for it, and a signal that fires once its final event is out
+/// (its KV blocks are free by then).
+struct RunningJob {
+    id: RequestId,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+/// The `Worker` service.
+pub struct WorkerService {
+    engine: EngineHandle,
+    preprocess: Arc<PreprocessConfig>,
+    info: WorkerInfo,
+    running: Arc<Mutex<HashMap<String, RunningJob>>>,
+}
+
+impl WorkerService {
+    /// Serves `engine`, decoding images with `preprocess`, describing itself as `info`.
+    pub fn new(engine: EngineHandle, preprocess: PreprocessConfig, info: WorkerInfo) -> Self {
+        WorkerService {
+            engine,
+            preprocess: Arc::new(preprocess),
+            info,
+            running: Arc::default(),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningJob>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The engine request for a job, its images decoded and checked against the grids the
+/// coordinator computed.
+fn engine_request(job: GenerateJob, preprocess: &PreprocessConfig) -> Result<GenerateRequest, Status> {
+    let mut images = Vec::with_capacity(job.images.len());
+    for (index, input) in job.images.into_iter().enumerate() {
+        let encoded = input
+            .image
+            .ok_or_else(|| Status::invalid_argument(format!("image {index} has no content")))?;
+        if encoded.data.is_empty() {
+            return Err(Status::not_found(format!(
+                "image {index} is sent by hash only, and this worker has no feature cache lookup by hash"
+            )));
+        }
+        let prepared =
+            prepare_image(&encoded.data, preprocess).map_err(|e| Status::invalid_argument(format!("image {index}: {e}")))?;
+        let expected = (encoded.grid_rows as usize, encoded.grid_cols as usize);
+        if expected != (0, 0) && expected != (prepared.grid_h, prepared.grid_w) {
+            return Err(Status::invalid_argument(format!(
+                "image {index} decodes to a {}x{} grid, the job says {}x{}",
+                prepared.grid_h, prepared.grid_w, expected.0, expected.1
+            )));
+        }
+        let placement = ImagePlacement {
+            start: input.start as usize,
+            len: prepared.grid_h * prepared.grid_w,
+        };
+        images.push((placement, prepared));
+    }
+    let sampling = job.sampling.unwrap_or_default();
+    Ok(GenerateRequest {
+        prompt_ids: job.prompt_token_ids,
+        images,
+        sampling: SamplingParams {
+            temperature: sampling.temperature,
+            top_p: if sampling.top_p == 0.0 { 1.0 } else { sampling.top_p },
+            top_k: sampling.top_k as usize,
+            seed: sampling.seed,
+        },
+        max_new_tokens: job.max_tokens as usize,
+        // The coordinator resolved the end-of-turn tokens into the stop tokens.
+        stop_token_ids: sampling.stop_token_ids,
+        ignore_eos: true,
+        stop_strings: Vec::new(),
+        skip_special_tokens: false,
+    })
+}
+
+fn finished_event(completion: &Completion) -> GenerateEvent {
+    let (reason, error) = match &completion.reason {
+        FinishReason::Stop => (WireFinishReason::Stop, String::new()),
+        FinishReason::Length => (WireFinishReason::Length, String::new()),
+        FinishReason::Cancelled => (WireFinishReason::Cancelled, String::new()),
+        FinishReason::Error(e) => (WireFinishReason::Error, e.to_string()),
+    };
+    let micros = |d: Duration| d.as_micros() as u64;
+    let timings = &completion.timings;
+    GenerateEvent {
+        event: Some(generate_event::Event::Finished(GenerateFinished {
+            finish_reason: reason as i32,
+            error,
+            cached_tokens: completion.usage.cached_tokens as u32,
+            completion_tokens: completion.usage.completion_tokens as u32,
+            queue_us: micros(timings.queue),
+            vision_us: 0,
+            prefill_us: timings.time_to_first_token.map_or(0, |t| micros(t.saturating_sub(timings.queue))),
+            decode_us: timings.time_to_first_token.map_or(0, |t| micros(timings.total.saturating_sub(t))),
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    type GenerateStream = ReceiverStream<Result<GenerateEvent, Status>>;
+    type WatchLoadStream = ReceiverStream<Result<WorkerLoad, Status>>;
+
+    async fn generate(&self, request: Request<GenerateJob>) -> Result<Response<Self::GenerateStream>, Status> {
+        let job = request.into_inner();
+        let job_id = job.request_id.clone();
+        if job_id.is_empty() {
+            return Err(Status::invalid_argument("a job needs a request_id"));
+        }
+        if !job.kv_transfer_id.is_empty() {
+            return Err(Status::unimplemented("this worker runs whole requests; KV transfer is not served"));
+        }
+        let preprocess = Arc::clone(&self.preprocess);
+        let request = tokio::task::spawn_blocking(move || engine_request(job, &preprocess))
+            .await
+            .map_err(|e| Status::internal(format!("image decoding failed: {e}")))??;
+        let (done_tx, done_rx) = oneshot::channel();
+        let mut stream = {
+            let mut running = self.running();
+            if running.contains_key(&job_id) {
+                return Err(Status::already_exists(format!("job {job_id:?} is already running")));
+            }
+            let stream = self.engine.submit(request);
+            running.insert(
+                job_id.clone(),
+                RunningJob {
+                    id: stream.id,
+                    done: Some(done_rx),
+                },
+            );
+            stream
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let (engine, running) = (self.engine.clone(), Arc::clone(&self.running));
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    event = stream.events.recv() => event,
+                    _ = tx.closed() => {
+                        // The coordinator dropped the call: cancel, then wait for the engine to confirm.
+                        engine.cancel(stream.id);
+                        while let Some(event) = stream.events.recv().await {
+                            if matches!(event, Event::Finished(_)) {
+                                break;
+                            }
+                        }
+                        break;
+                    }
+                };
+                match event {
+                    Some(Event::Token { id, .. }) => {
+                        let tokens = GenerateEvent {
+                            event: Some(generate_event::Event::Tokens(GeneratedTokens {
+                                token_ids: vec![id],
+                                logprobs: Vec::new(),
+                            })),
+                        };
+                        let _ = tx.send(Ok(tokens)).await;
+                    }
+                    Some(Event::Finished(completion)) => {
+                        let _ = tx.send(Ok(finished_event(&completion))).await;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            running.lock().unwrap_or_else(PoisonError::into_inner).remove(&job_id);
+            let _ = done_tx.send(());
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn abort(&self, request: Request<AbortRequest>) -> Result<Response<AbortResponse>, Status> {
+        let request_id = request.into_inner().request_id;
+        let job = self.running().get_mut(&request_id).map(|job| (job.id, job.done.take()));
+        let Some((id, done)) = job else {
+            return Ok(Response::new(AbortResponse {
+                found: false,
+                freed_kv_blocks: 0,
+            }));
+        };
+        let free_before = self.engine.stats().free_blocks;
+        self.engine.cancel(id);
+        if let Some(done) = done {
+            let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+        }
+        let freed = self.engine.stats().free_blocks.saturating_sub(free_before);
+        Ok(Response::new(AbortResponse {
+            found: true,
+            freed_kv_blocks: freed as u32,
+        }))
+    }
+
+    async fn describe(&self, _request: Request<DescribeRequest>) -> Result<Response<WorkerInfo>, Status> {
+        Ok(Response::new(self.info.clone()))
+    }
+
+    async fn watch_load(&self, request: Request<WatchLoadRequest>) -> Result<Response<Self::WatchLoadStream>, Status> {
+        let interval_ms = match request.into_inner().interval_ms {
+            0 => 100,
+            ms @ 10..=60_000 => ms,
+            other => return Err(Status::invalid_argument(format!("interval_ms must be 10 to 60000, got {other}"))),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms as u64));
+            loop {
+                ticks.tick().await;
+                let stats = engine.stats();
+                let load = WorkerLoad {
+                    state: WorkerState::Serving as i32,
+                    running_requests: stats.running as u32,
+                    queued_requests: stats.waiting as u32,
+                    running_tokens: 0,
+                    queued_tokens: stats.queued_tokens as u64,
+                    free_kv_blocks: stats.free_blocks as u32,
+                    total_kv_blocks: stats.total_blocks as u32,
+                };
+                if tx.send(Ok(load)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves.
+pub async fn serve_worker(
+    service: WorkerService,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = fovea_proto::health::server::health_reporter();
+    health_reporter.set_serving::<WorkerServer<WorkerService>>().await;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            WorkerServer::new(service)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
