@@ -18,10 +18,9 @@ pub struct Limits {
     pub max_image_bytes: usize,
 }
 
-/// Most stop strings, their length, and top logprobs, as documented in `sampling.proto`.
+/// Most stop strings and their length, as documented in `sampling.proto`.
 const MAX_STOP_STRINGS: usize = 8;
 const MAX_STOP_BYTES: usize = 64;
-const MAX_LOGPROBS: u32 = 20;
 const MAX_ID_BYTES: usize = 128;
 
 /// A request that passed every check, with its prompt prepared.
@@ -145,10 +144,8 @@ pub fn validate(request: &GenerateRequest, preparer: &RequestPreparer, limits: &
     if let Some(bad) = sampling.stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
         return Err(invalid(format!("stop strings must be 1 to {MAX_STOP_BYTES} bytes, got {bad:?}")));
     }
-    if let Some(logprobs) = sampling.logprobs
-        && logprobs > MAX_LOGPROBS
-    {
-        return Err(invalid(format!("logprobs must be at most {MAX_LOGPROBS}, got {logprobs}")));
+    if sampling.logprobs.is_some() {
+        return Err(Status::unimplemented("logprobs are not served yet; leave sampling.logprobs unset"));
     }
     if sampling.max_tokens == Some(0) {
         return Err(invalid("max_tokens must be at least 1"));

@@ -22,7 +22,6 @@ pub mod request;
 mod scheduler;
 mod sequence;
 pub mod service;
-mod text_stream;
 
 pub use config::EngineConfig;
 pub use engine::Engine;

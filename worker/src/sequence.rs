@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use fovea_model::sampling::Sampler;
-use fovea_model::text::TextTokenizer;
+use fovea_model::text::{TextStream, TextTokenizer};
 use fovea_model::{ImagePlacement, Phi4VisionModel};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -20,7 +20,6 @@ use crate::error::RequestError;
 use crate::event::{Completion, Event, FinishReason, Timings, Usage};
 use crate::image_cache::{ImageFeatureCache, ImageKey};
 use crate::request::{RequestId, ValidRequest};
-use crate::text_stream::TextStream;
 
 /// Engine-side state of one request.
 pub struct Sequence {
@@ -169,7 +168,7 @@ impl Sequence {
             id: token,
             text: delta.text,
         });
-        if delta.stopped || self.request.stop_token_ids.contains(&token) {
+        if delta.matched_stop.is_some() || self.request.stop_token_ids.contains(&token) {
             Some(FinishReason::Stop)
         } else if self.generated() == self.request.max_new_tokens {
             Some(FinishReason::Length)

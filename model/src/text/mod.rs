@@ -18,6 +18,7 @@ mod error;
 mod mode;
 mod prompt;
 mod special_tokens;
+mod text_stream;
 mod tokenizer;
 mod tokenizer_json;
 
@@ -30,5 +31,6 @@ pub use error::TextError;
 pub use mode::Mode;
 pub use prompt::{IMAGE_MARKER, ImageSpan, PromptBuilder, TokenizedPrompt, tokenize_prompt};
 pub use special_tokens::{IMAGE_PLACEHOLDER_ID, NOTHINK_MARKER, THINK_OPEN};
+pub use text_stream::{TextDelta, TextStream};
 pub use tokenizer::TextTokenizer;
 pub use tokenizer_json::build_phi4_tokenizer_json;

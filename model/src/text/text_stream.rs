@@ -7,14 +7,14 @@
 
 use std::sync::Arc;
 
-use fovea_model::text::{Detokenizer, TextError, TextTokenizer};
+use super::{Detokenizer, TextError, TextTokenizer};
 
 /// The text one token added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextDelta {
     pub text: String,
-    /// The text now contains a stop string; `text` ends right before it.
-    pub stopped: bool,
+    /// The stop string the text now contains; `text` ends right before it.
+    pub matched_stop: Option<String>,
 }
 
 /// Detokenizer plus stop-string matching for one request.
@@ -42,17 +42,17 @@ impl TextStream {
     pub fn push(&mut self, id: u32) -> Result<TextDelta, TextError> {
         let delta = self.detokenizer.push(id)?;
         self.held.push_str(&delta);
-        if let Some(stop_at) = self.first_stop_string() {
+        if let Some((stop_at, stop)) = first_match(&self.held, &self.stop_strings) {
             self.held.truncate(stop_at);
             self.stopped = true;
             return Ok(TextDelta {
                 text: std::mem::take(&mut self.held),
-                stopped: true,
+                matched_stop: Some(stop.to_string()),
             });
         }
         let keep = self.partial_stop_suffix();
         let text = self.held.drain(..self.held.len() - keep).collect();
-        Ok(TextDelta { text, stopped: false })
+        Ok(TextDelta { text, matched_stop: None })
     }
 
     /// Ends the stream: the text still held, cut at a stop string if it contains one (nothing
@@ -62,14 +62,10 @@ impl TextStream {
             return String::new();
         }
         let mut rest = self.held + &self.detokenizer.finish();
-        if let Some(stop_at) = first_match(&rest, &self.stop_strings) {
+        if let Some((stop_at, _)) = first_match(&rest, &self.stop_strings) {
             rest.truncate(stop_at);
         }
         rest
-    }
-
-    fn first_stop_string(&self) -> Option<usize> {
-        first_match(&self.held, &self.stop_strings)
     }
 
     /// Length of the longest suffix of `held` that a stop string starts with.
@@ -82,9 +78,12 @@ impl TextStream {
     }
 }
 
-/// Byte offset of the earliest occurrence of any of `stop_strings` in `text`.
-fn first_match(text: &str, stop_strings: &[String]) -> Option<usize> {
-    stop_strings.iter().filter_map(|stop| text.find(stop.as_str())).min()
+/// Byte offset and stop string of the earliest occurrence of any of `stop_strings` in `text`.
+fn first_match<'a>(text: &str, stop_strings: &'a [String]) -> Option<(usize, &'a str)> {
+    stop_strings
+        .iter()
+        .filter_map(|stop| text.find(stop.as_str()).map(|at| (at, stop.as_str())))
+        .min_by_key(|(at, _)| *at)
 }
 
 #[cfg(test)]
@@ -108,7 +107,7 @@ mod tests {
         for id in ids {
             let delta = stream.push(id).unwrap();
             deltas.push(delta.text);
-            if delta.stopped {
+            if delta.matched_stop.is_some() {
                 return (deltas, true, String::new());
             }
         }
@@ -131,6 +130,15 @@ mod tests {
             deltas.iter().all(|d| !d.contains('\n')),
             "held-back prefix leaked: {deltas:?}"
         );
+    }
+
+    #[test]
+    fn the_matched_stop_string_is_reported() {
+        let tokenizer = tokenizer();
+        let ids = tokenizer.encode("alpha beta gamma").unwrap();
+        let mut stream = TextStream::new(tokenizer, false, vec!["gamma".into(), "beta".into()]);
+        let matched = ids.into_iter().find_map(|id| stream.push(id).unwrap().matched_stop);
+        assert_eq!(matched.as_deref(), Some("beta"));
     }
 
     #[test]
