@@ -125,10 +125,13 @@ impl Engine {
                 None
             };
             loop {
-                let command = match next.take().ok_or(()).or_else(|()| commands.try_recv()) {
-                    Ok(command) => command,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => Command::Shutdown,
+                let command = match next.take() {
+                    Some(command) => command,
+                    None => match commands.try_recv() {
+                        Ok(command) => command,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => Command::Shutdown,
+                    },
                 };
                 match command {
                     Command::Submit(sequence) => self.add(*sequence),

@@ -116,8 +116,9 @@ impl Sequence {
         }
     }
 
-    /// Decoder input `[range.len(), hidden]` for tokens `range`: token embeddings, with image
-    /// features (from `images`, or encoded now) over the image positions.
+    /// Decoder input `[range.len(), hidden]` for tokens `range`, which were just scheduled: token
+    /// embeddings, with image features (from `images`, or encoded now) over the image positions.
+    /// The first call ends the request's time in the queue.
     pub fn embeddings(
         &mut self,
         model: &Phi4VisionModel,

@@ -108,7 +108,7 @@ mod tests {
             let delta = stream.push(id).unwrap();
             deltas.push(delta.text);
             if delta.matched_stop.is_some() {
-                return (deltas, true, String::new());
+                return (deltas, true, stream.finish());
             }
         }
         (deltas, false, stream.finish())
@@ -123,8 +123,9 @@ mod tests {
 
     #[test]
     fn text_ends_before_the_stop_string_and_never_shows_part_of_it() {
-        let (deltas, stopped, _) = stream("The answer is 42.\nEND of story", &["\nEND"]);
+        let (deltas, stopped, rest) = stream("The answer is 42.\nEND of story", &["\nEND"]);
         assert!(stopped);
+        assert_eq!(rest, "", "nothing follows a stop string");
         assert_eq!(deltas.concat(), "The answer is 42.");
         assert!(
             deltas.iter().all(|d| !d.contains('\n')),
