@@ -144,3 +144,17 @@ async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
     };
     Ok(Summary::new(&outcomes, duration, slo))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn image_sizes_parse_as_width_by_height_within_limits() {
+        assert_eq!(parse_size("1280x720"), Ok((1280, 720)));
+        assert_eq!(parse_size("16X9"), Ok((16, 9)));
+        for bad in ["1280", "0x10", "10x16385", "axb", ""] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}

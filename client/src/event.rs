@@ -151,3 +151,58 @@ impl CompletionBuilder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(ids: &[u32], text: &str, segment: wire::Segment) -> wire::GenerateResponse {
+        wire::GenerateResponse {
+            event: Some(generate_response::Event::Delta(wire::TokenDelta {
+                token_ids: ids.to_vec(),
+                text: text.into(),
+                segment: segment as i32,
+                logprobs: Vec::new(),
+            })),
+        }
+    }
+
+    #[test]
+    fn completion_splits_reasoning_from_answer_and_keeps_every_token() {
+        let last = wire::GenerateResponse {
+            event: Some(generate_response::Event::Final(wire::GenerateFinal {
+                request_id: "r1".into(),
+                finish_reason: wire::FinishReason::Stop as i32,
+                matched_stop: "END".into(),
+                ..Default::default()
+            })),
+        };
+        let mut builder = CompletionBuilder::default();
+        let responses = [
+            delta(&[1, 2], "<think>hm", wire::Segment::Reasoning),
+            delta(&[3], "</think>", wire::Segment::Reasoning),
+            delta(&[4], "42", wire::Segment::Answer),
+            last,
+        ];
+        let completions: Vec<Completion> = responses
+            .into_iter()
+            .filter_map(|r| builder.push(GenerationEvent::try_from(r).unwrap()))
+            .collect();
+        let [completion] = completions.as_slice() else { panic!("one completion") };
+        assert_eq!(completion.reasoning, "<think>hm</think>");
+        assert_eq!(completion.answer, "42");
+        assert_eq!(completion.token_ids, [1, 2, 3, 4]);
+        assert_eq!(completion.finished.finish_reason, FinishReason::Stop);
+        assert_eq!(completion.finished.matched_stop.as_deref(), Some("END"));
+        assert_eq!(completion.finished.error, None);
+    }
+
+    #[test]
+    fn messages_outside_the_contract_are_protocol_errors() {
+        let empty = wire::GenerateResponse { event: None };
+        let unsegmented = delta(&[1], "a", wire::Segment::Unspecified);
+        for response in [empty, unsegmented] {
+            assert!(matches!(GenerationEvent::try_from(response), Err(ClientError::Protocol(_))));
+        }
+    }
+}

@@ -56,3 +56,57 @@ impl RetryPolicy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn quick(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn unavailable_is_retried_until_success() {
+        let calls = Cell::new(0);
+        let result = quick(5)
+            .run(|| {
+                calls.set(calls.get() + 1);
+                let attempt = calls.get();
+                async move { if attempt < 3 { Err(ClientError::Unavailable("starting".into())) } else { Ok(attempt) } }
+            })
+            .await;
+        assert_eq!(result.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_max_attempts_with_the_last_error() {
+        let calls = Cell::new(0);
+        let result: Result<(), _> = quick(4)
+            .run(|| {
+                calls.set(calls.get() + 1);
+                async { Err(ClientError::Unavailable("down".into())) }
+            })
+            .await;
+        assert!(matches!(result, Err(ClientError::Unavailable(_))));
+        assert_eq!(calls.get(), 4);
+    }
+
+    #[tokio::test]
+    async fn other_errors_are_not_retried() {
+        let calls = Cell::new(0);
+        let result: Result<(), _> = quick(5)
+            .run(|| {
+                calls.set(calls.get() + 1);
+                async { Err(ClientError::ResourceExhausted("queue full".into())) }
+            })
+            .await;
+        assert!(matches!(result, Err(ClientError::ResourceExhausted(_))));
+        assert_eq!(calls.get(), 1);
+    }
+}

@@ -124,3 +124,19 @@ async fn measure(client: &Client, request: GenerateRequest) -> Outcome {
     }
     Err(ClientError::Protocol("the stream ended without a final message".into()).into())
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn poisson_gaps_average_the_inverse_rate() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let samples = 20_000;
+        let total: f64 = (0..samples).map(|_| exponential_gap(4.0, &mut rng).as_secs_f64()).sum();
+        let mean = total / f64::from(samples);
+        assert!((mean - 0.25).abs() < 0.01, "mean gap {mean}");
+    }
+}
