@@ -25,8 +25,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
     /// Requests to send in all.
-    #[arg(long, default_value_t = 100)]
-    requests: usize,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    requests: u32,
     /// Most requests in flight at once.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: Option<u32>,
@@ -116,7 +116,7 @@ async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let (width, height) = args.image_size;
     let spec = WorkloadSpec {
-        requests: args.requests,
+        requests: args.requests as usize,
         mix: args.mix,
         images: if args.image.is_empty() {
             ImageSource::Generated { width, height }

@@ -31,7 +31,7 @@ const WORDS: &[&str] = &[
 /// The images of image requests: the user's files, or generated ones of a given size.
 #[derive(Debug, Clone)]
 pub enum ImageSource {
-    /// Files read once and used in turn.
+    /// Files read once and used in turn; at least one.
     Files(Vec<PathBuf>),
     /// A fresh PNG of `width` x `height` pixels per request, so the prefix cache cannot help.
     Generated { width: u32, height: u32 },
@@ -55,6 +55,8 @@ pub enum WorkloadError {
     ImageFile(#[from] ClientError),
     #[error("cannot encode a generated image: {0}")]
     Encode(#[from] image::ImageError),
+    #[error("image requests need at least one image file")]
+    NoImageFiles,
 }
 
 /// The benchmark's requests, in sending order: greedy, nothink, `ignore_eos` so that every
@@ -76,7 +78,7 @@ pub fn build(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<GenerateReques
             };
             let parts = if with_image {
                 let image = match &spec.images {
-                    ImageSource::Files(_) => files[i % files.len()].clone(),
+                    ImageSource::Files(_) => files.get(i % files.len().max(1)).cloned().ok_or(WorkloadError::NoImageFiles)?,
                     ImageSource::Generated { width, height } => Part::Image(generated_png(*width, *height, rng)?),
                 };
                 vec![image, Part::Text("Describe this image in detail.".into())]
