@@ -104,7 +104,10 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&summary).map_err(std::io::Error::from);
         json.and_then(|json| std::fs::write(path, json + "\n"))
-            .map_err(|source| BenchError::Json { path: path.clone(), source })?;
+            .map_err(|source| BenchError::Json {
+                path: path.clone(),
+                source,
+            })?;
     }
     if summary.completed == 0 {
         return Err(BenchError::NothingSucceeded);

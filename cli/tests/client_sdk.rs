@@ -29,8 +29,18 @@ fn patient() -> ClientConfig {
 fn golden_tokens(name: &str) -> Vec<u32> {
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(golden_dir().join("golden.json")).unwrap()).unwrap();
-    let case = golden["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
-    case["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    let case = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap();
+    case["greedy_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// The golden cases' decoding: greedy, 12 tokens, end of turn ignored.
@@ -47,7 +57,9 @@ async fn sdk_streams_golden_tokens_for_text_and_image_and_maps_invalid_argument(
     let models = client.list_models().await.unwrap();
     assert!(models[0].is_default, "{models:?}");
 
-    let text = golden_builder().user_text("What is 17 * 23? Answer briefly.").mode(Mode::Auto);
+    let text = golden_builder()
+        .user_text("What is 17 * 23? Answer briefly.")
+        .mode(Mode::Auto);
     let prompt = client.tokenize(text.clone()).await.unwrap();
     assert_eq!(prompt.image_tokens, 0);
     let mut stream = client.generate(text).await.unwrap();
@@ -104,7 +116,11 @@ async fn collect_helper_gathers_what_the_stream_delivers_segment_by_segment() {
             }
         }
     }
-    assert_eq!(first_segment, Some(Segment::Reasoning), "think mode opens inside the reasoning");
+    assert_eq!(
+        first_segment,
+        Some(Segment::Reasoning),
+        "think mode opens inside the reasoning"
+    );
 
     let completion = client.generate_text(request).await.unwrap();
     assert_eq!(completion.token_ids, golden_tokens("text_think_multiturn"));

@@ -16,17 +16,27 @@ async fn main() -> Result<(), ClientError> {
     let prompt = args.next().unwrap_or_else(|| "What is 17 * 23? Answer briefly.".into());
 
     let client = Client::connect(address).await?;
-    let request = GenerateRequestBuilder::new().user_text(prompt).mode(Mode::NoThink).max_tokens(256);
+    let request = GenerateRequestBuilder::new()
+        .user_text(prompt)
+        .mode(Mode::NoThink)
+        .max_tokens(256);
     let mut stream = client.generate(request).await?;
     while let Some(event) = stream.next().await {
         match event? {
-            GenerationEvent::Delta { text, segment: Segment::Answer, .. } => {
+            GenerationEvent::Delta {
+                text,
+                segment: Segment::Answer,
+                ..
+            } => {
                 print!("{text}");
                 let _ = std::io::stdout().flush();
             }
             GenerationEvent::Delta { .. } => {}
             GenerationEvent::Finished(finished) => {
-                println!("\n[{:?}, {} tokens]", finished.finish_reason, finished.usage.completion_tokens);
+                println!(
+                    "\n[{:?}, {} tokens]",
+                    finished.finish_reason, finished.usage.completion_tokens
+                );
             }
         }
     }

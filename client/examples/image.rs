@@ -11,7 +11,9 @@ use fovea_client::{Client, ClientError, GenerateRequestBuilder, Part};
 async fn main() -> Result<(), ClientError> {
     let mut args = std::env::args().skip(1);
     let address = args.next().unwrap_or_else(|| "http://127.0.0.1:50051".into());
-    let image = args.next().unwrap_or_else(|| "testdata/golden/images/chart_320x240.png".into());
+    let image = args
+        .next()
+        .unwrap_or_else(|| "testdata/golden/images/chart_320x240.png".into());
     let question = args.next().unwrap_or_else(|| "What does this image show?".into());
 
     let client = Client::connect(address).await?;
@@ -23,6 +25,9 @@ async fn main() -> Result<(), ClientError> {
         println!("reasoning: {}", completion.reasoning);
     }
     println!("answer: {}", completion.answer);
-    println!("[{:?}, {:?}]", completion.finished.finish_reason, completion.finished.usage);
+    println!(
+        "[{:?}, {:?}]",
+        completion.finished.finish_reason, completion.finished.usage
+    );
     Ok(())
 }

@@ -134,7 +134,11 @@ impl CompletionBuilder {
     /// Adds one event; returns the completion once the final event arrives.
     pub(crate) fn push(&mut self, event: GenerationEvent) -> Option<Completion> {
         match event {
-            GenerationEvent::Delta { token_ids, text, segment } => {
+            GenerationEvent::Delta {
+                token_ids,
+                text,
+                segment,
+            } => {
                 self.token_ids.extend(token_ids);
                 match segment {
                     Segment::Reasoning => self.reasoning.push_str(&text),
@@ -188,7 +192,9 @@ mod tests {
             .into_iter()
             .filter_map(|r| builder.push(GenerationEvent::try_from(r).unwrap()))
             .collect();
-        let [completion] = completions.as_slice() else { panic!("one completion") };
+        let [completion] = completions.as_slice() else {
+            panic!("one completion")
+        };
         assert_eq!(completion.reasoning, "<think>hm</think>");
         assert_eq!(completion.answer, "42");
         assert_eq!(completion.token_ids, [1, 2, 3, 4]);
@@ -202,7 +208,10 @@ mod tests {
         let empty = wire::GenerateResponse { event: None };
         let unsegmented = delta(&[1], "a", wire::Segment::Unspecified);
         for response in [empty, unsegmented] {
-            assert!(matches!(GenerationEvent::try_from(response), Err(ClientError::Protocol(_))));
+            assert!(matches!(
+                GenerationEvent::try_from(response),
+                Err(ClientError::Protocol(_))
+            ));
         }
     }
 }

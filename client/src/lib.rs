@@ -75,8 +75,8 @@ impl Client {
     /// A client of the server at `address` with `config`.
     pub async fn connect_with(address: impl Into<String>, config: ClientConfig) -> Result<Client, ClientError> {
         let address = address.into();
-        let endpoint = Endpoint::from_shared(address.clone())
-            .map_err(|source| ClientError::InvalidAddress { address, source })?;
+        let endpoint =
+            Endpoint::from_shared(address.clone()).map_err(|source| ClientError::InvalidAddress { address, source })?;
         let inner = GenerationClient::new(endpoint.connect_lazy())
             .max_encoding_message_size(config.max_encoding_message_size)
             .max_decoding_message_size(config.max_decoding_message_size);

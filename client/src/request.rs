@@ -47,10 +47,12 @@ impl Part {
     /// ```
     pub fn image_file(path: impl AsRef<Path>) -> Result<Part, ClientError> {
         let path = path.as_ref();
-        std::fs::read(path).map(Part::Image).map_err(|source| ClientError::ImageFile {
-            path: path.to_path_buf(),
-            source,
-        })
+        std::fs::read(path)
+            .map(Part::Image)
+            .map_err(|source| ClientError::ImageFile {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 
     fn into_wire(self) -> ContentPart {

@@ -78,7 +78,13 @@ mod tests {
             .run(|| {
                 calls.set(calls.get() + 1);
                 let attempt = calls.get();
-                async move { if attempt < 3 { Err(ClientError::Unavailable("starting".into())) } else { Ok(attempt) } }
+                async move {
+                    if attempt < 3 {
+                        Err(ClientError::Unavailable("starting".into()))
+                    } else {
+                        Ok(attempt)
+                    }
+                }
             })
             .await;
         assert_eq!(result.unwrap(), 3);

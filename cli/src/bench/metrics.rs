@@ -90,7 +90,11 @@ impl Summary {
     /// Summarizes `outcomes` of a run that took `duration`, counting goodput against `slo`.
     pub fn new(outcomes: &[Outcome], duration: Duration, slo: Slo) -> Summary {
         let records: Vec<&RequestRecord> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
-        let errors: Vec<String> = outcomes.iter().filter_map(|o| o.as_ref().err()).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .map(|e| e.to_string())
+            .collect();
         let seconds = duration.as_secs_f64().max(f64::MIN_POSITIVE);
         let total_input_tokens: u64 = records.iter().map(|r| u64::from(r.prompt_tokens)).sum();
         let total_output_tokens: u64 = records.iter().map(|r| u64::from(r.output_tokens)).sum();
@@ -130,7 +134,12 @@ impl Serialize for Summary {
         map.serialize_entry("request_goodput", &self.request_goodput)?;
         map.serialize_entry("output_throughput", &self.output_throughput)?;
         map.serialize_entry("total_token_throughput", &self.total_token_throughput)?;
-        for (name, stats) in [("ttft", &self.ttft), ("tpot", &self.tpot), ("itl", &self.itl), ("e2el", &self.e2el)] {
+        for (name, stats) in [
+            ("ttft", &self.ttft),
+            ("tpot", &self.tpot),
+            ("itl", &self.itl),
+            ("e2el", &self.e2el),
+        ] {
             map.serialize_entry(&format!("mean_{name}_ms"), &stats.mean_ms)?;
             map.serialize_entry(&format!("median_{name}_ms"), &stats.median_ms)?;
             map.serialize_entry(&format!("p99_{name}_ms"), &stats.p99_ms)?;
@@ -155,7 +164,11 @@ fn row(f: &mut fmt::Formatter<'_>, label: &str, value: impl fmt::Display) -> fmt
 fn latency(f: &mut fmt::Formatter<'_>, title: &str, short: &str, stats: &LatencyStats) -> fmt::Result {
     rule(f, '-', title)?;
     row(f, &format!("Mean {short} (ms)"), format_args!("{:.2}", stats.mean_ms))?;
-    row(f, &format!("Median {short} (ms)"), format_args!("{:.2}", stats.median_ms))?;
+    row(
+        f,
+        &format!("Median {short} (ms)"),
+        format_args!("{:.2}", stats.median_ms),
+    )?;
     row(f, &format!("P99 {short} (ms)"), format_args!("{:.2}", stats.p99_ms))
 }
 
@@ -168,12 +181,24 @@ impl fmt::Display for Summary {
         row(f, "Benchmark duration (s)", format_args!("{:.2}", self.duration))?;
         row(f, "Total input tokens", self.total_input_tokens)?;
         row(f, "Total generated tokens", self.total_output_tokens)?;
-        row(f, "Request throughput (req/s)", format_args!("{:.2}", self.request_throughput))?;
+        row(
+            f,
+            "Request throughput (req/s)",
+            format_args!("{:.2}", self.request_throughput),
+        )?;
         if let Some(goodput) = self.request_goodput {
             row(f, "Request goodput (req/s)", format_args!("{goodput:.2}"))?;
         }
-        row(f, "Output token throughput (tok/s)", format_args!("{:.2}", self.output_throughput))?;
-        row(f, "Total Token throughput (tok/s)", format_args!("{:.2}", self.total_token_throughput))?;
+        row(
+            f,
+            "Output token throughput (tok/s)",
+            format_args!("{:.2}", self.output_throughput),
+        )?;
+        row(
+            f,
+            "Total Token throughput (tok/s)",
+            format_args!("{:.2}", self.total_token_throughput),
+        )?;
         latency(f, "Time to First Token", "TTFT", &self.ttft)?;
         latency(f, "Time per Output Token (excl. 1st token)", "TPOT", &self.tpot)?;
         latency(f, "Inter-token Latency", "ITL", &self.itl)?;
@@ -211,7 +236,10 @@ mod tests {
     fn goodput_counts_only_requests_meeting_every_slo() {
         // TPOT: (110 - 20) / 9 = 10 ms and (1000 - 500) / 9 = 55.6 ms.
         let outcomes = [record(20, 110, 10), record(500, 1000, 10)];
-        let slo = Slo { ttft_ms: Some(100.0), tpot_ms: Some(20.0) };
+        let slo = Slo {
+            ttft_ms: Some(100.0),
+            tpot_ms: Some(20.0),
+        };
         let summary = Summary::new(&outcomes, Duration::from_secs(2), slo);
         assert_eq!(summary.completed, 2);
         assert_eq!(summary.request_goodput, Some(0.5));

@@ -63,10 +63,7 @@ pub enum WorkloadError {
 /// completion has exactly `max_tokens` tokens.
 pub fn build(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<GenerateRequest>, WorkloadError> {
     let files = match &spec.images {
-        ImageSource::Files(paths) => paths
-            .iter()
-            .map(Part::image_file)
-            .collect::<Result<Vec<_>, _>>()?,
+        ImageSource::Files(paths) => paths.iter().map(Part::image_file).collect::<Result<Vec<_>, _>>()?,
         ImageSource::Generated { .. } => Vec::new(),
     };
     (0..spec.requests)
@@ -78,7 +75,10 @@ pub fn build(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<GenerateReques
             };
             let parts = if with_image {
                 let image = match &spec.images {
-                    ImageSource::Files(_) => files.get(i % files.len().max(1)).cloned().ok_or(WorkloadError::NoImageFiles)?,
+                    ImageSource::Files(_) => files
+                        .get(i % files.len().max(1))
+                        .cloned()
+                        .ok_or(WorkloadError::NoImageFiles)?,
                     ImageSource::Generated { width, height } => Part::Image(generated_png(*width, *height, rng)?),
                 };
                 vec![image, Part::Text("Describe this image in detail.".into())]
@@ -97,7 +97,9 @@ pub fn build(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<GenerateReques
 
 /// About `tokens` tokens of random words.
 fn prompt(tokens: usize, rng: &mut StdRng) -> String {
-    let words: Vec<&str> = (0..tokens.max(1)).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect();
+    let words: Vec<&str> = (0..tokens.max(1))
+        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+        .collect();
     words.join(" ")
 }
 

@@ -26,7 +26,12 @@ impl Server {
         let model = golden_dir().join("model");
         let child = Command::new(env!("CARGO_BIN_EXE_fovea"))
             .args(["serve", "--model", model.to_str().unwrap()])
-            .args(["--grpc-addr", &format!("127.0.0.1:{port}"), "--worker-addr", "127.0.0.1:0"])
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{port}"),
+                "--worker-addr",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
