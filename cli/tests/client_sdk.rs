@@ -13,11 +13,12 @@ use fovea_client::{
 use support::{Server, address, free_port, golden_dir};
 use tokio_stream::StreamExt;
 
-/// Client settings patient enough for a server that loads its model on a busy machine.
+/// Client settings patient enough for a server that loads its model on a busy machine: about a
+/// minute of retries, as long as `serve_grpc.rs` waits for its server.
 fn patient() -> ClientConfig {
     ClientConfig {
         retry: RetryPolicy {
-            max_attempts: 40,
+            max_attempts: 125,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(500),
         },
