@@ -10,7 +10,8 @@ use support::{Server, address, free_port};
 #[test]
 fn bench_reports_every_request_of_a_mixed_run_as_json() {
     let port = free_port();
-    let _server = Server::start_on(port);
+    let server = Server::start_on(port);
+    server.wait_until_listening();
     let dir = std::env::temp_dir().join(format!("fovea-bench-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");

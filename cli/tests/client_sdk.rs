@@ -52,7 +52,8 @@ fn golden_builder() -> GenerateRequestBuilder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_streams_golden_tokens_for_text_and_image_and_maps_invalid_argument() {
     let port = free_port();
-    let _server = Server::start_on(port);
+    let server = Server::start_on(port);
+    server.wait_until_listening();
     let client = Client::connect_with(address(port), patient()).await.unwrap();
 
     let models = client.list_models().await.unwrap();
@@ -98,7 +99,8 @@ async fn sdk_streams_golden_tokens_for_text_and_image_and_maps_invalid_argument(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collect_helper_gathers_what_the_stream_delivers_segment_by_segment() {
     let port = free_port();
-    let _server = Server::start_on(port);
+    let server = Server::start_on(port);
+    server.wait_until_listening();
     let client = Client::connect_with(address(port), patient()).await.unwrap();
     let request = golden_builder()
         .user_text("Hi there!")

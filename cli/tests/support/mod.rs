@@ -1,9 +1,10 @@
 //! What the server-backed tests share: a `fovea serve` process on the golden checkpoint, on free
 //! loopback ports, killed when dropped.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The golden checkpoint's directory and its recorded cases.
 pub fn golden_dir() -> PathBuf {
@@ -18,6 +19,7 @@ pub fn free_port() -> u16 {
 /// A `fovea serve` process, killed when dropped.
 pub struct Server {
     child: Child,
+    port: u16,
 }
 
 impl Server {
@@ -36,7 +38,20 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("fovea serve starts");
-        Server { child }
+        Server { child, port }
+    }
+
+    /// Waits until the public API accepts connections (at most a minute).
+    pub fn wait_until_listening(&self) {
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "fovea serve did not come up on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
