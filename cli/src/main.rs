@@ -1,5 +1,7 @@
-//! The `fovea` command line: offline generation, demo checkpoints, and the serving cluster.
+//! The `fovea` command line: offline generation, demo checkpoints, the serving cluster, and a
+//! load generator against it.
 
+mod bench;
 mod demo_model;
 mod generate;
 mod serve;
@@ -21,6 +23,8 @@ enum Command {
     DemoModel(demo_model::DemoModelArgs),
     /// Run the coordinator and a worker in one process (gRPC API on 127.0.0.1:50051).
     Serve(serve::ServeArgs),
+    /// Benchmark a running server: throughput, TTFT, TPOT, ITL and goodput, as vLLM reports them.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +33,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::DemoModel(args) => demo_model::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
