@@ -52,7 +52,8 @@ async fn connect(server: &Server) -> TcpStream {
 async fn send(server: &Server, method: &str, path: &str, body: &str) -> TcpStream {
     let mut stream = connect(server).await;
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
         server.http,
         body.len()
     );
@@ -132,6 +133,7 @@ async fn golden_cases_answer_as_the_grpc_api_does_whole_and_streamed() {
         let name = &case["name"];
         let (tokens, grpc_text, _) = collect(&mut client, golden_request(case, 12)).await;
         assert_eq!(tokens, ids(&case["greedy_tokens"]), "{name}");
+        assert_eq!(grpc_text, case["greedy_text"].as_str().unwrap(), "{name}: the golden tokens' text");
         let in_reasoning = case["mode"] == "think";
 
         let whole = request(&server, "POST", "/v1/chat/completions", &golden_body(case, false)).await;
@@ -141,7 +143,8 @@ async fn golden_cases_answer_as_the_grpc_api_does_whole_and_streamed() {
         let choice = &whole["choices"][0];
         assert_eq!(choice["finish_reason"], "length", "{name}");
         assert_eq!(choice["message"]["role"], "assistant");
-        let (reasoning, answer) = (choice["message"]["reasoning_content"].as_str().unwrap(), choice["message"]["content"].as_str().unwrap());
+        let reasoning = choice["message"]["reasoning_content"].as_str().unwrap();
+        let answer = choice["message"]["content"].as_str().unwrap();
         assert_eq!(format!("{reasoning}{answer}"), grpc_text, "{name}");
         assert_eq!(if in_reasoning { answer } else { reasoning }, "", "{name}: think mode answers in reasoning only");
         let usage = &whole["usage"];

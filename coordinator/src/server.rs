@@ -2,7 +2,7 @@
 //! (with the standard health service and reflection) and over the OpenAI-compatible HTTP API, on
 //! listeners the caller chose, stopping together.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -111,20 +111,17 @@ pub async fn serve(
         }
         let _ = stop.send(true);
     };
-    // Whichever way one server ends, the other is told to stop too.
-    let grpc = async {
-        let served = grpc.await;
-        let _ = stop.send(true);
-        served
-    };
-    let http = async {
-        let served = http.await;
-        let _ = stop.send(true);
-        served
-    };
-    let ((), grpc, http) = tokio::join!(signal, grpc, http);
+    let ((), grpc, http) = tokio::join!(signal, then_stop(grpc, &stop), then_stop(http.into_future(), &stop));
     grpc?;
     http.map_err(ServeError::Http)
+}
+
+/// Runs one server and then gives the stop signal: whichever way one server ends, the other is
+/// told to stop too.
+async fn then_stop<T>(server: impl Future<Output = T>, stop: &watch::Sender<bool>) -> T {
+    let served = server.await;
+    let _ = stop.send(true);
+    served
 }
 
 /// Resolves once the stop signal is given.

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use fovea_proto::v1::generation_client::GenerationClient;
 use fovea_proto::v1::{
-    ChatMessage, ContentPart, GenerateRequest, Image, ReasoningMode, Role, SamplingParams, content_part, generate_response,
+    ChatMessage, ContentPart, GenerateFinal, GenerateRequest, Image, ReasoningMode, Role, SamplingParams, content_part,
+    generate_response,
 };
 use fovea_proto::worker::v1::WatchLoadRequest;
 use fovea_proto::worker::v1::worker_client::WorkerClient;
@@ -21,9 +22,11 @@ pub fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden")
 }
 
-/// A loopback port nobody listens on now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `N` distinct loopback addresses nobody listens on now (all are held until all are chosen, so
+/// none is handed out twice).
+pub fn free_addrs<const N: usize>() -> [String; N] {
+    let listeners = [(); N].map(|()| TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|listener| listener.local_addr().unwrap().to_string())
 }
 
 /// A `fovea serve` process, killed when dropped.
@@ -38,7 +41,7 @@ pub struct Server {
 impl Server {
     /// Starts `fovea serve` on the golden model, on free ports, with `extra` arguments.
     pub fn start(extra: &[&str]) -> Server {
-        let [grpc_addr, worker_addr, http_addr] = [free_port(), free_port(), free_port()].map(|port| format!("127.0.0.1:{port}"));
+        let [grpc_addr, worker_addr, http_addr] = free_addrs();
         let model = golden_dir().join("model");
         let child = Command::new(env!("CARGO_BIN_EXE_fovea"))
             .args(["serve", "--model", model.to_str().unwrap(), "--grpc-addr", &grpc_addr, "--worker-addr", &worker_addr])
@@ -146,18 +149,23 @@ pub fn golden_request(case: &serde_json::Value, max_tokens: u32) -> GenerateRequ
     }
 }
 
+/// The cases of `golden.json`.
 pub fn golden_cases() -> Vec<serde_json::Value> {
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(golden_dir().join("golden.json")).unwrap()).unwrap();
     golden["cases"].as_array().unwrap().clone()
 }
 
+/// A JSON array of token ids.
 pub fn ids(value: &serde_json::Value) -> Vec<u32> {
     value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
 }
 
 /// Every message of a stream, checking that exactly one final message ends it.
-pub async fn collect(client: &mut GenerationClient<Channel>, request: GenerateRequest) -> (Vec<u32>, String, fovea_proto::v1::GenerateFinal) {
+pub async fn collect(
+    client: &mut GenerationClient<Channel>,
+    request: GenerateRequest,
+) -> (Vec<u32>, String, GenerateFinal) {
     let mut stream = client.generate(request).await.expect("accepted").into_inner();
     let (mut tokens, mut text, mut last) = (Vec::new(), String::new(), None);
     while let Some(message) = stream.message().await.expect("stream stays healthy") {

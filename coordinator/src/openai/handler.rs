@@ -89,7 +89,9 @@ fn events(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let opening = json_event(&completion.opening_chunk());
     let chunks = responses.filter_map(move |response| match response.map(|r| r.event) {
-        Ok(Some(generate_response::Event::Delta(delta))) => completion.delta_chunk(delta).map(|chunk| json_event(&chunk)),
+        Ok(Some(generate_response::Event::Delta(delta))) => {
+            completion.delta_chunk(delta).map(|chunk| json_event(&chunk))
+        }
         Ok(Some(generate_response::Event::Final(last))) => Some(match completion.final_chunk(&last) {
             Ok(chunk) => json_event(&chunk),
             Err(error) => json_event(&error.body()),

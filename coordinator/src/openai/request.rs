@@ -62,9 +62,11 @@ fn chat_message(index: usize, message: Message) -> Result<wire::ChatMessage, Api
             .enumerate()
             .map(|(part_index, part)| match part {
                 ContentPart::Text { text } => Ok(content_part::Part::Text(text)),
-                ContentPart::ImageUrl { image_url } => data_uri_image(&image_url.url)
-                    .map(content_part::Part::Image)
-                    .map_err(|why| ApiError::bad_request(format!("messages[{index}].content[{part_index}].image_url: {why}"))),
+                ContentPart::ImageUrl { image_url } => {
+                    data_uri_image(&image_url.url).map(content_part::Part::Image).map_err(|why| {
+                        ApiError::bad_request(format!("messages[{index}].content[{part_index}].image_url: {why}"))
+                    })
+                }
             })
             .collect::<Result<_, _>>()?,
     };
@@ -118,10 +120,12 @@ mod tests {
             {"type": "text", "text": "a"},
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}},
             {"type": "text", "text": "b"}]}],
-            "max_tokens": 5, "max_completion_tokens": 7, "stop": "x", "mode": "think", "top_k": 3, "ignore_eos": true}"#;
+            "max_tokens": 5, "max_completion_tokens": 7, "stop": "x",
+            "mode": "think", "top_k": 3, "ignore_eos": true}"#;
         let request = generate_request(serde_json::from_str(body).unwrap(), "id".into()).unwrap();
+        use content_part::Part::{Image, Text};
         let parts: Vec<_> = request.messages[0].content.iter().map(|p| p.part.clone().unwrap()).collect();
-        assert!(matches!(&parts[..], [content_part::Part::Text(a), content_part::Part::Image(_), content_part::Part::Text(b)] if a == "a" && b == "b"));
+        assert!(matches!(&parts[..], [Text(a), Image(_), Text(b)] if a == "a" && b == "b"));
         assert_eq!(request.mode(), wire::ReasoningMode::Think);
         let sampling = request.sampling.unwrap();
         assert_eq!((sampling.max_tokens, sampling.top_k, sampling.ignore_eos), (Some(7), 3, true));

@@ -89,7 +89,12 @@ impl Completion {
         Ok(self.chunk(ChunkDelta::default(), Some(finish_reason(last)?), Some(usage(last))))
     }
 
-    fn chunk(&self, delta: ChunkDelta, finish_reason: Option<&'static str>, usage: Option<Usage>) -> ChatCompletionChunk {
+    fn chunk(
+        &self,
+        delta: ChunkDelta,
+        finish_reason: Option<&'static str>,
+        usage: Option<Usage>,
+    ) -> ChatCompletionChunk {
         ChatCompletionChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk",
@@ -110,7 +115,9 @@ fn finish_reason(last: &GenerateFinal) -> Result<&'static str, ApiError> {
     match last.finish_reason() {
         FinishReason::Stop => Ok("stop"),
         FinishReason::Length => Ok("length"),
-        FinishReason::Cancelled => Err(Status::unavailable(format!("the generation was cancelled: {}", last.error)).into()),
+        FinishReason::Cancelled => {
+            Err(Status::unavailable(format!("the server cancelled the generation: {}", last.error)).into())
+        }
         FinishReason::Error | FinishReason::Unspecified => {
             Err(Status::internal(format!("the generation failed: {}", last.error)).into())
         }
