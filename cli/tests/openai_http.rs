@@ -232,3 +232,37 @@ async fn bad_requests_get_openai_errors_and_models_lists_the_model() {
         assert!(error["type"].is_string() && error["code"].is_string(), "{error}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_string_ends_the_answer_with_finish_reason_stop() {
+    let server = Server::start(&[]);
+    let case = &golden_cases()[0];
+    let greedy_text = case["greedy_text"].as_str().unwrap();
+    let stop = " thesis";
+    let before_stop = &greedy_text[..greedy_text.find(stop).unwrap()];
+    let mut body: Value = serde_json::from_str(&golden_body(case, false)).unwrap();
+    body["stop"] = json!([stop]);
+    let response = request(&server, "POST", "/v1/chat/completions", &body.to_string()).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let choice = &response.json()["choices"][0];
+    assert_eq!(choice["finish_reason"], "stop");
+    assert_eq!(choice["message"]["content"], before_stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429() {
+    let server = Server::start(&["--max-requests", "1"]);
+    let long = json!({
+        "messages": [{"role": "user", "content": "Count forever."}],
+        "max_tokens": 10_000,
+        "ignore_eos": true,
+        "stream": true,
+    });
+    let mut running = send(&server, "POST", "/v1/chat/completions", &long.to_string()).await;
+    let mut first = [0; 1];
+    running.read_exact(&mut first).await.unwrap();
+    let short = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    let refused = request(&server, "POST", "/v1/chat/completions", &short.to_string()).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], "resource_exhausted");
+}
