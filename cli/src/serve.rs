@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use clap::Args;
 use fovea_coordinator::admission::AdmissionLimits;
-use fovea_coordinator::{CoordinatorConfig, serve};
+use fovea_coordinator::{CoordinatorConfig, Listeners, serve};
 use fovea_model::Phi4VisionModel;
 use fovea_model::demo::{DemoPreset, write_demo_checkpoint};
 use fovea_model::input::RequestPreparer;
@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Public gRPC API address.
     #[arg(long, env = "FOVEA_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
+    /// OpenAI-compatible HTTP API address (`/v1/chat/completions`, `/v1/models`).
+    #[arg(long, env = "FOVEA_HTTP_ADDR", default_value = "127.0.0.1:8000")]
+    http_addr: SocketAddr,
     /// The in-process worker's API address (port 0: any free port).
     #[arg(long, env = "FOVEA_WORKER_ADDR", default_value = "127.0.0.1:0")]
     worker_addr: SocketAddr,
@@ -98,6 +101,12 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+async fn listen(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -139,14 +148,16 @@ async fn serve_all(args: ServeArgs) -> Result<(), String> {
         },
     ));
 
-    let listener = TcpListener::bind(args.grpc_addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.grpc_addr))?;
+    let listeners = Listeners {
+        grpc: listen(args.grpc_addr).await?,
+        http: listen(args.http_addr).await?,
+    };
     eprintln!(
-        "fovea serving {} ({}) on grpc://{}",
+        "fovea serving {} ({}) on grpc://{} and http://{}",
         args.model_name,
         dir.display(),
-        listener.local_addr().map_err(|e| e.to_string())?
+        listeners.grpc.local_addr().map_err(|e| e.to_string())?,
+        listeners.http.local_addr().map_err(|e| e.to_string())?
     );
     let config = CoordinatorConfig {
         model_dir: dir,
@@ -159,7 +170,7 @@ async fn serve_all(args: ServeArgs) -> Result<(), String> {
         max_images: args.max_images,
         max_image_bytes: args.max_image_bytes,
     };
-    let served = serve(config, listener, shutdown_signal()).await;
+    let served = serve(config, listeners, shutdown_signal()).await;
     let _ = stop_worker.send(());
     let _ = worker.await;
     served.map_err(|e| e.to_string())

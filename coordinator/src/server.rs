@@ -1,7 +1,8 @@
-//! Assembling the coordinator's gRPC server: the Generation service for one model, the standard
-//! health service and reflection, on a listener the caller chose.
+//! Assembling the coordinator's servers: the Generation service for one model, served over gRPC
+//! (with the standard health service and reflection) and over the OpenAI-compatible HTTP API, on
+//! listeners the caller chose, stopping together.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,10 +10,12 @@ use fovea_model::ModelConfig;
 use fovea_model::input::RequestPreparer;
 use fovea_proto::v1::generation_server::GenerationServer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admission::{Admission, AdmissionLimits};
 use crate::generation::{GenerationService, ModelDescription};
+use crate::openai;
 use crate::validation::Limits;
 use crate::workers::WorkerPool;
 
@@ -43,13 +46,24 @@ pub enum ServeError {
     Reflection(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
 }
 
-/// Serves the coordinator on `listener` until `shutdown` resolves; in-flight streams are given
-/// their final message before it returns.
+/// Where the coordinator listens.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The public gRPC API.
+    pub grpc: TcpListener,
+    /// The OpenAI-compatible HTTP API.
+    pub http: TcpListener,
+}
+
+/// Serves the coordinator on `listeners` until `shutdown` resolves or either server fails (which
+/// stops the other); in-flight streams are given their final message before it returns.
 pub async fn serve(
     config: CoordinatorConfig,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let model = ModelConfig::from_dir(&config.model_dir)?;
@@ -66,20 +80,51 @@ pub async fn serve(
         max_image_tokens: model.max_num_patches,
         eos_token_ids: model.eos_token_ids.clone(),
     };
-    let service = GenerationService::new(preparer, limits, Admission::new(config.admission), workers, description);
+    let service = Arc::new(GenerationService::new(
+        preparer,
+        limits,
+        Admission::new(config.admission),
+        workers,
+        description,
+    ));
     let (health_reporter, health_service) = fovea_proto::health::server::health_reporter();
     health_reporter
         .set_serving::<GenerationServer<GenerationService>>()
         .await;
-    tonic::transport::Server::builder()
+    let reflection = fovea_proto::reflection_service().map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let (stop, stopping) = watch::channel(false);
+    let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(fovea_proto::reflection_service().map_err(|e| ServeError::Reflection(e.to_string()))?)
+        .add_service(reflection)
         .add_service(
-            GenerationServer::new(service)
+            GenerationServer::from_arc(Arc::clone(&service))
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
-    Ok(())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped(stopping.clone()));
+    let http = axum::serve(listeners.http, openai::router(service, config.model_name))
+        .with_graceful_shutdown(stopped(stopping));
+    let signal = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = stopped(stop.subscribe()) => {}
+        }
+        let _ = stop.send(true);
+    };
+    let ((), grpc, http) = tokio::join!(signal, then_stop(grpc, &stop), then_stop(http.into_future(), &stop));
+    grpc?;
+    http.map_err(ServeError::Http)
+}
+
+/// Runs one server and then gives the stop signal: whichever way one server ends, the other is
+/// told to stop too.
+async fn then_stop<T>(server: impl Future<Output = T>, stop: &watch::Sender<bool>) -> T {
+    let served = server.await;
+    let _ = stop.send(true);
+    served
+}
+
+/// Resolves once the stop signal is given.
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|&stop| stop).await;
 }

@@ -33,6 +33,8 @@ impl Server {
                 &format!("127.0.0.1:{port}"),
                 "--worker-addr",
                 "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
