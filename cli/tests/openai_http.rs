@@ -1,13 +1,13 @@
 //! `fovea serve`'s OpenAI-compatible HTTP API as a client sees it: a real server process, plain
 //! HTTP/1.1 over loopback, answers compared with the gRPC API's for the same golden requests.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, collect, golden_cases, golden_dir, golden_request, ids};
+use support::{Server, collect, golden_cases, golden_dir, golden_request, ids};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

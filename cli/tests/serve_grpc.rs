@@ -1,10 +1,10 @@
 //! `fovea serve` as a client sees it: a real server process, real gRPC over loopback.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, collect, golden_cases, golden_request, ids};
+use support::{Server, collect, golden_cases, golden_request, ids};
 use fovea_proto::v1::{ContentPart, FinishReason, content_part};
 use tonic::Code;
 

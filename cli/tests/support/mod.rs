@@ -1,10 +1,21 @@
 //! What the server-backed tests share: a `fovea serve` process on the golden checkpoint, on free
-//! loopback ports, killed when dropped.
+//! loopback ports, killed when dropped; the golden cases as gRPC requests; a gRPC stream collector.
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use fovea_proto::v1::generation_client::GenerationClient;
+use fovea_proto::v1::{
+    ChatMessage, ContentPart, GenerateFinal, GenerateRequest, Image, ReasoningMode, Role, SamplingParams, content_part,
+    generate_response,
+};
+use fovea_proto::worker::v1::WatchLoadRequest;
+use fovea_proto::worker::v1::worker_client::WorkerClient;
+use tonic::transport::Channel;
 
 /// The golden checkpoint's directory and its recorded cases.
 pub fn golden_dir() -> PathBuf {
@@ -16,31 +27,55 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `N` distinct loopback addresses nobody listens on now (all are held until all are chosen, so
+/// none is handed out twice).
+pub fn free_addrs<const N: usize>() -> [String; N] {
+    let listeners = [(); N].map(|()| TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|listener| listener.local_addr().unwrap().to_string())
+}
+
+/// The public API's address on `port`.
+pub fn address(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
 /// A `fovea serve` process, killed when dropped.
 pub struct Server {
     child: Child,
     port: u16,
+    worker: String,
+    /// The OpenAI-compatible HTTP API's `host:port`.
+    pub http: String,
 }
 
 impl Server {
     /// Starts `fovea serve` on the golden checkpoint with its public API on `port`.
     pub fn start_on(port: u16) -> Server {
+        Self::launch(port, &[])
+    }
+
+    /// Starts `fovea serve` on the golden checkpoint, on free ports, with `extra` arguments.
+    pub fn start(extra: &[&str]) -> Server {
+        Self::launch(free_port(), extra)
+    }
+
+    fn launch(port: u16, extra: &[&str]) -> Server {
+        let [worker, http] = free_addrs();
         let model = golden_dir().join("model");
         let child = Command::new(env!("CARGO_BIN_EXE_fovea"))
             .args(["serve", "--model", model.to_str().unwrap()])
-            .args([
-                "--grpc-addr",
-                &format!("127.0.0.1:{port}"),
-                "--worker-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
+            .args(["--grpc-addr", &format!("127.0.0.1:{port}"), "--worker-addr", &worker, "--http-addr", &http])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("fovea serve starts");
-        Server { child, port }
+        Server {
+            child,
+            port,
+            worker: format!("http://{worker}"),
+            http,
+        }
     }
 
     /// Waits until the public API accepts connections (at most a minute).
@@ -55,6 +90,32 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// A gRPC client, once the server accepts connections.
+    pub async fn client(&self) -> GenerationClient<Channel> {
+        let started = Instant::now();
+        loop {
+            match GenerationClient::connect(address(self.port)).await {
+                Ok(client) => return client.max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20),
+                Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("server did not come up: {e}"),
+            }
+        }
+    }
+
+    /// The worker's free KV blocks, from its WatchLoad stream.
+    pub async fn free_blocks(&self) -> u32 {
+        let mut worker = WorkerClient::connect(self.worker.clone()).await.unwrap();
+        let mut load = worker
+            .watch_load(WatchLoadRequest { interval_ms: 10 })
+            .await
+            .unwrap()
+            .into_inner();
+        load.message().await.unwrap().unwrap().free_kv_blocks
+    }
 }
 
 impl Drop for Server {
@@ -64,7 +125,92 @@ impl Drop for Server {
     }
 }
 
-/// The public API's address on `port`.
-pub fn address(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
+/// A golden case as a request: `<image>` markers become image parts in place.
+pub fn golden_request(case: &serde_json::Value, max_tokens: u32) -> GenerateRequest {
+    let mut images = case["images"].as_array().unwrap().iter().map(|f| {
+        std::fs::read(golden_dir().join("images").join(f.as_str().unwrap())).unwrap()
+    });
+    let messages = case["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role = match m["role"].as_str().unwrap() {
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                _ => Role::System,
+            };
+            let text = m["content"].as_str().unwrap();
+            let mut content = Vec::new();
+            for (i, piece) in text.split("<image>").enumerate() {
+                if i > 0 {
+                    let data = images.next().unwrap();
+                    content.push(ContentPart {
+                        part: Some(content_part::Part::Image(Image {
+                            data: data.into(),
+                            mime_type: String::new(),
+                        })),
+                    });
+                }
+                if !piece.is_empty() {
+                    content.push(ContentPart {
+                        part: Some(content_part::Part::Text(piece.to_string())),
+                    });
+                }
+            }
+            ChatMessage {
+                role: role as i32,
+                content,
+            }
+        })
+        .collect();
+    let mode = match case["mode"].as_str().unwrap() {
+        "think" => ReasoningMode::Think,
+        "nothink" => ReasoningMode::Nothink,
+        _ => ReasoningMode::Auto,
+    };
+    GenerateRequest {
+        messages,
+        mode: mode as i32,
+        sampling: Some(SamplingParams {
+            max_tokens: Some(max_tokens),
+            ignore_eos: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
+
+/// The cases of `golden.json`.
+pub fn golden_cases() -> Vec<serde_json::Value> {
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("golden.json")).unwrap()).unwrap();
+    golden["cases"].as_array().unwrap().clone()
+}
+
+/// A JSON array of token ids.
+pub fn ids(value: &serde_json::Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+/// Every message of a stream, checking that exactly one final message ends it.
+pub async fn collect(
+    client: &mut GenerationClient<Channel>,
+    request: GenerateRequest,
+) -> (Vec<u32>, String, GenerateFinal) {
+    let mut stream = client.generate(request).await.expect("accepted").into_inner();
+    let (mut tokens, mut text, mut last) = (Vec::new(), String::new(), None);
+    while let Some(message) = stream.message().await.expect("stream stays healthy") {
+        assert!(last.is_none(), "nothing may follow the final message");
+        match message.event {
+            Some(generate_response::Event::Delta(delta)) => {
+                tokens.extend(delta.token_ids);
+                text.push_str(&delta.text);
+            }
+            Some(generate_response::Event::Final(done)) => last = Some(done),
+            None => panic!("empty response message"),
+        }
+    }
+    (tokens, text, last.expect("a final message ends every stream"))
+}
+
