@@ -25,6 +25,7 @@ pub mod random;
 pub mod rotary;
 pub mod sampling;
 pub mod text;
+pub mod tp;
 pub mod vision;
 pub mod weights;
 
