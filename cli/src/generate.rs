@@ -2,16 +2,19 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
-use fovea_model::generate::{GenerationRequest, generate};
+use fovea_model::generate::{GenerationRequest, SequenceRank, generate};
 use fovea_model::input::RequestPreparer;
 use fovea_model::sampling::SamplingParams;
 use fovea_model::text::{ChatMessage, Detokenizer, IMAGE_MARKER, Mode};
 use fovea_model::Phi4VisionModel;
 use serde_json::json;
+
+use crate::tensor_parallel::TensorParallelArgs;
 
 /// Compute precision.
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,6 +67,8 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: ComputeDtype,
+    #[command(flatten)]
+    tensor_parallel: TensorParallelArgs,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -103,8 +108,13 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     let request = preparer.prepare(&messages, &images, args.mode).map_err(|e| e.to_string())?;
 
     let started = Instant::now();
-    let model = Phi4VisionModel::load(&args.model, args.dtype.into(), &Device::Cpu).map_err(|e| e.to_string())?;
+    let options = args.tensor_parallel.options()?;
+    let mut ranks = Phi4VisionModel::load_ranks(&args.model, args.dtype.into(), &Device::Cpu, options, |model| {
+        Ok(SequenceRank::new(Arc::new(model)))
+    })
+    .map_err(|e| e.to_string())?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let eos_token_ids = ranks.local().model().config().eos_token_ids.clone();
 
     let generation_request = GenerationRequest {
         prompt_ids: &request.prompt_ids,
@@ -116,14 +126,14 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
             top_k: args.top_k,
             seed: args.seed,
         },
-        stop_token_ids: &model.config().eos_token_ids,
+        stop_token_ids: &eos_token_ids,
         ignore_eos: args.ignore_eos,
     };
     let mut detokenizer = Detokenizer::new(preparer.tokenizer().as_ref(), false);
     let mut stdout = std::io::stdout().lock();
     let mut text = String::new();
     let mut stream_error = None;
-    let generation = generate(&model, &generation_request, |token| match detokenizer.push(token) {
+    let generation = generate(&mut ranks, &generation_request, |token| match detokenizer.push(token) {
         Ok(delta) => {
             if !args.json {
                 let _ = stdout.write_all(delta.as_bytes());
@@ -152,6 +162,8 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
                 "decode_ms": ms(generation.timings.decode),
                 "prompt_tokens": request.prompt_ids.len(),
                 "generated_tokens": generation.token_ids.len(),
+                "tp": ranks.world(),
+                "collective_ms": ms(ranks.collective_time()),
             }
         });
         writeln!(stdout, "{output}").map_err(|e| e.to_string())?;

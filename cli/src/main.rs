@@ -5,6 +5,7 @@ mod bench;
 mod demo_model;
 mod generate;
 mod serve;
+mod tensor_parallel;
 
 use clap::{Parser, Subcommand};
 

@@ -12,16 +12,17 @@ use candle_core::Device;
 use clap::Args;
 use fovea_coordinator::admission::AdmissionLimits;
 use fovea_coordinator::{CoordinatorConfig, Listeners, serve};
-use fovea_model::Phi4VisionModel;
 use fovea_model::demo::{DemoPreset, write_demo_checkpoint};
 use fovea_model::input::RequestPreparer;
 use fovea_model::preprocess::PreprocessConfig;
 use fovea_proto::worker::v1::{WorkerInfo, WorkerRole};
 use fovea_worker::service::{WorkerService, serve_worker};
+use fovea_worker::engine_rank::load_ranks;
 use fovea_worker::{Engine, EngineConfig};
 use tokio::net::TcpListener;
 
 use crate::generate::ComputeDtype;
+use crate::tensor_parallel::TensorParallelArgs;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -60,6 +61,8 @@ pub struct ServeArgs {
     /// Most bytes per encoded image.
     #[arg(long, env = "FOVEA_MAX_IMAGE_BYTES", default_value_t = 32 << 20)]
     max_image_bytes: usize,
+    #[command(flatten)]
+    tensor_parallel: TensorParallelArgs,
 }
 
 /// The demo checkpoint's directory: `$XDG_CACHE_HOME/fovea/demo-tiny` or `~/.cache/fovea/demo-tiny`.
@@ -117,21 +120,22 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
 
 async fn serve_all(args: ServeArgs) -> Result<(), String> {
     let dir = model_dir(&args)?;
-    let model = Phi4VisionModel::load(&dir, args.dtype.into(), &Device::Cpu).map_err(|e| e.to_string())?;
     let preparer = RequestPreparer::from_model_dir(&dir).map_err(|e| e.to_string())?;
     let preprocess = PreprocessConfig::from_file(dir.join("preprocessor_config.json")).map_err(|e| e.to_string())?;
-    let context_length = model.config().text.max_position_embeddings;
     let engine_config = EngineConfig {
         max_batch_tokens: args.max_batch_tokens,
         ..EngineConfig::new(args.kv_blocks)
     };
-    let engine = Engine::start(Arc::new(model), Arc::clone(preparer.tokenizer()), engine_config).map_err(|e| e.to_string())?;
+    let options = args.tensor_parallel.options()?;
+    let ranks = load_ranks(&dir, args.dtype.into(), &Device::Cpu, options, &engine_config).map_err(|e| e.to_string())?;
+    let context_length = ranks.local().model().config().text.max_position_embeddings;
+    let engine = Engine::start_on_ranks(ranks, Arc::clone(preparer.tokenizer()), engine_config).map_err(|e| e.to_string())?;
     let info = WorkerInfo {
         worker_id: "local".into(),
         role: WorkerRole::Full as i32,
         model: args.model_name.clone(),
         context_length: context_length as u32,
-        tensor_parallel_size: 1,
+        tensor_parallel_size: args.tensor_parallel.tp as u32,
         version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };

@@ -22,7 +22,14 @@ fn ids(value: &serde_json::Value) -> Vec<u64> {
     value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
 }
 
-fn generate_json(model: &Path, messages_file: &Path, images: &[PathBuf], mode: &str, tokens: usize) -> serde_json::Value {
+fn generate_json(
+    model: &Path,
+    messages_file: &Path,
+    images: &[PathBuf],
+    mode: &str,
+    tokens: usize,
+    extra: &[&str],
+) -> serde_json::Value {
     let mut args = vec![
         "generate".to_string(),
         "--model".into(),
@@ -40,14 +47,15 @@ fn generate_json(model: &Path, messages_file: &Path, images: &[PathBuf], mode: &
         args.push("--image".into());
         args.push(image.display().to_string());
     }
+    args.extend(extra.iter().map(|arg| arg.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let output = fovea(&args);
     assert!(output.status.success(), "fovea generate failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("one JSON object on stdout")
 }
 
-#[test]
-fn generate_json_reproduces_every_golden_case() {
+/// `fovea generate --json` with `extra` arguments on every golden case gives the golden tokens.
+fn check_golden_cases(extra: &[&str]) {
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(golden_dir().join("golden.json")).unwrap()).unwrap();
     let dir = temp_dir("golden");
@@ -61,12 +69,25 @@ fn generate_json_reproduces_every_golden_case() {
             .iter()
             .map(|f| golden_dir().join("images").join(f.as_str().unwrap()))
             .collect();
-        let out = generate_json(&golden_dir().join("model"), &messages_file, &images, case["mode"].as_str().unwrap(), 12);
-        assert_eq!(ids(&out["prompt_token_ids"]), ids(&case["input_ids"]), "{name}: prompt ids");
-        assert_eq!(ids(&out["token_ids"]), ids(&case["greedy_tokens"]), "{name}: greedy tokens");
-        assert_eq!(out["text"], case["greedy_text"], "{name}: text");
-        assert_eq!(out["finish_reason"], "length", "{name}");
+        let mode = case["mode"].as_str().unwrap();
+        let out = generate_json(&golden_dir().join("model"), &messages_file, &images, mode, 12, extra);
+        assert_eq!(ids(&out["prompt_token_ids"]), ids(&case["input_ids"]), "{name} {extra:?}: prompt ids");
+        assert_eq!(ids(&out["token_ids"]), ids(&case["greedy_tokens"]), "{name} {extra:?}: greedy tokens");
+        assert_eq!(out["text"], case["greedy_text"], "{name} {extra:?}: text");
+        assert_eq!(out["finish_reason"], "length", "{name} {extra:?}");
     }
+}
+
+#[test]
+fn generate_json_reproduces_every_golden_case() {
+    check_golden_cases(&[]);
+}
+
+/// TP 4 over the fixture's 4 query and 2 KV heads: pairs of ranks share a KV head.
+#[test]
+fn generate_json_reproduces_every_golden_case_at_tp_2_and_4() {
+    check_golden_cases(&["--tp", "2"]);
+    check_golden_cases(&["--tp", "4", "--threads-per-rank", "1"]);
 }
 
 #[test]
@@ -83,6 +104,7 @@ fn bad_inputs_fail_with_a_message_not_a_panic() {
         (vec!["--prompt", "hi", "--mode", "sometimes"], "sometimes"),
         (vec!["--prompt", "<image>", "--image", corrupt.to_str().unwrap()], "image 0"),
         (vec!["--prompt", "hi", "--temperature=-1"], "temperature"),
+        (vec!["--prompt", "hi", "--tp", "3"], "TP size of 3 does not divide the model's 4 query heads"),
     ];
     for (extra, expected) in cases {
         let mut args = vec!["generate", "--model", model];
@@ -129,11 +151,11 @@ fn demo_model_writes_a_checkpoint_that_generate_runs() {
     let messages = dir.join("messages.json");
     std::fs::write(&messages, r#"[{"role": "user", "content": "<image>\nDescribe."}]"#).unwrap();
     let image = golden_dir().join("images/noise_41x30.png");
-    let first = generate_json(&out, &messages, std::slice::from_ref(&image), "think", 5);
+    let first = generate_json(&out, &messages, std::slice::from_ref(&image), "think", 5, &[]);
     assert_eq!(ids(&first["token_ids"]).len(), 5);
     // The same seed writes the same weights, so the same tokens come out.
     let again = dir.join("tiny-again");
     assert!(fovea(&["demo-model", "--out", again.to_str().unwrap(), "--seed", "7"]).status.success());
-    let second = generate_json(&again, &messages, &[image], "think", 5);
+    let second = generate_json(&again, &messages, &[image], "think", 5, &[]);
     assert_eq!(first["token_ids"], second["token_ids"]);
 }

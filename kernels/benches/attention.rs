@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use fovea_kernels::attention::{AttentionShape, Mask, attention};
+use fovea_kernels::attention::{AttentionShape, HeadGroups, Mask, attention};
 
 fn measure(name: &str, shape: AttentionShape) {
     let AttentionShape { q_heads, kv_heads, q_len, kv_len, head_dim, .. } = shape;
@@ -35,6 +35,7 @@ fn main() {
     let decoder = AttentionShape {
         q_heads: 12,
         kv_heads: 4,
+        groups: HeadGroups::even(12, 4),
         q_len: 4550,
         kv_len: 4550,
         head_dim: 64,
@@ -45,6 +46,7 @@ fn main() {
     let vision = AttentionShape {
         q_heads: 6,
         kv_heads: 6,
+        groups: HeadGroups::even(6, 6),
         q_len: 3600,
         kv_len: 3600,
         head_dim: 64,

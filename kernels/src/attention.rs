@@ -24,11 +24,51 @@ pub enum Mask {
     Full,
 }
 
+/// Which KV head each query head reads: query head `h` of a call reads KV head
+/// `(first_in_group + h) / per_kv`.
+///
+/// A whole model's heads form even groups (`per_kv = q_heads / kv_heads`, Hugging Face's
+/// `repeat_kv`). A tensor-parallel rank holds a run of query heads that may start inside a group
+/// and end inside another, with the KV heads those groups use: `first_in_group` is where its first
+/// query head sits in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadGroups {
+    /// Query heads per KV head in the whole model.
+    pub per_kv: usize,
+    /// Position of the call's first query head within its group, `0..per_kv`.
+    pub first_in_group: usize,
+}
+
+impl HeadGroups {
+    /// Even groups: `q_heads / kv_heads` query heads per KV head, starting at a group boundary.
+    pub fn even(q_heads: usize, kv_heads: usize) -> Self {
+        HeadGroups {
+            per_kv: (q_heads / kv_heads.max(1)).max(1),
+            first_in_group: 0,
+        }
+    }
+
+    /// The KV head that query head `q_head` reads.
+    pub fn kv_head(&self, q_head: usize) -> usize {
+        (self.first_in_group + q_head) / self.per_kv
+    }
+
+    /// Whether `q_heads` query heads read exactly `kv_heads` KV heads, each at least once.
+    pub fn fits(&self, q_heads: usize, kv_heads: usize) -> bool {
+        self.per_kv > 0
+            && self.first_in_group < self.per_kv
+            && q_heads > 0
+            && self.kv_head(q_heads - 1) + 1 == kv_heads
+    }
+}
+
 /// Shapes and memory layout of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionShape {
     pub q_heads: usize,
     pub kv_heads: usize,
+    /// Which KV head each query head reads.
+    pub groups: HeadGroups,
     pub q_len: usize,
     pub kv_len: usize,
     pub head_dim: usize,
@@ -42,24 +82,26 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `out[h][i] = softmax(q[h][i] · k[h / g]ᵀ / √d) · v[h / g]` with `g = q_heads / kv_heads`.
+/// `out[h][i] = softmax(q[h][i] · k[g(h)]ᵀ / √d) · v[g(h)]` with `g` the shape's [`HeadGroups`].
 ///
 /// `q` and `out` are `[q_heads, q_len, head_dim]`; `k` and `v` hold `kv_heads` blocks of
 /// `[kv_len, head_dim]`, `kv_head_stride` apart.
 ///
 /// # Panics
-/// If the slices are shorter than the shape says, or `q_heads` is not a multiple of `kv_heads`.
+/// If the slices are shorter than the shape says, or the groups do not map the query heads onto
+/// exactly the KV heads.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, out: &mut [f32]) {
     let AttentionShape {
         q_heads,
         kv_heads,
+        groups,
         q_len,
         kv_len,
         head_dim,
         kv_head_stride,
         mask,
     } = shape;
-    assert!(kv_heads > 0 && q_heads % kv_heads == 0, "q_heads must be a multiple of kv_heads");
+    assert!(groups.fits(q_heads, kv_heads), "the head groups do not map q_heads onto kv_heads");
     assert_eq!(q.len(), q_heads * q_len * head_dim, "q is not [q_heads, q_len, head_dim]");
     assert_eq!(out.len(), q.len(), "out is not [q_heads, q_len, head_dim]");
     let kv_needed = (kv_heads - 1) * kv_head_stride + kv_len * head_dim;
@@ -67,10 +109,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, out: &m
     if q_len == 0 || head_dim == 0 {
         return;
     }
-    let group = q_heads / kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
     out.par_chunks_mut(q_len * head_dim).enumerate().for_each(|(head, out_head)| {
-        let kv_offset = (head / group) * kv_head_stride;
+        let kv_offset = groups.kv_head(head) * kv_head_stride;
         let (k_head, v_head) = (&k[kv_offset..], &v[kv_offset..]);
         let q_head = &q[head * q_len * head_dim..(head + 1) * q_len * head_dim];
         out_head
@@ -166,10 +207,9 @@ mod tests {
     /// Attention one query at a time in f64, straight from the definition.
     fn reference(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f32> {
         let d = shape.head_dim;
-        let group = shape.q_heads / shape.kv_heads;
         let mut out = vec![0f32; q.len()];
         for h in 0..shape.q_heads {
-            let kv = (h / group) * shape.kv_head_stride;
+            let kv = ((shape.groups.first_in_group + h) / shape.groups.per_kv) * shape.kv_head_stride;
             for i in 0..shape.q_len {
                 let visible = match shape.mask {
                     Mask::Causal { past } => (past + i + 1).min(shape.kv_len),
@@ -207,6 +247,7 @@ mod tests {
         AttentionShape {
             q_heads,
             kv_heads,
+            groups: HeadGroups::even(q_heads, kv_heads),
             q_len,
             kv_len,
             head_dim: 16,
@@ -229,6 +270,17 @@ mod tests {
     #[test]
     fn full_attention_sees_every_key() {
         check(shape(2, 2, 70, 70, Mask::Full));
+    }
+
+    #[test]
+    fn a_run_of_query_heads_may_start_and_end_inside_groups() {
+        // Query heads 5..10 of a model with 4 per KV head read KV heads 1, 1, 1, 2, 2.
+        let mut uneven = shape(5, 2, 7, 7, Mask::Causal { past: 0 });
+        uneven.groups = HeadGroups { per_kv: 4, first_in_group: 1 };
+        check(uneven);
+        assert_eq!((0..5).map(|h| uneven.groups.kv_head(h)).collect::<Vec<_>>(), [0, 0, 0, 1, 1]);
+        assert!(!uneven.groups.fits(5, 3), "three KV heads for two groups' heads");
+        assert!(!HeadGroups { per_kv: 4, first_in_group: 4 }.fits(4, 1));
     }
 
     #[test]

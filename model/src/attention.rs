@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use fovea_kernels::attention::{AttentionShape, Mask, attention as fused_attention};
+pub use fovea_kernels::attention::HeadGroups;
 
 use crate::cpu::with_f32_slice;
 use crate::error::{ModelError, Result};
@@ -20,12 +21,12 @@ pub enum Visibility {
 }
 
 /// Attention of `q` `[q_heads, L, D]` over `k`, `v` `[kv_heads, S, D]`, giving `[L, q_heads · D]`
-/// in `q`'s dtype. `q_heads` must be a multiple of `kv_heads`; query head `h` reads KV head
-/// `h / (q_heads / kv_heads)`, as Hugging Face's `repeat_kv` does. Computed in f32.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, visibility: Visibility) -> Result<Tensor> {
+/// in `q`'s dtype. Query head `h` reads KV head `groups.kv_head(h)` (for a whole model,
+/// `h / (q_heads / kv_heads)`, as Hugging Face's `repeat_kv` does). Computed in f32.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, groups: HeadGroups, visibility: Visibility) -> Result<Tensor> {
     let (q_heads, q_len, head_dim) = q.dims3()?;
     let (kv_heads, kv_len, _) = k.dims3()?;
-    if kv_heads == 0 || q_heads % kv_heads != 0 || v.dims3()? != (kv_heads, kv_len, head_dim) {
+    if !groups.fits(q_heads, kv_heads) || v.dims3()? != (kv_heads, kv_len, head_dim) {
         return Err(ModelError::BadInput(format!(
             "attention shapes q {:?}, k {:?}, v {:?} do not fit together",
             q.dims(),
@@ -45,6 +46,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, visibility: Visibility) -> 
     let shape = AttentionShape {
         q_heads,
         kv_heads,
+        groups,
         q_len,
         kv_len,
         head_dim,

@@ -37,6 +37,13 @@ pub enum ModelError {
     /// The tokenizer or chat template failed.
     #[error(transparent)]
     Text(#[from] crate::text::TextError),
+    /// A tensor-parallel size the model cannot be split into.
+    #[error("tensor parallelism: {0}")]
+    TensorParallel(String),
+    /// A rank of a tensor-parallel group failed (panicked, stalled, or lost its peers); the
+    /// group computes nothing more.
+    #[error("tensor-parallel rank failed: {0}")]
+    RankFailed(String),
     /// A tensor operation failed (a bug or an exhausted resource, not bad user input).
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

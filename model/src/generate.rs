@@ -1,7 +1,9 @@
 //! Single-sequence generation: encode the images, prefill the prompt, then decode token by token
 //! until a stop token or the token limit. This is `fovea generate`'s engine; the serving worker
-//! batches many sequences instead but uses the same model calls.
+//! batches many sequences instead but uses the same model calls. Every forward pass runs on all
+//! ranks of a tensor-parallel group (a group of one for the whole model on one rank).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{ModelError, Result};
@@ -9,6 +11,29 @@ use crate::kv_cache::ContiguousKvCache;
 use crate::model::{ImagePlacement, Phi4VisionModel};
 use crate::preprocess::PreparedImage;
 use crate::sampling::{Sampler, SamplingParams};
+use crate::tp::RankGroup;
+
+/// One rank's part of a generation: its part of the model and the sequence's keys and values.
+pub struct SequenceRank {
+    model: Arc<Phi4VisionModel>,
+    cache: ContiguousKvCache,
+}
+
+impl SequenceRank {
+    /// A rank computing with `model` (the whole model, or one rank's part).
+    pub fn new(model: Arc<Phi4VisionModel>) -> Self {
+        let layers = model.config().text.num_layers;
+        SequenceRank {
+            model,
+            cache: ContiguousKvCache::new(layers),
+        }
+    }
+
+    /// The rank's part of the model.
+    pub fn model(&self) -> &Arc<Phi4VisionModel> {
+        &self.model
+    }
+}
 
 /// One generation: a tokenized prompt with its images, and when to stop.
 pub struct GenerationRequest<'a> {
@@ -62,12 +87,13 @@ pub struct Generation {
     pub timings: GenerationTimings,
 }
 
-/// Generates for `request`, calling `on_token` with each token as soon as it is chosen.
+/// Generates for `request` on `ranks`, calling `on_token` with each token as soon as it is chosen.
 pub fn generate(
-    model: &Phi4VisionModel,
+    ranks: &mut RankGroup<SequenceRank>,
     request: &GenerationRequest,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation> {
+    let model = Arc::clone(&ranks.local().model);
     let mut sampler = Sampler::new(request.sampling.clone())?;
     if request.max_new_tokens == 0 {
         return Err(ModelError::BadInput("max_new_tokens must be at least 1".into()));
@@ -91,9 +117,13 @@ pub fn generate(
     timings.vision = started.elapsed();
 
     let started = Instant::now();
-    let mut cache = ContiguousKvCache::new(model.config().text.num_layers);
-    let embeddings = model.prompt_embeddings(request.prompt_ids, &features)?;
-    let mut logits = model.forward(&embeddings, &cache.next_batch(request.prompt_ids.len()), &mut cache)?;
+    let prompt_ids = request.prompt_ids.to_vec();
+    let mut logits = ranks.run(move |rank| {
+        rank.cache = ContiguousKvCache::new(rank.model.config().text.num_layers);
+        let embeddings = rank.model.prompt_embeddings(&prompt_ids, &features)?;
+        rank.model
+            .forward(&embeddings, &rank.cache.next_batch(prompt_ids.len()), &mut rank.cache)
+    })?;
     timings.prefill = started.elapsed();
 
     let started = Instant::now();
@@ -108,7 +138,10 @@ pub fn generate(
         if token_ids.len() == request.max_new_tokens {
             break FinishReason::Length;
         }
-        logits = model.forward(&model.decoder().embed(&[token])?, &cache.next_batch(1), &mut cache)?;
+        logits = ranks.run(move |rank| {
+            let embeddings = rank.model.decoder().embed(&[token])?;
+            rank.model.forward(&embeddings, &rank.cache.next_batch(1), &mut rank.cache)
+        })?;
     };
     timings.decode = started.elapsed();
     Ok(Generation {

@@ -6,16 +6,27 @@
 
 use candle_core::Tensor;
 
-use crate::attention::{Visibility, attention};
+use crate::attention::{HeadGroups, Visibility, attention};
 use crate::batch::BatchLayout;
 use crate::error::{ModelError, Result};
+
+/// One layer's projected heads for a batch: queries `q` `[q_heads, T, D]`, new keys and values
+/// `k`, `v` `[kv_heads, T, D]`, and which KV head each query head reads.
+#[derive(Clone, Copy)]
+pub struct AttentionHeads<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub groups: HeadGroups,
+}
 
 /// Key/value storage that the decoder attends through.
 pub trait KvCache {
     /// Stores the batch's new keys and values `k`, `v` `[kv_heads, T, D]` for `layer` (each
     /// segment's tokens right after its `past` cached ones) and returns causal attention of
-    /// `q` `[q_heads, T, D]`, every token over its own sequence, as `[T, q_heads · D]`.
-    fn attend(&mut self, layer: usize, batch: &BatchLayout, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor>;
+    /// `q` `[q_heads, T, D]`, every token over its own sequence, query head `h` reading KV head
+    /// `groups.kv_head(h)`, as `[T, q_heads · D]`.
+    fn attend(&mut self, layer: usize, batch: &BatchLayout, heads: AttentionHeads) -> Result<Tensor>;
 }
 
 /// One growable contiguous buffer per layer for a single sequence: the simplest cache, for
@@ -58,7 +69,8 @@ fn grown_buffer(old: Option<&Tensor>, len: usize, like: &Tensor, capacity: usize
 }
 
 impl KvCache for ContiguousKvCache {
-    fn attend(&mut self, layer: usize, batch: &BatchLayout, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fn attend(&mut self, layer: usize, batch: &BatchLayout, heads: AttentionHeads) -> Result<Tensor> {
+        let AttentionHeads { q, k, v, groups } = heads;
         let [segment] = batch.segments() else {
             return Err(ModelError::BadInput("a contiguous KV cache holds exactly one sequence".into()));
         };
@@ -87,6 +99,6 @@ impl KvCache for ContiguousKvCache {
         }
         let keys = k_buf.narrow(1, 0, needed)?;
         let values = v_buf.narrow(1, 0, needed)?;
-        attention(q, &keys, &values, Visibility::Causal { past })
+        attention(q, &keys, &values, groups, Visibility::Causal { past })
     }
 }

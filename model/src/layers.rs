@@ -3,6 +3,8 @@
 //! Activations are 2-D `[tokens, features]` everywhere: a batch is a flat run of tokens, which is
 //! what a continuous-batching engine feeds the model.
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use fovea_kernels::matvec;
 use half::slice::HalfFloatSliceExt;
@@ -27,6 +29,32 @@ impl Linear {
             None
         };
         Ok(Linear { weight, bias })
+    }
+
+    /// A column-parallel slice of a bias-free `[out_features, in_features]` layer: the output
+    /// features in `rows` (several ranges, stacked in order, for fused projections), read from the
+    /// checkpoint without loading the rest.
+    pub fn load_rows(weights: &Weights, in_features: usize, out_features: usize, rows: &[Range<usize>]) -> Result<Self> {
+        let shape = [out_features, in_features];
+        let parts = rows
+            .iter()
+            .map(|range| weights.get_part("weight", &shape, 0, range.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Linear {
+            weight: Tensor::cat(&parts, 0)?,
+            bias: None,
+        })
+    }
+
+    /// A row-parallel slice of a bias-free `[out_features, in_features]` layer: the input
+    /// features in `columns` (its output is a partial sum that ranks add up).
+    pub fn load_columns(weights: &Weights, in_features: usize, out_features: usize, columns: Range<usize>) -> Result<Self> {
+        Ok(Linear {
+            weight: weights
+                .get_part("weight", &[out_features, in_features], 1, columns)?
+                .contiguous()?,
+            bias: None,
+        })
     }
 
     /// One layer computing several layers' outputs side by side (their weights stacked by rows).

@@ -2,8 +2,13 @@
 //!
 //! [`Phi4VisionModel`] turns prepared images into decoder embeddings and splices them into the
 //! prompt's token embeddings at the image positions ("mid-fusion": one decoder token per patch).
+//!
+//! Under tensor parallelism each rank loads a `Phi4VisionModel` with its part of the decoder; the
+//! vision tower is small and runs once per image, so rank 0 alone holds it and hands the
+//! features to the other ranks (threads of one process share them).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -13,6 +18,7 @@ use crate::decoder::Phi4Decoder;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::preprocess::PreparedImage;
+use crate::tp::{Communicator, RankGroup, RankOptions, SoloCommunicator, TpRank};
 use crate::vision::{Projector, VisionTower};
 use crate::weights::Checkpoint;
 
@@ -25,32 +31,59 @@ pub struct ImagePlacement {
     pub len: usize,
 }
 
-/// The loaded Phi-4-reasoning-vision network.
+/// The loaded Phi-4-reasoning-vision network (or one tensor-parallel rank of it).
 pub struct Phi4VisionModel {
     config: ModelConfig,
-    vision: VisionTower,
-    projector: Projector,
+    /// The vision tower and projector; on rank 0 only.
+    vision: Option<(VisionTower, Projector)>,
     decoder: Phi4Decoder,
 }
 
 impl Phi4VisionModel {
     /// Loads the checkpoint in `dir`, computing in `dtype` on `device`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_rank(dir, dtype, device, Arc::new(SoloCommunicator))
+    }
+
+    /// Loads rank `comm.rank()` of a tensor-parallel group: its part of the decoder, and on rank 0
+    /// the vision tower. A group size that does not divide the query heads is an error.
+    pub fn load_rank(dir: &Path, dtype: DType, device: &Device, comm: Arc<dyn Communicator>) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
         let checkpoint = Checkpoint::open(dir, dtype, device)?;
-        let model = Self::from_checkpoint(config, &checkpoint)?;
+        let model = Self::from_checkpoint(config, &checkpoint, comm)?;
         checkpoint.finish_loading();
         Ok(model)
     }
 
-    fn from_checkpoint(config: ModelConfig, checkpoint: &Checkpoint) -> Result<Self> {
+    /// Loads every rank of the tensor-parallel group `options` describes, each on its own
+    /// thread, and wraps each rank's part in the state `wrap` makes of it.
+    pub fn load_ranks<S: Send + 'static>(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        options: RankOptions,
+        wrap: impl Fn(Phi4VisionModel) -> Result<S> + Send + Sync + 'static,
+    ) -> Result<RankGroup<S>> {
+        TpRank::check_world(options.world, &ModelConfig::from_dir(dir)?.text)?;
+        let (dir, device) = (dir.to_path_buf(), device.clone());
+        RankGroup::start(options, move |comm| wrap(Self::load_rank(&dir, dtype, &device, comm)?))
+    }
+
+    fn from_checkpoint(config: ModelConfig, checkpoint: &Checkpoint, comm: Arc<dyn Communicator>) -> Result<Self> {
         let root = checkpoint.root();
         let model = root.pp("model");
         let vision_model = model.pp("vision_tower").pp("vision_tower").pp("vision_model");
+        let vision = if comm.rank() == 0 {
+            Some((
+                VisionTower::load(&vision_model, &config.vision)?,
+                Projector::load(&model.pp("mm_projector"), &config)?,
+            ))
+        } else {
+            None
+        };
         Ok(Phi4VisionModel {
-            vision: VisionTower::load(&vision_model, &config.vision)?,
-            projector: Projector::load(&model.pp("mm_projector"), &config)?,
-            decoder: Phi4Decoder::load(&root, &config.text)?,
+            vision,
+            decoder: Phi4Decoder::load(&root, &config.text, comm)?,
             config,
         })
     }
@@ -59,7 +92,7 @@ impl Phi4VisionModel {
     /// Allocates the network once with zero weights.
     pub fn tensor_inventory(config: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>> {
         let recorder = Checkpoint::recorder();
-        Self::from_checkpoint(config.clone(), &recorder)?;
+        Self::from_checkpoint(config.clone(), &recorder, Arc::new(SoloCommunicator))?;
         Ok(recorder.inventory())
     }
 
@@ -73,15 +106,18 @@ impl Phi4VisionModel {
         &self.decoder
     }
 
-    /// Decoder-space features `[patches, text_hidden]` of one prepared image.
+    /// Decoder-space features `[patches, text_hidden]` of one prepared image (on rank 0).
     pub fn encode_image(&self, image: &PreparedImage) -> Result<Tensor> {
+        let Some((vision, projector)) = &self.vision else {
+            return Err(ModelError::BadInput("only tensor-parallel rank 0 holds the vision tower".into()));
+        };
         let patches = Tensor::from_slice(
             &image.patches,
             (image.grid_h * image.grid_w, self.config.vision.patch_dim()),
             self.decoder.device(),
         )?;
-        let features = self.vision.encode(&patches, image.grid_h, image.grid_w)?;
-        self.projector.forward(&features)
+        let features = vision.encode(&patches, image.grid_h, image.grid_w)?;
+        projector.forward(&features)
     }
 
     /// Prompt embeddings `[L, hidden]`: token embeddings with each image's features written over

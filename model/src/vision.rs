@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor};
 use fovea_kernels::activation;
 
-use crate::attention::{Visibility, attention};
+use crate::attention::{HeadGroups, Visibility, attention};
 use crate::config::{ModelConfig, VisionConfig};
 use crate::cpu::map_f32;
 use crate::error::{ModelError, Result};
@@ -39,7 +39,7 @@ impl EncoderAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let qkv = self.qkv_proj.forward(x)?;
         let heads = |part: usize| split_heads(&qkv, part * self.num_heads, self.num_heads, self.head_dim);
-        let attended = attention(&heads(0)?, &heads(1)?, &heads(2)?, Visibility::Full)?;
+        let attended = attention(&heads(0)?, &heads(1)?, &heads(2)?, HeadGroups::even(1, 1), Visibility::Full)?;
         self.out_proj.forward(&attended)
     }
 }

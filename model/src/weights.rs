@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
@@ -120,11 +121,22 @@ impl Checkpoint {
     }
 
     fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.load_part(name, shape, None)
+    }
+
+    /// Loads `name`, which must have `shape`; with `part = Some((dim, range))`, only that range of
+    /// dimension `dim` is read from the file (a tensor-parallel rank's slice).
+    fn load_part(&self, name: &str, shape: &[usize], part: Option<(usize, Range<usize>)>) -> Result<Tensor> {
+        let part = part.filter(|(dim, range)| *range != (0..shape[*dim]));
         let tensors = match &self.source {
             TensorSource::Files(tensors) => tensors,
             TensorSource::Inventory(requests) => {
                 requests.borrow_mut().push((name.to_string(), shape.to_vec()));
-                return Ok(Tensor::zeros(shape, self.dtype, &self.device)?);
+                let mut part_shape = shape.to_vec();
+                if let Some((dim, range)) = &part {
+                    part_shape[*dim] = range.len();
+                }
+                return Ok(Tensor::zeros(part_shape, self.dtype, &self.device)?);
             }
         };
         let view = tensors.get(name).map_err(|_| ModelError::MissingTensor {
@@ -138,16 +150,43 @@ impl Checkpoint {
             });
         }
         use safetensors::Dtype as St;
-        if !matches!(view.dtype(), St::BF16 | St::F16 | St::F32) {
-            return Err(ModelError::TensorDtype {
-                name: name.to_string(),
-                dtype: format!("{:?}", view.dtype()),
-            });
-        }
-        self.progress.inc(view.data().len() as u64);
-        let tensor = tensors.load(name, &self.device)?;
+        let stored = match view.dtype() {
+            St::BF16 => DType::BF16,
+            St::F16 => DType::F16,
+            St::F32 => DType::F32,
+            other => {
+                return Err(ModelError::TensorDtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        let tensor = match part {
+            None => {
+                self.progress.inc(view.data().len() as u64);
+                tensors.load(name, &self.device)?
+            }
+            Some((dim, range)) => {
+                let bytes = slice_bytes(view.data(), shape, dim, &range, stored.size_in_bytes());
+                self.progress.inc(bytes.len() as u64);
+                let mut part_shape = shape.to_vec();
+                part_shape[dim] = range.len();
+                Tensor::from_raw_buffer(&bytes, stored, &part_shape, &self.device)?
+            }
+        };
         Ok(tensor.to_dtype(self.dtype)?)
     }
+}
+
+/// The bytes of `range` along dimension `dim` of a row-major tensor of `shape` stored in `data`.
+fn slice_bytes(data: &[u8], shape: &[usize], dim: usize, range: &Range<usize>, element_size: usize) -> Vec<u8> {
+    let outer: usize = shape[..dim].iter().product();
+    let inner: usize = shape[dim + 1..].iter().product::<usize>() * element_size;
+    let mut bytes = Vec::with_capacity(outer * range.len() * inner);
+    for block in data.chunks_exact(shape[dim] * inner).take(outer) {
+        bytes.extend_from_slice(&block[range.start * inner..range.end * inner]);
+    }
+    bytes
 }
 
 /// A prefix into a [`Checkpoint`], as a layer sees it (`model.layers.3` → `self_attn.qkv_proj.weight`).
@@ -169,6 +208,18 @@ impl<'a> Weights<'a> {
     /// Loads `prefix.name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.checkpoint.load(&self.full_name(name), shape)
+    }
+
+    /// Loads only `range` of dimension `dim` of `prefix.name`, which must have exactly `shape`;
+    /// the rest of the tensor is never read.
+    pub fn get_part(&self, name: &str, shape: &[usize], dim: usize, range: Range<usize>) -> Result<Tensor> {
+        if dim >= shape.len() || range.start > range.end || range.end > shape[dim] {
+            return Err(ModelError::BadInput(format!(
+                "cannot take {range:?} of dimension {dim} of `{name}` shaped {shape:?}"
+            )));
+        }
+        self.checkpoint
+            .load_part(&self.full_name(name), shape, Some((dim, range)))
     }
 
     fn full_name(&self, name: &str) -> String {

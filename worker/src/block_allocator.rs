@@ -29,7 +29,7 @@ impl BlockId {
 
 /// The blocks holding one sequence's keys and values: position `p` lives in block
 /// `blocks()[p / block_size]`, slot `p % block_size`.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KvBlockTable {
     blocks: Vec<BlockId>,
 }

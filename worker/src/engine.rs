@@ -1,6 +1,6 @@
-//! The engine loop: one thread that owns the model's KV pool, the scheduler and every sequence,
-//! takes commands from [`EngineHandle`]s, and runs one forward pass per step over everything the
-//! scheduler picked.
+//! The engine loop: one thread that owns the model's ranks (with their KV pools), the scheduler
+//! and every sequence, takes commands from [`EngineHandle`]s, and runs one forward pass per step
+//! over everything the scheduler picked, on every tensor-parallel rank at once.
 //!
 //! A step: apply the pending commands (submissions, cancellations), drop sequences nobody listens
 //! to, schedule (reusing cached prefixes), build each chunk's embeddings (encoding images the first time a chunk reaches
@@ -13,22 +13,20 @@ use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use candle_core::Tensor;
-use fovea_model::batch::{BatchLayout, BatchSegment};
+use fovea_model::batch::BatchSegment;
 use fovea_model::text::TextTokenizer;
 use fovea_model::{ModelError, Phi4VisionModel};
 
 use crate::block_allocator::BlockAllocator;
 use crate::config::EngineConfig;
+use crate::engine_rank::{EngineRanks, RankStep, single_rank};
 use crate::error::{EngineError, RequestError};
 use crate::event::FinishReason;
 use crate::handle::{EngineHandle, EngineStats};
 use crate::image_cache::ImageFeatureCache;
-use crate::kv_pool::KvBlockPool;
-use crate::paged_cache::PagedKvCache;
 use crate::request::{RequestId, RequestLimits};
 use crate::scheduler::{Chunk, Scheduler, SchedulerLimits};
-use crate::sequence::Sequence;
+use crate::sequence::{ChunkInput, Sequence};
 
 /// What handles ask of the engine thread.
 pub(crate) enum Command {
@@ -40,9 +38,8 @@ pub(crate) enum Command {
 
 /// The state the engine thread owns.
 pub struct Engine {
-    model: Arc<Phi4VisionModel>,
+    ranks: EngineRanks,
     scheduler: Scheduler,
-    pool: KvBlockPool,
     images: ImageFeatureCache,
     sequences: HashMap<RequestId, Sequence>,
     stats: Arc<Mutex<EngineStats>>,
@@ -74,8 +71,19 @@ impl Engine {
         tokenizer: Arc<TextTokenizer>,
         config: EngineConfig,
     ) -> Result<EngineHandle, EngineError> {
-        let model_config = model.config();
-        let shape = config.pool_shape(&model_config.text)?;
+        let ranks = single_rank(model, &config)?;
+        Self::start_on_ranks(ranks, tokenizer, config)
+    }
+
+    /// [`Engine::start`] on tensor-parallel ranks (see [`crate::engine_rank::load_ranks`]); rank 0
+    /// encodes the images.
+    pub fn start_on_ranks(
+        ranks: EngineRanks,
+        tokenizer: Arc<TextTokenizer>,
+        config: EngineConfig,
+    ) -> Result<EngineHandle, EngineError> {
+        let model_config = ranks.local().model().config().clone();
+        config.pool_shape(&model_config.text)?;
         let limits = RequestLimits {
             vocab_size: model_config.text.vocab_size,
             context_len: model_config.text.max_position_embeddings,
@@ -93,11 +101,10 @@ impl Engine {
                 BlockAllocator::new(config.kv_blocks, config.block_size),
                 scheduler_limits,
             ),
-            pool: KvBlockPool::new(shape),
             images: ImageFeatureCache::new(config.image_cache_bytes),
             sequences: HashMap::new(),
             stats: Arc::new(Mutex::new(EngineStats::default())),
-            model,
+            ranks,
         };
         engine.publish_stats();
         let stats = Arc::clone(&engine.stats);
@@ -187,13 +194,14 @@ impl Engine {
         }
         let mut chunks = Vec::with_capacity(schedule.chunks.len());
         let mut inputs = Vec::with_capacity(schedule.chunks.len());
+        let model = Arc::clone(self.ranks.local().model());
         for chunk in schedule.chunks {
             let Some(sequence) = self.sequences.get_mut(&chunk.id) else {
                 continue;
             };
-            match sequence.embeddings(&self.model, &mut self.images, chunk.positions.clone()) {
-                Ok(embeddings) => {
-                    inputs.push(embeddings);
+            match sequence.chunk_input(&model, &mut self.images, chunk.positions.clone()) {
+                Ok(input) => {
+                    inputs.push(input);
                     chunks.push(chunk);
                 }
                 Err(e) => self.finish(chunk.id, model_failure(&e)),
@@ -202,7 +210,7 @@ impl Engine {
         if chunks.is_empty() {
             return;
         }
-        match self.forward(&chunks, &inputs) {
+        match self.forward(&chunks, inputs) {
             Ok(logits) => self.advance(&chunks, &logits),
             Err(e) => {
                 tracing::warn!("forward pass of {} sequences failed: {e}", chunks.len());
@@ -213,9 +221,9 @@ impl Engine {
         }
     }
 
-    /// The model over `chunks` (whose embeddings are `inputs`): logits of each chunk's last
-    /// token, `[chunks, vocab]` flattened.
-    fn forward(&mut self, chunks: &[Chunk], inputs: &[Tensor]) -> fovea_model::Result<Vec<f32>> {
+    /// The model, on every rank, over `chunks` (whose inputs are `inputs`): logits of each
+    /// chunk's last token, `[chunks, vocab]` flattened.
+    fn forward(&mut self, chunks: &[Chunk], inputs: Vec<ChunkInput>) -> fovea_model::Result<Vec<f32>> {
         let segments = chunks
             .iter()
             .map(|chunk| BatchSegment {
@@ -226,11 +234,16 @@ impl Engine {
         let tables = self
             .scheduler
             .tables(chunks)
-            .ok_or_else(|| ModelError::BadInput("a scheduled sequence holds no blocks".into()))?;
-        let mut cache = PagedKvCache::new(&mut self.pool, tables);
-        let logits = self
-            .model
-            .forward(&Tensor::cat(inputs, 0)?, &BatchLayout::new(segments), &mut cache)?;
+            .ok_or_else(|| ModelError::BadInput("a scheduled sequence holds no blocks".into()))?
+            .into_iter()
+            .cloned()
+            .collect();
+        let step = RankStep {
+            inputs,
+            segments,
+            tables,
+        };
+        let logits = self.ranks.run(move |rank| rank.forward(&step))?;
         Ok(logits.flatten_all()?.to_vec1()?)
     }
 

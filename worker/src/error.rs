@@ -42,6 +42,9 @@ pub enum EngineError {
     /// A setting of [`EngineConfig`](crate::config::EngineConfig) is out of range.
     #[error("invalid engine config: {0}")]
     Config(String),
+    /// The model could not be loaded (or split over its ranks).
+    #[error("cannot load the model: {0}")]
+    Model(#[from] fovea_model::ModelError),
     /// The operating system refused the engine thread.
     #[error("cannot start the engine thread: {0}")]
     Spawn(#[source] std::io::Error),

@@ -12,6 +12,7 @@ pub mod block_hash;
 pub mod config;
 mod content_hash;
 pub mod engine;
+pub mod engine_rank;
 pub mod error;
 pub mod event;
 pub mod handle;

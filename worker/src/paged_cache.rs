@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use fovea_kernels::attention::{AttentionShape, Mask, attention};
 use fovea_model::batch::BatchLayout;
 use fovea_model::cpu::with_f32_slice;
-use fovea_model::kv_cache::KvCache;
+use fovea_model::kv_cache::{AttentionHeads, KvCache};
 use fovea_model::{ModelError, Result};
 
 use crate::block_allocator::KvBlockTable;
@@ -43,7 +43,8 @@ impl<'a> PagedKvCache<'a> {
     }
 
     /// Checks that `batch` and the tensors fit the pool and the tables.
-    fn check(&self, layer: usize, batch: &BatchLayout, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
+    fn check(&self, layer: usize, batch: &BatchLayout, heads: AttentionHeads) -> Result<()> {
+        let AttentionHeads { q, k, v, groups } = heads;
         let shape = self.pool.shape();
         let (q_heads, q_rows, q_dim) = q.dims3()?;
         let expected_kv = (shape.kv_heads, batch.total_tokens(), shape.head_dim);
@@ -51,7 +52,7 @@ impl<'a> PagedKvCache<'a> {
             || k.dims3()? != expected_kv
             || v.dims3()? != expected_kv
             || (q_rows, q_dim) != (expected_kv.1, expected_kv.2)
-            || q_heads % shape.kv_heads != 0
+            || !groups.fits(q_heads, shape.kv_heads)
         {
             return Err(ModelError::BadInput(format!(
                 "layer {layer} with q {:?}, k {:?}, v {:?} does not fit a pool of {} layers, {} KV heads of {} dims, batch of {} tokens",
@@ -90,8 +91,9 @@ fn packed_f32(t: &Tensor) -> Result<Tensor> {
 }
 
 impl KvCache for PagedKvCache<'_> {
-    fn attend(&mut self, layer: usize, batch: &BatchLayout, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        self.check(layer, batch, q, k, v)?;
+    fn attend(&mut self, layer: usize, batch: &BatchLayout, heads: AttentionHeads) -> Result<Tensor> {
+        self.check(layer, batch, heads)?;
+        let AttentionHeads { q, k, v, groups } = heads;
         let (q_heads, rows, head_dim) = q.dims3()?;
         let kv_heads = self.pool.shape().kv_heads;
         let (q32, k32, v32) = (packed_f32(q)?, packed_f32(k)?, packed_f32(v)?);
@@ -126,6 +128,7 @@ impl KvCache for PagedKvCache<'_> {
                 let shape = AttentionShape {
                     q_heads,
                     kv_heads,
+                    groups,
                     q_len: tokens,
                     kv_len,
                     head_dim,

@@ -21,6 +21,21 @@ use crate::event::{Completion, Event, FinishReason, Timings, Usage};
 use crate::image_cache::{ImageFeatureCache, ImageKey};
 use crate::request::{RequestId, ValidRequest};
 
+/// What a forward pass needs of one scheduled chunk, for every tensor-parallel rank to build its
+/// embeddings from: token ids, and image features with where they go among them.
+pub struct ChunkInput {
+    pub ids: Vec<u32>,
+    pub images: Vec<(ImagePlacement, Tensor)>,
+}
+
+impl ChunkInput {
+    /// The chunk's decoder input `[ids.len(), hidden]` on `model` (a collective under tensor
+    /// parallelism: every rank calls it for the same chunks).
+    pub fn embeddings(&self, model: &Phi4VisionModel) -> fovea_model::Result<Tensor> {
+        model.prompt_embeddings(&self.ids, &self.images)
+    }
+}
+
 /// Engine-side state of one request.
 pub struct Sequence {
     id: RequestId,
@@ -116,15 +131,15 @@ impl Sequence {
         }
     }
 
-    /// Decoder input `[range.len(), hidden]` for tokens `range`, which were just scheduled: token
-    /// embeddings, with image features (from `images`, or encoded now) over the image positions.
-    /// The first call ends the request's time in the queue.
-    pub fn embeddings(
+    /// Decoder input for tokens `range`, which were just scheduled: their ids, and the image
+    /// features (from `images`, or encoded now by `model`) that go over the image positions among
+    /// them. The first call ends the request's time in the queue.
+    pub fn chunk_input(
         &mut self,
         model: &Phi4VisionModel,
         images: &mut ImageFeatureCache,
         range: Range<usize>,
-    ) -> fovea_model::Result<Tensor> {
+    ) -> fovea_model::Result<ChunkInput> {
         self.first_scheduled.get_or_insert_with(Instant::now);
         let mut pieces = Vec::new();
         for (image, features) in self.request.images.iter().zip(&mut self.features) {
@@ -143,7 +158,10 @@ impl Sequence {
             };
             pieces.push((placement, features.narrow(0, overlap.start - start, overlap.len())?));
         }
-        model.prompt_embeddings(&self.tokens[range], &pieces)
+        Ok(ChunkInput {
+            ids: self.tokens[range].to_vec(),
+            images: pieces,
+        })
     }
 
     /// Forgets the features of images that lie wholly before position `computed`.

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 use fovea_model::Phi4VisionModel;
-use fovea_model::generate::{GenerationRequest, generate};
+use fovea_model::generate::{GenerationRequest, SequenceRank, generate};
+use fovea_model::tp::RankGroup;
 use fovea_model::sampling::SamplingParams;
 use fovea_worker::{
     Engine, EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, RequestError, RequestOutput,
@@ -160,7 +161,7 @@ fn a_repeated_prompt_reuses_its_cached_blocks_up_to_its_first_different_image() 
     let other_image = engine.submit(request.clone()).wait();
     assert_eq!(other_image.completion.usage.cached_tokens, 416);
     let alone = generate(
-        &fixture.model,
+        &mut RankGroup::single(SequenceRank::new(Arc::clone(&fixture.model))),
         &GenerationRequest {
             prompt_ids: &request.prompt_ids,
             images: &request.images,
@@ -354,7 +355,7 @@ fn seeded_sampling_matches_single_sequence_generation_while_batched() {
         .collect();
     for (case, seed, stream) in streams {
         let alone = generate(
-            &fixture.model,
+            &mut RankGroup::single(SequenceRank::new(Arc::clone(&fixture.model))),
             &GenerationRequest {
                 prompt_ids: &case.request.prompt_ids,
                 images: &case.request.images,
@@ -416,7 +417,7 @@ fn a_bf16_model_gives_the_tokens_of_single_sequence_generation() {
             stop_token_ids: &[],
             ignore_eos: true,
         };
-        let alone = generate(&model, &request, |_| {}).unwrap();
+        let alone = generate(&mut RankGroup::single(SequenceRank::new(Arc::clone(&model))), &request, |_| {}).unwrap();
         assert_eq!(stream.wait().token_ids, alone.token_ids, "{}", case.name);
     }
 }

@@ -1,6 +1,13 @@
 //! Tensor parallelism: the decoder's weights split over ranks that combine their partial results
-//! through a [`Communicator`].
+//! through a [`Communicator`]. [`shard`] says which part each rank holds, [`local`] is the
+//! shared-memory communicator for ranks that are threads of one process, and [`ranks`] runs a
+//! group's ranks in lockstep.
 
 pub mod communicator;
+pub mod local;
+pub mod ranks;
+pub mod shard;
 
-pub use communicator::Communicator;
+pub use communicator::{Communicator, SoloCommunicator};
+pub use ranks::{Fault, RankGroup, RankOptions};
+pub use shard::TpRank;
