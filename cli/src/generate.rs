@@ -163,7 +163,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
                 "prompt_tokens": request.prompt_ids.len(),
                 "generated_tokens": generation.token_ids.len(),
                 "tp": ranks.world(),
-                "collective_ms": ms(ranks.collective_time()),
+                "decode_collectives_ms": ms(generation.timings.decode_collectives),
             }
         });
         writeln!(stdout, "{output}").map_err(|e| e.to_string())?;

@@ -77,6 +77,8 @@ pub struct GenerationTimings {
     pub prefill: Duration,
     /// Every decoding step after the first token.
     pub decode: Duration,
+    /// The part of `decode` rank 0 spent in collectives (zero on a single rank).
+    pub decode_collectives: Duration,
 }
 
 /// A finished generation.
@@ -127,6 +129,7 @@ pub fn generate(
     timings.prefill = started.elapsed();
 
     let started = Instant::now();
+    let collectives_before = ranks.collective_time();
     let mut token_ids = Vec::with_capacity(request.max_new_tokens);
     let finish_reason = loop {
         let token = sampler.sample(&logits.flatten_all()?.to_vec1::<f32>()?);
@@ -144,6 +147,7 @@ pub fn generate(
         })?;
     };
     timings.decode = started.elapsed();
+    timings.decode_collectives = ranks.collective_time() - collectives_before;
     Ok(Generation {
         token_ids,
         finish_reason,
