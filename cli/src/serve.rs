@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Tokens per forward pass (decoding steps plus prefill chunks).
     #[arg(long, env = "FOVEA_MAX_BATCH_TOKENS", default_value_t = 512)]
     max_batch_tokens: usize,
+    /// Prompt tokens per forward pass while some request is decoding (keeps its time between
+    /// tokens short while long image prompts prefill).
+    #[arg(long, env = "FOVEA_MAX_PREFILL_TOKENS_WHILE_DECODING", default_value_t = 128)]
+    max_prefill_tokens_while_decoding: usize,
     /// Requests in flight before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "FOVEA_MAX_REQUESTS", default_value_t = 256)]
     max_requests: usize,
@@ -124,6 +128,7 @@ async fn serve_all(args: ServeArgs) -> Result<(), String> {
     let preprocess = PreprocessConfig::from_file(dir.join("preprocessor_config.json")).map_err(|e| e.to_string())?;
     let engine_config = EngineConfig {
         max_batch_tokens: args.max_batch_tokens,
+        max_prefill_tokens_while_decoding: args.max_prefill_tokens_while_decoding,
         ..EngineConfig::new(args.kv_blocks)
     };
     let options = args.tensor_parallel.options()?;

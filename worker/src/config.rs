@@ -16,6 +16,9 @@ pub struct EngineConfig {
     /// Tokens per forward pass: decoding steps plus prefill chunks. Smaller keeps decoding steps
     /// fast while long prompts prefill; larger prefills faster.
     pub max_batch_tokens: usize,
+    /// Prompt tokens per forward pass while some sequence is decoding: bounds how much a long
+    /// (image) prompt lengthens the decoding sequences' time between tokens.
+    pub max_prefill_tokens_while_decoding: usize,
     /// Sequences holding KV blocks at once.
     pub max_running: usize,
     /// Bytes of image features kept for images sent again (0 disables the cache).
@@ -26,8 +29,8 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// `kv_blocks` blocks of 16 tokens, 512 tokens per step, 64 running sequences, 256 MiB of
-    /// image features, prefix caching on.
+    /// `kv_blocks` blocks of 16 tokens, 512 tokens per step (128 prompt tokens while anything
+    /// decodes), 64 running sequences, 256 MiB of image features, prefix caching on.
     ///
     /// ```
     /// let config = fovea_worker::EngineConfig { max_batch_tokens: 1024, ..fovea_worker::EngineConfig::new(4096) };
@@ -38,6 +41,7 @@ impl EngineConfig {
             kv_blocks,
             block_size: 16,
             max_batch_tokens: 512,
+            max_prefill_tokens_while_decoding: 128,
             max_running: 64,
             image_cache_bytes: 256 << 20,
             prefix_caching: true,
@@ -50,6 +54,7 @@ impl EngineConfig {
             ("kv_blocks", self.kv_blocks),
             ("block_size", self.block_size),
             ("max_batch_tokens", self.max_batch_tokens),
+            ("max_prefill_tokens_while_decoding", self.max_prefill_tokens_while_decoding),
             ("max_running", self.max_running),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {

@@ -93,6 +93,7 @@ impl Engine {
         };
         let scheduler_limits = SchedulerLimits {
             max_batch_tokens: config.max_batch_tokens,
+            max_prefill_tokens_while_decoding: config.max_prefill_tokens_while_decoding,
             max_running: config.max_running,
             prefix_caching: config.prefix_caching,
         };

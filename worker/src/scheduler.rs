@@ -3,6 +3,9 @@
 //! Each step, running sequences are served in admission order under a token budget: a decoding
 //! sequence takes one token, one still in its prompt takes a chunk (chunked prefill), leaving one
 //! token of budget for every decoding sequence behind it so that a long prompt never stalls them.
+//! While any sequence is decoding, prompt chunks together take at most a smaller budget of their
+//! own, so that a step carrying a long image prompt stays short and the decoding sequences' time
+//! between tokens stays close to a pure decoding step's.
 //! When a sequence needs a block and none is free, the latest-admitted running sequence not yet
 //! served this step is preempted: its blocks are freed and it waits to be recomputed from scratch
 //! (prompt plus generated tokens). If no preemption happened, waiting sequences are admitted in
@@ -27,6 +30,8 @@ use crate::request::RequestId;
 pub struct SchedulerLimits {
     /// Tokens per forward pass.
     pub max_batch_tokens: usize,
+    /// Prompt tokens per forward pass while some sequence is decoding.
+    pub max_prefill_tokens_while_decoding: usize,
     /// Sequences holding KV blocks at once.
     pub max_running: usize,
     /// Reuse the blocks of prefixes computed before.
@@ -115,6 +120,10 @@ impl Scheduler {
         let mut schedule = Schedule::default();
         let mut budget = self.limits.max_batch_tokens;
         let mut decodes_behind = self.running.iter().filter(|e| e.pending() == 1).count();
+        let mut prefill_budget = match decodes_behind {
+            0 => usize::MAX,
+            _ => self.limits.max_prefill_tokens_while_decoding,
+        };
         let mut next = 0;
         while next < self.running.len() {
             let pending = self.running[next].pending();
@@ -122,7 +131,10 @@ impl Scheduler {
             if decoding {
                 decodes_behind -= 1;
             }
-            let wanted = pending.min(budget.saturating_sub(decodes_behind));
+            let mut wanted = pending.min(budget.saturating_sub(decodes_behind));
+            if !decoding {
+                wanted = wanted.min(prefill_budget);
+            }
             if wanted == 0 {
                 next += 1;
                 continue;
@@ -135,6 +147,9 @@ impl Scheduler {
                         positions: entry.computed..entry.computed + tokens,
                     });
                     budget -= tokens;
+                    if !decoding {
+                        prefill_budget -= tokens;
+                    }
                     next += 1;
                     break;
                 }
@@ -152,6 +167,7 @@ impl Scheduler {
             }
         }
         if schedule.preempted.is_empty() {
+            budget = budget.min(prefill_budget);
             self.admit(&mut budget, &mut schedule, block_hashes);
         }
         schedule
@@ -296,6 +312,7 @@ mod tests {
     fn scheduler(blocks: usize, block_size: usize, max_batch_tokens: usize) -> Scheduler {
         let limits = SchedulerLimits {
             max_batch_tokens,
+            max_prefill_tokens_while_decoding: max_batch_tokens,
             max_running: 8,
             prefix_caching: false,
         };
@@ -345,6 +362,27 @@ mod tests {
         let fifth = s.schedule(no_hashes);
         assert_eq!(fifth.chunks, vec![chunk(0, 26..27), chunk(1, 4..5), chunk(2, 0..8)]);
         assert_eq!(s.queued_tokens(), 2 + 30);
+    }
+
+    #[test]
+    fn while_a_sequence_decodes_prompts_share_the_smaller_prefill_budget() {
+        let mut s = scheduler(100, 4, 16);
+        s.limits.max_prefill_tokens_while_decoding = 5;
+        s.add(RequestId(0), 3);
+        let lens = [3, 30, 30];
+        let first = s.schedule(no_hashes);
+        assert_eq!(first.chunks, vec![chunk(0, 0..3)], "nobody decodes yet: the whole budget");
+        run(&mut s, &first, &lens);
+        s.add(RequestId(1), 30);
+        s.add(RequestId(2), 30);
+        let second = s.schedule(no_hashes);
+        assert_eq!(second.chunks, vec![chunk(0, 3..4), chunk(1, 0..5)], "5 prompt tokens, then the budget is spent");
+        run(&mut s, &second, &[4, 30, 30]);
+        let third = s.schedule(no_hashes);
+        assert_eq!(third.chunks, vec![chunk(0, 4..5), chunk(1, 5..10)]);
+        s.remove(RequestId(0));
+        let alone = s.schedule(no_hashes);
+        assert_eq!(alone.chunks, vec![chunk(1, 5..21)], "no decode left: the whole budget again");
     }
 
     #[test]
