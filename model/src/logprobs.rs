@@ -16,6 +16,7 @@ pub const MAX_TOP_LOGPROBS: usize = 20;
 /// One token and its log probability.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TokenLogprob {
+    /// The token's id.
     pub token_id: u32,
     /// Natural log of its probability, `<= 0`.
     pub logprob: f32,

@@ -51,7 +51,9 @@ impl SamplingParams {
 /// A chosen token, with its log probabilities when the parameters ask for them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampledToken {
+    /// The token's id.
     pub id: u32,
+    /// Its log probabilities, when [`SamplingParams::logprobs`] is set.
     pub logprobs: Option<TokenLogprobs>,
 }
 
