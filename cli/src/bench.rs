@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Tokens generated per request (end of turn is ignored, so every request generates this many).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     max_tokens: u32,
+    /// Ask for each token's log probability and this many alternatives (0 to 20), as
+    /// vLLM's `--logprobs`; unset: none.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=20))]
+    logprobs: Option<u32>,
     /// Time-to-first-token target for goodput, in milliseconds.
     #[arg(long)]
     ttft_slo_ms: Option<f64>,
@@ -128,6 +132,7 @@ async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
         },
         prompt_tokens: args.prompt_tokens,
         max_tokens: args.max_tokens,
+        logprobs: args.logprobs,
     };
     let requests = workload::build(&spec, &mut rng)?;
     let client = Client::connect(args.addr.clone()).await?;

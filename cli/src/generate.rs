@@ -125,6 +125,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
             top_p: args.top_p,
             top_k: args.top_k,
             seed: args.seed,
+            logprobs: None,
         },
         stop_token_ids: &eos_token_ids,
         ignore_eos: args.ignore_eos,

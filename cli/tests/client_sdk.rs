@@ -1,6 +1,6 @@
 //! The Rust SDK against a real `fovea serve` on the golden checkpoint: golden tokens through the
-//! request builder and the typed stream, the collect helper, retry while the server starts, and
-//! typed errors.
+//! request builder and the typed stream, the collect helper, retry while the server starts, typed
+//! errors, and log probabilities on the token events.
 
 mod support;
 
@@ -10,7 +10,8 @@ use fovea_client::{
     Client, ClientConfig, ClientError, FinishReason, GenerateRequestBuilder, GenerationEvent, Mode, Part, RetryPolicy,
     Segment,
 };
-use support::{Server, address, free_port, golden_dir};
+use fovea_model::testing::{GoldenTensors, golden_case, golden_dir, reference_log_softmax};
+use support::{Server, address, free_port};
 use tokio_stream::StreamExt;
 
 /// Client settings patient enough for a server that loads its model on a busy machine: about a
@@ -28,20 +29,7 @@ fn patient() -> ClientConfig {
 
 /// A golden case's greedy tokens.
 fn golden_tokens(name: &str) -> Vec<u32> {
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("golden.json")).unwrap()).unwrap();
-    let case = golden["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap();
-    case["greedy_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
+    golden_case(name).greedy_tokens
 }
 
 /// The golden cases' decoding: greedy, 12 tokens, end of turn ignored.
@@ -161,4 +149,36 @@ async fn retries_are_bounded_when_no_server_comes() {
     let client = Client::connect_with(address(free_port()), config).await.unwrap();
     let error = client.generate(golden_builder().user_text("hello")).await.err();
     assert!(matches!(error, Some(ClientError::Unavailable(_))), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_token_events_carry_logprobs_that_match_the_reference() {
+    let port = free_port();
+    let server = Server::start_on(port);
+    server.wait_until_listening();
+    let client = Client::connect_with(address(port), patient()).await.unwrap();
+    let request = golden_builder()
+        .user_text("What is 17 * 23? Answer briefly.")
+        .logprobs(4);
+    let mut stream = client.generate(request.clone()).await.unwrap();
+    let mut streamed = Vec::new();
+    while let Some(event) = stream.next().await {
+        if let GenerationEvent::Delta { token_ids, logprobs, .. } = event.unwrap() {
+            assert_eq!(logprobs.len(), token_ids.len(), "one entry per token");
+            streamed.extend(logprobs);
+        }
+    }
+    // The second run reuses the first one's cached prefix, so its values may differ in the last bits.
+    let completion = client.generate_text(request).await.unwrap();
+    assert_eq!(completion.token_ids, golden_tokens("text_only_auto"));
+    assert_eq!(completion.logprobs.len(), streamed.len(), "the collected completion keeps one per token");
+    for ((token, logprobs), seen) in completion.token_ids.iter().zip(&completion.logprobs).zip(&streamed) {
+        assert_eq!(logprobs.top.len(), 4);
+        assert_eq!(logprobs.top[0].token_id, *token, "greedy's token is the most likely");
+        assert!((logprobs.logprob - seen.logprob).abs() < 1e-4, "{logprobs:?} against {seen:?}");
+    }
+    let reference = reference_log_softmax(&GoldenTensors::load().prefill_last_logits("text_only_auto"));
+    let first = f64::from(completion.logprobs[0].logprob);
+    let expected = reference[completion.token_ids[0] as usize];
+    assert!((first - expected).abs() < 1e-4, "first logprob {first}, reference {expected}");
 }

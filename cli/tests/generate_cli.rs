@@ -3,9 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden")
-}
+use fovea_model::testing::{golden_cases, golden_dir, golden_model_dir};
 
 fn fovea(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_fovea")).args(args).output().expect("fovea runs")
@@ -18,8 +16,8 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn ids(value: &serde_json::Value) -> Vec<u64> {
-    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+fn ids(value: &serde_json::Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
 }
 
 fn generate_json(
@@ -56,24 +54,15 @@ fn generate_json(
 
 /// `fovea generate --json` with `extra` arguments on every golden case gives the golden tokens.
 fn check_golden_cases(extra: &[&str]) {
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("golden.json")).unwrap()).unwrap();
     let dir = temp_dir("golden");
-    for case in golden["cases"].as_array().unwrap() {
-        let name = case["name"].as_str().unwrap();
+    for case in golden_cases() {
+        let name = &case.name;
         let messages_file = dir.join(format!("{name}.json"));
-        std::fs::write(&messages_file, case["messages"].to_string()).unwrap();
-        let images: Vec<PathBuf> = case["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| golden_dir().join("images").join(f.as_str().unwrap()))
-            .collect();
-        let mode = case["mode"].as_str().unwrap();
-        let out = generate_json(&golden_dir().join("model"), &messages_file, &images, mode, 12, extra);
-        assert_eq!(ids(&out["prompt_token_ids"]), ids(&case["input_ids"]), "{name} {extra:?}: prompt ids");
-        assert_eq!(ids(&out["token_ids"]), ids(&case["greedy_tokens"]), "{name} {extra:?}: greedy tokens");
-        assert_eq!(out["text"], case["greedy_text"], "{name} {extra:?}: text");
+        std::fs::write(&messages_file, serde_json::to_string(&case.messages).unwrap()).unwrap();
+        let out = generate_json(&golden_model_dir(), &messages_file, &case.image_paths(), &case.mode_name, 12, extra);
+        assert_eq!(ids(&out["prompt_token_ids"]), case.input_ids, "{name} {extra:?}: prompt ids");
+        assert_eq!(ids(&out["token_ids"]), case.greedy_tokens, "{name} {extra:?}: greedy tokens");
+        assert_eq!(out["text"], case.greedy_text, "{name} {extra:?}: text");
         assert_eq!(out["finish_reason"], "length", "{name} {extra:?}");
     }
 }

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use support::{Server, collect, golden_cases, golden_dir, golden_request, ids};
+use fovea_model::testing::{GoldenCase, GoldenTensors, golden_cases, golden_model_dir, reference_log_softmax};
+use fovea_model::text::{Mode, TextTokenizer};
 use serde_json::{Value, json};
+use support::{Server, collect, golden_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -90,19 +92,17 @@ fn dechunk(mut body: &str) -> String {
 }
 
 /// A golden case as a chat completion request: `<image>` markers become image parts in place.
-fn golden_body(case: &Value, stream: bool) -> String {
-    let mut images = case["images"].as_array().unwrap().iter().map(|file| {
-        let bytes = std::fs::read(golden_dir().join("images").join(file.as_str().unwrap())).unwrap();
-        let mime = if file.as_str().unwrap().ends_with(".jpg") { "image/jpeg" } else { "image/png" };
+fn golden_body(case: &GoldenCase, stream: bool) -> String {
+    let mut images = case.images.iter().zip(case.image_bytes()).map(|(file, bytes)| {
+        let mime = if file.ends_with(".jpg") { "image/jpeg" } else { "image/png" };
         json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{}", STANDARD.encode(bytes))}})
     });
-    let messages: Vec<Value> = case["messages"]
-        .as_array()
-        .unwrap()
+    let messages: Vec<Value> = case
+        .messages
         .iter()
         .map(|message| {
             let mut parts = Vec::new();
-            for (i, piece) in message["content"].as_str().unwrap().split("<image>").enumerate() {
+            for (i, piece) in message.content.split("<image>").enumerate() {
                 if i > 0 {
                     parts.push(images.next().unwrap());
                 }
@@ -110,13 +110,13 @@ fn golden_body(case: &Value, stream: bool) -> String {
                     parts.push(json!({"type": "text", "text": piece}));
                 }
             }
-            json!({"role": message["role"], "content": parts})
+            json!({"role": message.role, "content": parts})
         })
         .collect();
     json!({
         "model": "phi-4-reasoning-vision",
         "messages": messages,
-        "mode": case["mode"],
+        "mode": case.mode_name,
         "max_tokens": 12,
         "temperature": 0,
         "ignore_eos": true,
@@ -130,11 +130,11 @@ async fn golden_cases_answer_as_the_grpc_api_does_whole_and_streamed() {
     let server = Server::start(&[]);
     let mut client = server.client().await;
     for case in &golden_cases() {
-        let name = &case["name"];
+        let name = &case.name;
         let (tokens, grpc_text, _) = collect(&mut client, golden_request(case, 12)).await;
-        assert_eq!(tokens, ids(&case["greedy_tokens"]), "{name}");
-        assert_eq!(grpc_text, case["greedy_text"].as_str().unwrap(), "{name}: the golden tokens' text");
-        let in_reasoning = case["mode"] == "think";
+        assert_eq!(tokens, case.greedy_tokens, "{name}");
+        assert_eq!(grpc_text, case.greedy_text, "{name}: the golden tokens' text");
+        let in_reasoning = case.mode() == Mode::Think;
 
         let whole = request(&server, "POST", "/v1/chat/completions", &golden_body(case, false)).await;
         assert_eq!(whole.status, 200, "{name}: {}", whole.body);
@@ -149,7 +149,7 @@ async fn golden_cases_answer_as_the_grpc_api_does_whole_and_streamed() {
         assert_eq!(if in_reasoning { answer } else { reasoning }, "", "{name}: think mode answers in reasoning only");
         let usage = &whole["usage"];
         assert_eq!(usage["completion_tokens"], 12, "{name}");
-        assert_eq!(usage["prompt_tokens"], case["input_ids"].as_array().unwrap().len(), "{name}");
+        assert_eq!(usage["prompt_tokens"], case.input_ids.len(), "{name}");
         assert_eq!(usage["total_tokens"], usage["prompt_tokens"].as_u64().unwrap() + 12);
 
         let streamed = request(&server, "POST", "/v1/chat/completions", &golden_body(case, true)).await;
@@ -237,7 +237,7 @@ async fn bad_requests_get_openai_errors_and_models_lists_the_model() {
 async fn a_stop_string_ends_the_answer_with_finish_reason_stop() {
     let server = Server::start(&[]);
     let case = &golden_cases()[0];
-    let greedy_text = case["greedy_text"].as_str().unwrap();
+    let greedy_text = case.greedy_text.as_str();
     let stop = " thesis";
     let before_stop = &greedy_text[..greedy_text.find(stop).unwrap()];
     let mut body: Value = serde_json::from_str(&golden_body(case, false)).unwrap();
@@ -265,4 +265,75 @@ async fn a_full_queue_answers_429() {
     let refused = request(&server, "POST", "/v1/chat/completions", &short.to_string()).await;
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert_eq!(refused.json()["error"]["code"], "resource_exhausted");
+}
+
+/// A golden case's request for `top` log probabilities per token.
+fn golden_body_with_logprobs(case: &GoldenCase, stream: bool, top: u32) -> String {
+    let mut body: Value = serde_json::from_str(&golden_body(case, stream)).unwrap();
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(top);
+    body.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_come_whole_and_streamed_in_openai_format_and_match_the_reference() {
+    let server = Server::start(&[]);
+    let golden = GoldenTensors::load();
+    let tokenizer = TextTokenizer::from_file(&golden_model_dir().join("tokenizer.json")).unwrap();
+    for case in &golden_cases() {
+        let name = &case.name;
+        let whole = request(&server, "POST", "/v1/chat/completions", &golden_body_with_logprobs(case, false, 3)).await;
+        assert_eq!(whole.status, 200, "{name}: {}", whole.body);
+        let whole = whole.json();
+        let content = whole["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
+        assert_eq!(content.len(), case.greedy_tokens.len(), "{name}: one entry per generated token");
+        for (entry, &token) in content.iter().zip(&case.greedy_tokens) {
+            let bytes = tokenizer.token_bytes(token).unwrap();
+            assert_eq!(entry["bytes"], json!(bytes), "{name}");
+            assert_eq!(entry["token"], String::from_utf8_lossy(&bytes).into_owned(), "{name}");
+            let top = entry["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 3, "{name}: exactly top_logprobs alternatives");
+            assert_eq!((&top[0]["token"], &top[0]["logprob"]), (&entry["token"], &entry["logprob"]), "{name}");
+            let values: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+            assert!(values.windows(2).all(|w| w[0] >= w[1]), "{name}: most likely first");
+        }
+        let reference = reference_log_softmax(&golden.prefill_last_logits(name));
+        let first = content[0]["logprob"].as_f64().unwrap();
+        let expected = reference[case.greedy_tokens[0] as usize];
+        assert!((first - expected).abs() < 1e-4, "{name}: first logprob {first}, reference {expected}");
+
+        let streamed = request(&server, "POST", "/v1/chat/completions", &golden_body_with_logprobs(case, true, 3)).await;
+        assert_eq!(streamed.status, 200, "{name}: {}", streamed.body);
+        let events = streamed.events();
+        let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+        let streamed_content: Vec<Value> = chunks
+            .iter()
+            .filter_map(|chunk| chunk["choices"][0]["logprobs"]["content"].as_array())
+            .flatten()
+            .cloned()
+            .collect();
+        // The second request reuses the first one's cached prefix: same tokens, values within rounding.
+        assert_eq!(streamed_content.len(), content.len(), "{name}: the stream's chunks carry one entry per token");
+        for (streamed_entry, entry) in streamed_content.iter().zip(&content) {
+            assert_eq!(streamed_entry["token"], entry["token"], "{name}");
+            assert_eq!(streamed_entry["top_logprobs"].as_array().unwrap().len(), 3, "{name}");
+            let difference = streamed_entry["logprob"].as_f64().unwrap() - entry["logprob"].as_f64().unwrap();
+            assert!(difference.abs() < 1e-4, "{name}: {streamed_entry} against {entry}");
+        }
+    }
+
+    let plain = request(&server, "POST", "/v1/chat/completions", &golden_body(&golden_cases()[0], false)).await;
+    assert_eq!(plain.json()["choices"][0]["logprobs"], Value::Null, "no logprobs unless asked for");
+    let too_many: Value = serde_json::from_str(&golden_body_with_logprobs(&golden_cases()[0], false, 21)).unwrap();
+    let mut without_logprobs = too_many.clone();
+    without_logprobs["logprobs"] = json!(false);
+    without_logprobs["top_logprobs"] = json!(2);
+    for (body, expected) in [(too_many, "0 to 20"), (without_logprobs, "\"logprobs\": true")] {
+        let refused = request(&server, "POST", "/v1/chat/completions", &body.to_string()).await;
+        assert_eq!(refused.status, 400, "{}", refused.body);
+        let message = refused.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(expected), "{message:?} should mention {expected:?}");
+    }
+    let again = request(&server, "POST", "/v1/chat/completions", &golden_body(&golden_cases()[0], false)).await;
+    assert_eq!(again.status, 200, "still serving after the refusals: {}", again.body);
 }

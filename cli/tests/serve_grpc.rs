@@ -4,8 +4,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Server, collect, golden_cases, golden_request, ids};
-use fovea_proto::v1::{ContentPart, FinishReason, content_part};
+use fovea_model::testing::{GoldenTensors, golden_cases, reference_log_softmax};
+use fovea_proto::v1::{ContentPart, FinishReason, TokenLogprobs, content_part};
+use support::{Server, collect, collect_deltas, golden_request};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,10 +16,10 @@ async fn golden_cases_stream_golden_tokens_alone_and_sixteen_at_once() {
     let cases = golden_cases();
     for case in &cases {
         let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
-        assert_eq!(tokens, ids(&case["greedy_tokens"]), "{}", case["name"]);
+        assert_eq!(tokens, case.greedy_tokens, "{}", case.name);
         assert_eq!(last.finish_reason(), FinishReason::Length);
         let usage = last.usage.unwrap();
-        assert_eq!(usage.prompt_tokens as usize, case["input_ids"].as_array().unwrap().len());
+        assert_eq!(usage.prompt_tokens as usize, case.input_ids.len());
         assert_eq!(usage.completion_tokens, 12);
     }
     let idle = server.free_blocks().await;
@@ -27,7 +28,7 @@ async fn golden_cases_stream_golden_tokens_alone_and_sixteen_at_once() {
         let mut client = client.clone();
         tokio::spawn(async move {
             let (tokens, _, _) = collect(&mut client, golden_request(&case, 12)).await;
-            (tokens, ids(&case["greedy_tokens"]))
+            (tokens, case.greedy_tokens)
         })
     });
     for run in runs.collect::<Vec<_>>() {
@@ -73,7 +74,7 @@ async fn malformed_requests_get_invalid_argument_and_the_server_keeps_serving() 
     let mut client = server.client().await;
     let cases = golden_cases();
     let text_case = &cases[0];
-    let image_case = cases.iter().find(|c| c["name"] == "chart_nothink").unwrap();
+    let image_case = cases.iter().find(|c| c.name == "chart_nothink").unwrap();
 
     let mut bad_image = golden_request(image_case, 4);
     if let Some(content_part::Part::Image(image)) = &mut bad_image.messages[0].content[0].part {
@@ -103,6 +104,61 @@ async fn malformed_requests_get_invalid_argument_and_the_server_keeps_serving() 
         assert!(status.message().contains(expected), "{:?} should mention {expected:?}", status.message());
     }
     let (tokens, _, last) = collect(&mut client, golden_request(text_case, 12)).await;
-    assert_eq!(tokens, ids(&text_case["greedy_tokens"]), "still serving after bad input");
+    assert_eq!(tokens, text_case.greedy_tokens, "still serving after bad input");
     assert_eq!(last.finish_reason(), FinishReason::Length);
+}
+
+/// Asserts that `entries` are one greedy position's log probabilities with `top` alternatives:
+/// sorted, the chosen `token` first among them, and every value the reference's within 1e-4.
+fn assert_logprobs_match(name: &str, token: u32, entries: &TokenLogprobs, top: usize, reference: &[f64]) {
+    assert_eq!(entries.top.len(), top, "{name}: exactly {top} alternatives");
+    if top > 0 {
+        assert_eq!(entries.top[0].token_id, token, "{name}: greedy's token is the most likely");
+        assert_eq!(entries.top[0].logprob, entries.logprob, "{name}");
+    }
+    assert!(entries.top.windows(2).all(|w| w[0].logprob >= w[1].logprob), "{name}: most likely first");
+    let close = |token: u32, logprob: f32| (f64::from(logprob) - reference[token as usize]).abs() < 1e-4;
+    assert!(close(token, entries.logprob), "{name}: {} against {}", entries.logprob, reference[token as usize]);
+    for alternative in &entries.top {
+        assert!(close(alternative.token_id, alternative.logprob), "{name}: alternative {alternative:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_line_up_with_their_tokens_and_match_the_reference() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let golden = GoldenTensors::load();
+    let cases = golden_cases();
+    for (case, top) in cases.iter().zip([5, 20, 1, 0, 5]) {
+        let name = &case.name;
+        let mut request = golden_request(case, 12);
+        request.sampling.as_mut().unwrap().logprobs = Some(top);
+        let (deltas, last) = collect_deltas(&mut client, request).await;
+        assert_eq!(last.finish_reason(), FinishReason::Length, "{name}");
+        let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
+        for delta in deltas {
+            assert_eq!(delta.logprobs.len(), delta.token_ids.len(), "{name}: one entry per token");
+            tokens.extend(delta.token_ids);
+            logprobs.extend(delta.logprobs);
+        }
+        assert_eq!(tokens, case.greedy_tokens, "{name}");
+        let reference = reference_log_softmax(&golden.prefill_last_logits(name));
+        assert_logprobs_match(name, tokens[0], &logprobs[0], top as usize, &reference);
+        for (token, entries) in tokens.iter().zip(&logprobs).skip(1) {
+            assert_eq!(entries.top.len(), top as usize, "{name}");
+            assert!(top == 0 || entries.top[0].token_id == *token, "{name}: greedy's token is the most likely");
+            assert!(entries.logprob <= 0.0, "{name}");
+        }
+    }
+
+    let (deltas, _) = collect_deltas(&mut client, golden_request(&cases[0], 4)).await;
+    assert!(deltas.iter().all(|delta| delta.logprobs.is_empty()), "no logprobs unless asked for");
+    let mut too_many = golden_request(&cases[0], 4);
+    too_many.sampling.as_mut().unwrap().logprobs = Some(21);
+    let status = client.generate(too_many).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(status.message().contains("0 to 20"), "{:?} should state the limit", status.message());
+    let (tokens, _, _) = collect(&mut client, golden_request(&cases[0], 12)).await;
+    assert_eq!(tokens, cases[0].greedy_tokens, "still serving after the refusal");
 }

@@ -7,7 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use fovea_proto::v1::{FinishReason, ListModelsRequest, generate_response};
-use support::{Server, collect, golden_cases, golden_request, ids};
+use fovea_model::testing::golden_cases;
+use support::{Server, collect, golden_request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_cases_stream_golden_tokens_at_tp_2_and_4() {
@@ -22,7 +23,7 @@ async fn golden_cases_stream_golden_tokens_at_tp_2_and_4() {
                 let (case, mut client) = (case.clone(), client.clone());
                 tokio::spawn(async move {
                     let (tokens, _, last) = collect(&mut client, golden_request(&case, 12)).await;
-                    (case["name"].clone(), tokens, ids(&case["greedy_tokens"]), last.finish_reason())
+                    (case.name.clone(), tokens, case.greedy_tokens.clone(), last.finish_reason())
                 })
             })
             .collect();
@@ -32,7 +33,7 @@ async fn golden_cases_stream_golden_tokens_at_tp_2_and_4() {
             assert_eq!(reason, FinishReason::Length);
         }
         let (tokens, _, _) = collect(&mut client, golden_request(&cases[0], 12)).await;
-        assert_eq!(tokens, ids(&cases[0]["greedy_tokens"]), "TP {tp}: alone");
+        assert_eq!(tokens, cases[0].greedy_tokens, "TP {tp}: alone");
         assert_eq!(server.free_blocks().await, idle, "TP {tp}: every block is free again");
     }
 }

@@ -3,7 +3,7 @@
 
 use fovea_proto::v1::{self as wire, generate_response};
 
-pub use fovea_proto::v1::{Timings, Usage};
+pub use fovea_proto::v1::{Timings, TokenLogprob, TokenLogprobs, Usage};
 
 use crate::error::ClientError;
 
@@ -56,6 +56,9 @@ pub enum GenerationEvent {
         token_ids: Vec<u32>,
         text: String,
         segment: Segment,
+        /// One entry per token id, in order, when the request asked for log probabilities
+        /// ([`crate::GenerateRequestBuilder::logprobs`]); empty otherwise.
+        logprobs: Vec<TokenLogprobs>,
     },
     /// The end of the generation; nothing follows it.
     Finished(Finished),
@@ -78,10 +81,18 @@ impl TryFrom<wire::GenerateResponse> for GenerationEvent {
                         return Err(ClientError::Protocol("a delta without a segment".into()));
                     }
                 };
+                if !delta.logprobs.is_empty() && delta.logprobs.len() != delta.token_ids.len() {
+                    return Err(ClientError::Protocol(format!(
+                        "a delta with {} logprobs entries for {} tokens",
+                        delta.logprobs.len(),
+                        delta.token_ids.len()
+                    )));
+                }
                 Ok(GenerationEvent::Delta {
                     token_ids: delta.token_ids,
                     text: delta.text,
                     segment,
+                    logprobs: delta.logprobs,
                 })
             }
             Some(generate_response::Event::Final(last)) => {
@@ -118,6 +129,8 @@ pub struct Completion {
     pub answer: String,
     /// Every generated token id, in order.
     pub token_ids: Vec<u32>,
+    /// Each token's log probabilities, in order, when the request asked for them; empty otherwise.
+    pub logprobs: Vec<TokenLogprobs>,
     /// How the generation ended.
     pub finished: Finished,
 }
@@ -128,6 +141,7 @@ pub(crate) struct CompletionBuilder {
     reasoning: String,
     answer: String,
     token_ids: Vec<u32>,
+    logprobs: Vec<TokenLogprobs>,
 }
 
 impl CompletionBuilder {
@@ -138,8 +152,10 @@ impl CompletionBuilder {
                 token_ids,
                 text,
                 segment,
+                logprobs,
             } => {
                 self.token_ids.extend(token_ids);
+                self.logprobs.extend(logprobs);
                 match segment {
                     Segment::Reasoning => self.reasoning.push_str(&text),
                     Segment::Answer => self.answer.push_str(&text),
@@ -150,6 +166,7 @@ impl CompletionBuilder {
                 reasoning: std::mem::take(&mut self.reasoning),
                 answer: std::mem::take(&mut self.answer),
                 token_ids: std::mem::take(&mut self.token_ids),
+                logprobs: std::mem::take(&mut self.logprobs),
                 finished,
             }),
         }
@@ -161,13 +178,32 @@ mod tests {
     use super::*;
 
     fn delta(ids: &[u32], text: &str, segment: wire::Segment) -> wire::GenerateResponse {
+        with_logprobs(ids, text, segment, Vec::new())
+    }
+
+    fn with_logprobs(
+        ids: &[u32],
+        text: &str,
+        segment: wire::Segment,
+        logprobs: Vec<TokenLogprobs>,
+    ) -> wire::GenerateResponse {
         wire::GenerateResponse {
             event: Some(generate_response::Event::Delta(wire::TokenDelta {
                 token_ids: ids.to_vec(),
                 text: text.into(),
                 segment: segment as i32,
-                logprobs: Vec::new(),
+                logprobs,
             })),
+        }
+    }
+
+    fn logprob(value: f32) -> TokenLogprobs {
+        TokenLogprobs {
+            logprob: value,
+            top: vec![TokenLogprob {
+                token_id: 9,
+                logprob: value,
+            }],
         }
     }
 
@@ -198,16 +234,41 @@ mod tests {
         assert_eq!(completion.reasoning, "<think>hm</think>");
         assert_eq!(completion.answer, "42");
         assert_eq!(completion.token_ids, [1, 2, 3, 4]);
+        assert!(completion.logprobs.is_empty(), "none asked for");
         assert_eq!(completion.finished.finish_reason, FinishReason::Stop);
         assert_eq!(completion.finished.matched_stop.as_deref(), Some("END"));
         assert_eq!(completion.finished.error, None);
     }
 
     #[test]
+    fn logprobs_stay_with_their_tokens_into_the_completion() {
+        let last = wire::GenerateResponse {
+            event: Some(generate_response::Event::Final(wire::GenerateFinal {
+                finish_reason: wire::FinishReason::Length as i32,
+                ..Default::default()
+            })),
+        };
+        let mut builder = CompletionBuilder::default();
+        let responses = [
+            with_logprobs(&[5], "a", wire::Segment::Answer, vec![logprob(-0.5)]),
+            with_logprobs(&[6], "b", wire::Segment::Answer, vec![logprob(-1.5)]),
+            delta(&[], "c", wire::Segment::Answer),
+            last,
+        ];
+        let completion = responses
+            .into_iter()
+            .find_map(|r| builder.push(GenerationEvent::try_from(r).unwrap()))
+            .unwrap();
+        assert_eq!(completion.token_ids, [5, 6]);
+        assert_eq!(completion.logprobs, [logprob(-0.5), logprob(-1.5)]);
+    }
+
+    #[test]
     fn messages_outside_the_contract_are_protocol_errors() {
         let empty = wire::GenerateResponse { event: None };
         let unsegmented = delta(&[1], "a", wire::Segment::Unspecified);
-        for response in [empty, unsegmented] {
+        let misaligned = with_logprobs(&[1, 2], "ab", wire::Segment::Answer, vec![logprob(-1.0)]);
+        for response in [empty, unsegmented, misaligned] {
             assert!(matches!(
                 GenerationEvent::try_from(response),
                 Err(ClientError::Protocol(_))

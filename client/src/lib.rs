@@ -28,7 +28,9 @@ use fovea_proto::v1::{self as wire, ListModelsRequest};
 use tonic::transport::{Channel, Endpoint};
 
 pub use error::ClientError;
-pub use event::{Completion, FinishReason, Finished, GenerationEvent, Segment, Timings, Usage};
+pub use event::{
+    Completion, FinishReason, Finished, GenerationEvent, Segment, Timings, TokenLogprob, TokenLogprobs, Usage,
+};
 pub use fovea_proto::v1::{ModelInfo, TokenizeResponse};
 pub use request::{GenerateRequestBuilder, Mode, Part};
 pub use retry::RetryPolicy;

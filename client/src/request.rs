@@ -201,6 +201,19 @@ impl GenerateRequestBuilder {
         self
     }
 
+    /// Report each token's log probability and the `top` (0 to 20) most likely tokens at its
+    /// position, on [`crate::GenerationEvent::Delta::logprobs`]. They come from the model's own
+    /// distribution, before temperature, top-k and top-p.
+    ///
+    /// ```
+    /// let request = fovea_client::GenerateRequestBuilder::new().user_text("Hi").logprobs(5).build();
+    /// assert_eq!(request.sampling.unwrap().logprobs, Some(5));
+    /// ```
+    pub fn logprobs(mut self, top: u32) -> Self {
+        self.sampling.logprobs = Some(top);
+        self
+    }
+
     /// Keep generating through end of turn until `max_tokens` (for benchmarks and tests).
     pub fn ignore_eos(mut self, ignore_eos: bool) -> Self {
         self.sampling.ignore_eos = ignore_eos;

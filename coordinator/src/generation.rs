@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fovea_model::input::RequestPreparer;
-use fovea_model::text::Mode;
+use fovea_model::text::{Mode, TextTokenizer};
 use fovea_proto::v1::generation_server::Generation;
 use fovea_proto::v1::{
     self as wire, FinishReason, GenerateFinal, GenerateRequest, GenerateResponse, ListModelsRequest, ListModelsResponse,
     ModelInfo, TokenDelta, TokenizeRequest, TokenizeResponse, generate_response,
 };
-use fovea_proto::worker::v1::{self as worker_wire, GenerateJob, generate_event};
+use fovea_proto::worker::v1::{self as worker_wire, GenerateJob, GeneratedTokens, generate_event};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -64,6 +64,11 @@ impl GenerationService {
             model,
             next_request: AtomicU64::new(1),
         }
+    }
+
+    /// The served model's tokenizer (the HTTP API spells out tokens with it).
+    pub fn tokenizer(&self) -> &Arc<TextTokenizer> {
+        self.preparer.tokenizer()
     }
 
     fn check_model(&self, name: &str) -> Result<(), Status> {
@@ -152,6 +157,7 @@ impl Generation for GenerationService {
             stream,
             tx,
             shaper: Some(OutputShaper::new(Arc::clone(self.preparer.tokenizer()), first_segment, valid.stop.clone())),
+            logprobs: valid.logprobs.is_some(),
             workers: self.workers.clone(),
             usage: wire::Usage {
                 prompt_tokens: valid.prepared.prompt_ids.len() as u32,
@@ -234,6 +240,8 @@ struct Forward {
     tx: mpsc::Sender<Result<GenerateResponse, Status>>,
     /// Taken when the worker finishes, to flush held text.
     shaper: Option<OutputShaper>,
+    /// Whether the client asked for log probabilities: then each worker token comes with one entry.
+    logprobs: bool,
     workers: WorkerPool,
     usage: wire::Usage,
     received: Instant,
@@ -269,7 +277,7 @@ impl Forward {
                 Ok(Some(event)) => match event.event {
                     Some(generate_event::Event::Tokens(tokens)) => {
                         first_token_at.get_or_insert_with(Instant::now);
-                        match self.forward_tokens(&tokens.token_ids).await {
+                        match self.forward_tokens(tokens).await {
                             Ok(None) => {}
                             Ok(Some(stop)) => break Outcome::StopString(stop),
                             Err(why) => break Outcome::WorkerLost(why),
@@ -315,23 +323,34 @@ impl Forward {
         let _ = self.tx.send(Ok(response(generate_response::Event::Final(last)))).await;
     }
 
-    /// Sends the deltas of `tokens`; returns the stop string one of them completed, if any, or
-    /// why the tokens could not be decoded.
-    async fn forward_tokens(&mut self, tokens: &[u32]) -> Result<Option<String>, String> {
+    /// Sends the deltas of `tokens`, each with its token's log probabilities when asked for;
+    /// returns the stop string one of them completed, if any, or why the tokens could not be
+    /// decoded.
+    async fn forward_tokens(&mut self, tokens: GeneratedTokens) -> Result<Option<String>, String> {
+        let GeneratedTokens { token_ids, logprobs } = tokens;
+        let expected_logprobs = if self.logprobs { token_ids.len() } else { 0 };
+        if logprobs.len() != expected_logprobs {
+            return Err(format!(
+                "the worker sent {} logprobs entries for {} tokens (expected {expected_logprobs})",
+                logprobs.len(),
+                token_ids.len()
+            ));
+        }
         let Some(shaper) = self.shaper.as_mut() else {
             return Ok(None);
         };
-        let steps = tokens
+        let steps = token_ids
             .iter()
             .map(|&token| shaper.push(token))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("the worker sent an undecodable token: {e}"))?;
+        let mut logprobs = logprobs.into_iter();
         for step in steps {
             self.usage.completion_tokens += 1;
             if step.delta.segment == Segment::Reasoning {
                 self.usage.reasoning_tokens += 1;
             }
-            self.send_delta(step.delta).await;
+            self.send_delta(step.delta, logprobs.next()).await;
             if step.stopped_at.is_some() {
                 return Ok(step.stopped_at);
             }
@@ -342,11 +361,12 @@ impl Forward {
     /// Sends the text still held when the worker finished.
     async fn send_rest(&mut self) {
         if let Some(delta) = self.shaper.take().and_then(OutputShaper::finish) {
-            self.send_delta(delta).await;
+            self.send_delta(delta, None).await;
         }
     }
 
-    async fn send_delta(&self, delta: Delta) {
+    /// Sends `delta` with the log probabilities of its token, if it has one and they were asked for.
+    async fn send_delta(&self, delta: Delta, logprobs: Option<wire::TokenLogprobs>) {
         let segment = match delta.segment {
             Segment::Reasoning => wire::Segment::Reasoning,
             Segment::Answer => wire::Segment::Answer,
@@ -355,7 +375,7 @@ impl Forward {
             token_ids: delta.token_ids,
             text: delta.text,
             segment: segment as i32,
-            logprobs: Vec::new(),
+            logprobs: logprobs.into_iter().collect(),
         };
         let _ = self.tx.send(Ok(response(generate_response::Event::Delta(message)))).await;
     }

@@ -3,6 +3,7 @@
 //! INVALID_ARGUMENT status whose message says what is wrong.
 
 use fovea_model::input::{InputError, PreparedRequest, RequestPreparer};
+use fovea_model::logprobs::MAX_TOP_LOGPROBS;
 use fovea_model::text::{ChatMessage, IMAGE_MARKER, Mode};
 use fovea_proto::v1::{ChatMessage as WireMessage, GenerateRequest, ReasoningMode, Role, content_part};
 use tonic::Status;
@@ -39,6 +40,7 @@ pub struct ValidRequest {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// Top alternatives to report with each token's log probability (0 to 20); `None`: no logprobs.
     pub logprobs: Option<u32>,
 }
 
@@ -144,8 +146,10 @@ pub fn validate(request: &GenerateRequest, preparer: &RequestPreparer, limits: &
     if let Some(bad) = sampling.stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
         return Err(invalid(format!("stop strings must be 1 to {MAX_STOP_BYTES} bytes, got {bad:?}")));
     }
-    if sampling.logprobs.is_some() {
-        return Err(Status::unimplemented("logprobs are not served yet; leave sampling.logprobs unset"));
+    if let Some(top) = sampling.logprobs.filter(|&top| top as usize > MAX_TOP_LOGPROBS) {
+        return Err(invalid(format!(
+            "logprobs must be 0 to {MAX_TOP_LOGPROBS} (alternatives reported per token), got {top}"
+        )));
     }
     if sampling.max_tokens == Some(0) {
         return Err(invalid("max_tokens must be at least 1"));

@@ -381,7 +381,7 @@ fn vision_config(raw: &RawVisionConfig) -> Result<VisionConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::golden_dir;
+    use crate::testing::golden_dir;
 
     fn golden_config_json() -> serde_json::Value {
         let text = std::fs::read_to_string(golden_dir().join("model/config.json")).unwrap();

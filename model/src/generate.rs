@@ -132,7 +132,7 @@ pub fn generate(
     let collectives_before = ranks.collective_time();
     let mut token_ids = Vec::with_capacity(request.max_new_tokens);
     let finish_reason = loop {
-        let token = sampler.sample(&logits.flatten_all()?.to_vec1::<f32>()?);
+        let token = sampler.sample(&logits.flatten_all()?.to_vec1::<f32>()?).id;
         token_ids.push(token);
         on_token(token);
         if !request.ignore_eos && request.stop_token_ids.contains(&token) {

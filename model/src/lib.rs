@@ -19,11 +19,14 @@ pub mod generate;
 pub mod input;
 pub mod kv_cache;
 pub mod layers;
+pub mod logprobs;
 pub mod model;
 pub mod preprocess;
 pub mod random;
 pub mod rotary;
 pub mod sampling;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod text;
 pub mod tp;
 pub mod vision;
@@ -32,14 +35,3 @@ pub mod weights;
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use model::{ImagePlacement, Phi4VisionModel};
-
-/// Fixture paths shared by this crate's tests.
-#[cfg(test)]
-pub(crate) mod test_fixtures {
-    use std::path::PathBuf;
-
-    /// The golden reference directory (`testdata/golden` at the repository root).
-    pub fn golden_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden")
-    }
-}

@@ -1,7 +1,9 @@
 //! Choosing the next token from logits: greedy, or temperature / top-k / top-p sampling with a
-//! seeded generator so that a seed reproduces a completion exactly.
+//! seeded generator so that a seed reproduces a completion exactly; and, when asked, the chosen
+//! token's log probabilities (see [`crate::logprobs`] for which distribution they come from).
 
 use crate::error::{ModelError, Result};
+use crate::logprobs::{TokenLogprobs, token_logprobs, validate_top};
 use crate::random::SplitMix64;
 
 /// How to pick tokens. `temperature == 0` means greedy.
@@ -13,6 +15,9 @@ pub struct SamplingParams {
     /// Keep the `top_k` most likely tokens (0 = all).
     pub top_k: usize,
     pub seed: u64,
+    /// Report log probabilities with each token: `None` none, `Some(n)` the chosen token's and
+    /// the `n` most likely tokens' (`n` at most [`crate::logprobs::MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -22,12 +27,13 @@ impl Default for SamplingParams {
             top_p: 1.0,
             top_k: 0,
             seed: 0,
+            logprobs: None,
         }
     }
 }
 
 impl SamplingParams {
-    /// Checks the ranges: temperature ≥ 0 and finite, top_p in (0, 1].
+    /// Checks the ranges: temperature ≥ 0 and finite, top_p in (0, 1], at most 20 logprobs.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(ModelError::BadInput(format!(
@@ -38,8 +44,17 @@ impl SamplingParams {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(ModelError::BadInput(format!("top_p must be in (0, 1], got {}", self.top_p)));
         }
-        Ok(())
+        self.logprobs.map_or(Ok(()), validate_top)
     }
+}
+
+/// A chosen token, with its log probabilities when the parameters ask for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledToken {
+    /// The token's id.
+    pub id: u32,
+    /// Its log probabilities, when [`SamplingParams::logprobs`] is set.
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 /// Picks tokens for one sequence.
@@ -56,8 +71,16 @@ impl Sampler {
         Ok(Sampler { params, rng })
     }
 
-    /// The next token from one position's logits.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+    /// The next token from one position's logits, with its log probabilities if asked for.
+    pub fn sample(&mut self, logits: &[f32]) -> SampledToken {
+        let id = self.choose(logits);
+        SampledToken {
+            id,
+            logprobs: self.params.logprobs.map(|top| token_logprobs(logits, id, top)),
+        }
+    }
+
+    fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
@@ -112,20 +135,21 @@ mod tests {
             top_p,
             top_k,
             seed,
+            logprobs: None,
         }
     }
 
     #[test]
     fn zero_temperature_is_greedy_with_first_index_on_ties() {
         let mut sampler = Sampler::new(params(0.0, 1.0, 0, 1)).unwrap();
-        assert_eq!(sampler.sample(&[0.1, 3.0, 3.0, -1.0]), 1);
+        assert_eq!(sampler.sample(&[0.1, 3.0, 3.0, -1.0]).id, 1);
     }
 
     #[test]
     fn top_k_one_always_picks_the_best() {
         let mut sampler = Sampler::new(params(5.0, 1.0, 1, 7)).unwrap();
         for _ in 0..50 {
-            assert_eq!(sampler.sample(&[0.0, 0.5, 0.4]), 1);
+            assert_eq!(sampler.sample(&[0.0, 0.5, 0.4]).id, 1);
         }
     }
 
@@ -134,7 +158,7 @@ mod tests {
         // Probabilities ~[0.84, 0.11, 0.04, ...]: top_p 0.8 keeps only the first.
         let mut sampler = Sampler::new(params(1.0, 0.8, 0, 3)).unwrap();
         for _ in 0..50 {
-            assert_eq!(sampler.sample(&[4.0, 2.0, 1.0, 0.0]), 0);
+            assert_eq!(sampler.sample(&[4.0, 2.0, 1.0, 0.0]).id, 0);
         }
     }
 
@@ -143,7 +167,7 @@ mod tests {
         let logits = [1.0, 1.0, 1.0, 1.0];
         let draw = |seed| {
             let mut sampler = Sampler::new(params(1.0, 1.0, 0, seed)).unwrap();
-            (0..64).map(|_| sampler.sample(&logits)).collect::<Vec<_>>()
+            (0..64).map(|_| sampler.sample(&logits).id).collect::<Vec<_>>()
         };
         assert_eq!(draw(42), draw(42));
         let seen: std::collections::BTreeSet<u32> = draw(42).into_iter().collect();
@@ -156,5 +180,27 @@ mod tests {
         assert!(Sampler::new(params(f32::NAN, 1.0, 0, 0)).is_err());
         assert!(Sampler::new(params(1.0, 0.0, 0, 0)).is_err());
         assert!(Sampler::new(params(1.0, 1.5, 0, 0)).is_err());
+        let too_many_logprobs = SamplingParams {
+            logprobs: Some(21),
+            ..params(0.0, 1.0, 0, 0)
+        };
+        assert!(Sampler::new(too_many_logprobs).is_err());
+    }
+
+    #[test]
+    fn logprobs_come_only_when_asked_and_ignore_temperature() {
+        let logits = [0.0, 2.0, 1.0];
+        assert_eq!(Sampler::new(params(0.0, 1.0, 0, 0)).unwrap().sample(&logits).logprobs, None);
+        let with_logprobs = |temperature| SamplingParams {
+            logprobs: Some(2),
+            ..params(temperature, 1.0, 1, 5)
+        };
+        let greedy = Sampler::new(with_logprobs(0.0)).unwrap().sample(&logits);
+        let hot = Sampler::new(with_logprobs(7.0)).unwrap().sample(&logits);
+        assert_eq!((greedy.id, hot.id), (1, 1), "top_k 1 leaves one choice");
+        assert_eq!(greedy.logprobs, hot.logprobs, "the raw logits' distribution, whatever the temperature");
+        let logprobs = greedy.logprobs.unwrap();
+        assert_eq!(logprobs.top.iter().map(|t| t.token_id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(logprobs.logprob, logprobs.top[0].logprob);
     }
 }

@@ -3,41 +3,15 @@
 //! logits within 1e-3, in f32. The fixture has 4 query and 2 KV heads, so at 4 ranks pairs of
 //! ranks hold copies of one KV head.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use fovea_model::generate::{GenerationRequest, SequenceRank, generate};
-use fovea_model::input::{PreparedRequest, RequestPreparer};
 use fovea_model::kv_cache::ContiguousKvCache;
 use fovea_model::sampling::{SamplingParams, argmax};
-use fovea_model::text::{ChatMessage, Mode};
+use fovea_model::testing::{GoldenTensors, golden_model_dir, golden_preparer, prepared_golden_cases};
 use fovea_model::tp::{RankGroup, RankOptions};
 use fovea_model::{ModelError, Phi4VisionModel};
-
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden")
-}
-
-fn golden() -> (Vec<serde_json::Value>, HashMap<String, Tensor>) {
-    let dir = golden_dir();
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
-    let tensors = candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
-    (json["cases"].as_array().unwrap().clone(), tensors)
-}
-
-fn prepare_case(preparer: &RequestPreparer, case: &serde_json::Value) -> PreparedRequest {
-    let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
-    let mode: Mode = case["mode"].as_str().unwrap().parse().unwrap();
-    let images: Vec<Vec<u8>> = case["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| std::fs::read(golden_dir().join("images").join(f.as_str().unwrap())).unwrap())
-        .collect();
-    preparer.prepare(&messages, &images, mode).unwrap()
-}
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -52,7 +26,7 @@ struct Rank {
 fn ranks(world: usize) -> RankGroup<Rank> {
     let mut options = RankOptions::new(world);
     options.threads_per_rank = 1;
-    Phi4VisionModel::load_ranks(&golden_dir().join("model"), DType::F32, &Device::Cpu, options, |model| {
+    Phi4VisionModel::load_ranks(&golden_model_dir(), DType::F32, &Device::Cpu, options, |model| {
         let layers = model.config().text.num_layers;
         Ok(Rank {
             model,
@@ -64,13 +38,13 @@ fn ranks(world: usize) -> RankGroup<Rank> {
 
 #[test]
 fn golden_cases_give_the_reference_tokens_and_logits_at_tp_1_2_and_4() {
-    let (cases, tensors) = golden();
-    let preparer = RequestPreparer::from_model_dir(&golden_dir().join("model")).unwrap();
+    let cases = prepared_golden_cases(&golden_preparer());
+    let tensors = GoldenTensors::load();
     for world in [1, 2, 4] {
         let mut ranks = ranks(world);
         for case in &cases {
-            let name = case["name"].as_str().unwrap();
-            let request = prepare_case(&preparer, case);
+            let name = &case.golden.name;
+            let request = &case.request;
             let features: Vec<_> = request
                 .images
                 .iter()
@@ -85,13 +59,13 @@ fn golden_cases_give_the_reference_tokens_and_logits_at_tp_1_2_and_4() {
                 })
                 .unwrap();
             let mut logits: Vec<f32> = prefill.flatten_all().unwrap().to_vec1().unwrap();
-            let expected = tensors[&format!("{name}.prefill_last_logits")].to_vec1::<f32>().unwrap();
+            let expected = tensors.prefill_last_logits(name);
             assert_eq!(logits.len(), expected.len(), "TP {world} {name}: gathered logits cover the vocabulary");
             let diff = max_abs_diff(&logits, &expected);
             println!("TP {world} {name}: prefill logits max |diff| {diff:e}");
             assert!(diff < 1e-3, "TP {world} {name}: prefill logits differ by {diff}");
 
-            let expected_tokens: Vec<u32> = serde_json::from_value(case["greedy_tokens"].clone()).unwrap();
+            let expected_tokens = &case.golden.greedy_tokens;
             let mut tokens = vec![argmax(&logits)];
             while tokens.len() < expected_tokens.len() {
                 let token = *tokens.last().unwrap();
@@ -104,8 +78,8 @@ fn golden_cases_give_the_reference_tokens_and_logits_at_tp_1_2_and_4() {
                 logits = step.flatten_all().unwrap().to_vec1().unwrap();
                 tokens.push(argmax(&logits));
             }
-            assert_eq!(tokens, expected_tokens, "TP {world} {name}: greedy tokens");
-            let expected = tensors[&format!("{name}.greedy_last_logits")].to_vec1::<f32>().unwrap();
+            assert_eq!(&tokens, expected_tokens, "TP {world} {name}: greedy tokens");
+            let expected = tensors.greedy_last_logits(name);
             let diff = max_abs_diff(&logits, &expected);
             assert!(diff < 1e-3, "TP {world} {name}: last-step logits differ by {diff}");
         }
@@ -114,10 +88,8 @@ fn golden_cases_give_the_reference_tokens_and_logits_at_tp_1_2_and_4() {
 
 #[test]
 fn generate_runs_on_a_group_and_matches_one_rank() {
-    let (cases, _) = golden();
-    let dir = golden_dir().join("model");
-    let preparer = RequestPreparer::from_model_dir(&dir).unwrap();
-    let request = prepare_case(&preparer, &cases[0]);
+    let case = &prepared_golden_cases(&golden_preparer())[0];
+    let (dir, request) = (golden_model_dir(), &case.request);
     let generate_on = |world: usize| {
         let mut ranks = Phi4VisionModel::load_ranks(&dir, DType::F32, &Device::Cpu, RankOptions::new(world), |model| {
             Ok(SequenceRank::new(Arc::new(model)))
@@ -133,14 +105,13 @@ fn generate_runs_on_a_group_and_matches_one_rank() {
         };
         generate(&mut ranks, &request, |_| {}).unwrap().token_ids
     };
-    let expected: Vec<u32> = serde_json::from_value(cases[0]["greedy_tokens"].clone()).unwrap();
-    assert_eq!(generate_on(1), expected);
-    assert_eq!(generate_on(2), expected);
+    assert_eq!(generate_on(1), case.golden.greedy_tokens);
+    assert_eq!(generate_on(2), case.golden.greedy_tokens);
 }
 
 #[test]
 fn a_tp_size_that_does_not_divide_the_query_heads_fails_at_load_with_the_choices() {
-    let result = Phi4VisionModel::load_ranks(&golden_dir().join("model"), DType::F32, &Device::Cpu, RankOptions::new(3), Ok);
+    let result = Phi4VisionModel::load_ranks(&golden_model_dir(), DType::F32, &Device::Cpu, RankOptions::new(3), Ok);
     let Err(error @ ModelError::TensorParallel(_)) = result else {
         panic!("TP 3 over 4 heads must be refused");
     };

@@ -3,14 +3,21 @@
 
 use std::time::Duration;
 
+use fovea_model::logprobs::TokenLogprobs;
+
 use crate::error::RequestError;
 
 /// One message on a request's event channel.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A generated token and the text it completes (possibly empty: part of a character, or text
-    /// held back while it could still be the start of a stop string).
-    Token { id: u32, text: String },
+    /// held back while it could still be the start of a stop string), with its log probabilities
+    /// when the request's sampling parameters ask for them.
+    Token {
+        id: u32,
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+    },
     /// The last event of the request.
     Finished(Completion),
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use fovea_model::logprobs::TokenLogprobs;
 use fovea_model::text::TextTokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -55,6 +56,8 @@ pub struct RequestStream {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestOutput {
     pub token_ids: Vec<u32>,
+    /// One entry per token when the request asked for log probabilities; empty otherwise.
+    pub logprobs: Vec<TokenLogprobs>,
     /// The whole completion text.
     pub text: String,
     pub completion: Completion,
@@ -64,17 +67,23 @@ impl RequestStream {
     /// Blocks until the request ends and returns all it produced. Not for use inside an async
     /// runtime (await `events.recv()` there).
     pub fn wait(mut self) -> RequestOutput {
-        let (mut token_ids, mut text) = (Vec::new(), String::new());
+        let (mut token_ids, mut logprobs, mut text) = (Vec::new(), Vec::new(), String::new());
         while let Some(event) = self.events.blocking_recv() {
             match event {
-                Event::Token { id, text: delta } => {
+                Event::Token {
+                    id,
+                    text: delta,
+                    logprobs: token_logprobs,
+                } => {
                     token_ids.push(id);
+                    logprobs.extend(token_logprobs);
                     text.push_str(&delta);
                 }
                 Event::Finished(completion) => {
                     text.push_str(&completion.text);
                     return RequestOutput {
                         token_ids,
+                        logprobs,
                         text,
                         completion,
                     };
@@ -93,6 +102,7 @@ impl RequestStream {
         };
         RequestOutput {
             token_ids,
+            logprobs,
             text,
             completion,
         }

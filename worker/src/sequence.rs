@@ -175,7 +175,8 @@ impl Sequence {
 
     /// Picks the next token from its logits, sends it, and says whether the request is done.
     pub fn sample_next(&mut self, logits: &[f32]) -> Option<FinishReason> {
-        let token = self.sampler.sample(logits);
+        let sampled = self.sampler.sample(logits);
+        let token = sampled.id;
         self.tokens.push(token);
         extend_block_hashes(&mut self.block_hashes, &self.tokens, &self.image_keys, self.block_size);
         self.first_token.get_or_insert_with(Instant::now);
@@ -186,6 +187,7 @@ impl Sequence {
         let _ = self.events.send(Event::Token {
             id: token,
             text: delta.text,
+            logprobs: sampled.logprobs,
         });
         if delta.matched_stop.is_some() || self.request.stop_token_ids.contains(&token) {
             Some(FinishReason::Stop)

@@ -11,9 +11,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fovea_model::ImagePlacement;
+use fovea_model::logprobs::TokenLogprobs;
 use fovea_model::preprocess::{PreprocessConfig, prepare_image};
 use fovea_model::sampling::SamplingParams;
-use fovea_proto::v1::FinishReason as WireFinishReason;
+use fovea_proto::v1::{
+    FinishReason as WireFinishReason, TokenLogprob as WireTokenLogprob, TokenLogprobs as WireTokenLogprobs,
+};
 use fovea_proto::worker::v1::worker_server::{Worker, WorkerServer};
 use fovea_proto::worker::v1::{
     AbortRequest, AbortResponse, DescribeRequest, GenerateEvent, GenerateFinished, GenerateJob, GeneratedTokens,
@@ -87,23 +90,43 @@ fn engine_request(job: GenerateJob, preprocess: &PreprocessConfig) -> Result<Gen
         };
         images.push((placement, prepared));
     }
-    let sampling = job.sampling.unwrap_or_default();
+    let wire_sampling = job.sampling.unwrap_or_default();
+    let sampling = SamplingParams {
+        temperature: wire_sampling.temperature,
+        top_p: if wire_sampling.top_p == 0.0 { 1.0 } else { wire_sampling.top_p },
+        top_k: wire_sampling.top_k as usize,
+        seed: wire_sampling.seed,
+        logprobs: wire_sampling.logprobs.map(|top| top as usize),
+    };
+    sampling
+        .validate()
+        .map_err(|e| Status::invalid_argument(format!("sampling: {e}")))?;
     Ok(GenerateRequest {
         prompt_ids: job.prompt_token_ids,
         images,
-        sampling: SamplingParams {
-            temperature: sampling.temperature,
-            top_p: if sampling.top_p == 0.0 { 1.0 } else { sampling.top_p },
-            top_k: sampling.top_k as usize,
-            seed: sampling.seed,
-        },
+        sampling,
         max_new_tokens: job.max_tokens as usize,
         // The coordinator resolved the end-of-turn tokens into the stop tokens.
-        stop_token_ids: sampling.stop_token_ids,
+        stop_token_ids: wire_sampling.stop_token_ids,
         ignore_eos: true,
         stop_strings: Vec::new(),
         skip_special_tokens: false,
     })
+}
+
+/// One token's log probabilities as the worker API carries them.
+fn wire_logprobs(logprobs: &TokenLogprobs) -> WireTokenLogprobs {
+    WireTokenLogprobs {
+        logprob: logprobs.logprob,
+        top: logprobs
+            .top
+            .iter()
+            .map(|entry| WireTokenLogprob {
+                token_id: entry.token_id,
+                logprob: entry.logprob,
+            })
+            .collect(),
+    }
 }
 
 fn finished_event(completion: &Completion) -> GenerateEvent {
@@ -181,11 +204,11 @@ impl Worker for WorkerService {
                     }
                 };
                 match event {
-                    Some(Event::Token { id, .. }) => {
+                    Some(Event::Token { id, logprobs, .. }) => {
                         let tokens = GenerateEvent {
                             event: Some(generate_event::Event::Tokens(GeneratedTokens {
                                 token_ids: vec![id],
-                                logprobs: Vec::new(),
+                                logprobs: logprobs.iter().map(wire_logprobs).collect(),
                             })),
                         };
                         let _ = tx.send(Ok(tokens)).await;

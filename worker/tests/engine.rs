@@ -1,33 +1,32 @@
 //! The engine end to end on the golden checkpoint (f32, greedy, ignore_eos): golden tokens alone,
 //! concurrently, and under preemption; cancellation, refusal, stops and seeded sampling.
 
-mod common;
-
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 
 use fovea_model::Phi4VisionModel;
 use fovea_model::generate::{GenerationRequest, SequenceRank, generate};
 use fovea_model::tp::RankGroup;
 use fovea_model::sampling::SamplingParams;
+use fovea_model::testing::{
+    GoldenTensors, PreparedCase, golden_model, golden_preparer, prepared_golden_cases, reference_log_softmax,
+};
 use fovea_worker::{
     Engine, EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, RequestError, RequestOutput,
 };
 
-use common::GoldenCase;
-
 struct Fixture {
     model: Arc<Phi4VisionModel>,
     preparer: fovea_model::input::RequestPreparer,
-    cases: Vec<GoldenCase>,
+    cases: Vec<PreparedCase>,
 }
 
 fn fixture() -> Fixture {
-    let preparer = common::preparer();
+    let preparer = golden_preparer();
     Fixture {
-        model: common::load_model(),
-        cases: common::golden_cases(&preparer),
+        model: Arc::new(golden_model(DType::F32)),
+        cases: prepared_golden_cases(&preparer),
         preparer,
     }
 }
@@ -39,12 +38,12 @@ impl Fixture {
 
     /// The golden request of `case`: greedy, through end-of-turn tokens, as many tokens as the
     /// reference generated.
-    fn golden_request(&self, case: &GoldenCase) -> GenerateRequest {
+    fn golden_request(&self, case: &PreparedCase) -> GenerateRequest {
         GenerateRequest {
             prompt_ids: case.request.prompt_ids.clone(),
             images: case.request.images.clone(),
             sampling: SamplingParams::default(),
-            max_new_tokens: case.greedy_tokens.len(),
+            max_new_tokens: case.golden.greedy_tokens.len(),
             stop_token_ids: Vec::new(),
             ignore_eos: true,
             stop_strings: Vec::new(),
@@ -52,16 +51,16 @@ impl Fixture {
         }
     }
 
-    fn case(&self, name: &str) -> &GoldenCase {
-        self.cases.iter().find(|case| case.name == name).unwrap()
+    fn case(&self, name: &str) -> &PreparedCase {
+        self.cases.iter().find(|case| case.golden.name == name).unwrap()
     }
 }
 
 /// Asserts that `output` is `case`'s golden completion.
-fn assert_golden(output: &RequestOutput, case: &GoldenCase) {
-    let name = &case.name;
+fn assert_golden(output: &RequestOutput, case: &PreparedCase) {
+    let name = &case.golden.name;
     assert_eq!(output.completion.reason, FinishReason::Length, "{name}: finish reason");
-    assert_eq!(output.token_ids, case.greedy_tokens, "{name}: tokens");
+    assert_eq!(output.token_ids, case.golden.greedy_tokens, "{name}: tokens");
     let usage = output.completion.usage;
     assert_eq!(
         usage.prompt_tokens,
@@ -72,7 +71,7 @@ fn assert_golden(output: &RequestOutput, case: &GoldenCase) {
     assert_eq!(usage.image_tokens, image_tokens, "{name}: image tokens");
     assert_eq!(
         usage.completion_tokens,
-        case.greedy_tokens.len(),
+        case.golden.greedy_tokens.len(),
         "{name}: completion tokens"
     );
 }
@@ -109,6 +108,40 @@ fn every_golden_case_alone_gives_the_golden_tokens() {
 }
 
 #[test]
+fn batched_requests_get_logprobs_with_every_token_that_match_the_reference() {
+    let fixture = fixture();
+    let golden = GoldenTensors::load();
+    let engine = fixture.engine(EngineConfig::new(2048));
+    let with_logprobs = |case| GenerateRequest {
+        sampling: SamplingParams {
+            logprobs: Some(3),
+            ..SamplingParams::default()
+        },
+        ..fixture.golden_request(case)
+    };
+    let streams: Vec<_> = fixture.cases.iter().map(|case| engine.submit(with_logprobs(case))).collect();
+    let without = engine.submit(fixture.golden_request(&fixture.cases[0]));
+    for (stream, case) in streams.into_iter().zip(&fixture.cases) {
+        let output = stream.wait();
+        assert_golden(&output, case);
+        let name = &case.golden.name;
+        assert_eq!(output.logprobs.len(), output.token_ids.len(), "{name}: one entry per token");
+        for (token, logprobs) in output.token_ids.iter().zip(&output.logprobs) {
+            assert_eq!(logprobs.top.len(), 3, "{name}");
+            assert_eq!(logprobs.top[0].token_id, *token, "{name}: greedy picks the most likely");
+            assert_eq!(logprobs.logprob, logprobs.top[0].logprob, "{name}");
+            assert!(logprobs.top.windows(2).all(|w| w[0].logprob >= w[1].logprob), "{name}: sorted");
+        }
+        let reference = reference_log_softmax(&golden.prefill_last_logits(name));
+        let first = f64::from(output.logprobs[0].logprob);
+        let expected = reference[output.token_ids[0] as usize];
+        assert!((first - expected).abs() < 1e-4, "{name}: first logprob {first}, reference {expected}");
+    }
+    assert!(without.wait().logprobs.is_empty(), "no logprobs unless asked for");
+    assert_idle(&engine);
+}
+
+#[test]
 fn sixteen_concurrent_requests_all_give_their_golden_tokens() {
     let fixture = fixture();
     for prefix_caching in [true, false] {
@@ -116,7 +149,7 @@ fn sixteen_concurrent_requests_all_give_their_golden_tokens() {
             prefix_caching,
             ..EngineConfig::new(2048)
         });
-        let cases: Vec<&GoldenCase> = fixture.cases.iter().cycle().take(16).collect();
+        let cases: Vec<&PreparedCase> = fixture.cases.iter().cycle().take(16).collect();
         let streams: Vec<_> = cases
             .iter()
             .map(|case| engine.submit(fixture.golden_request(case)))
@@ -188,7 +221,7 @@ fn preemption_under_a_tiny_block_budget_still_gives_the_golden_tokens() {
             ..EngineConfig::new(260)
         };
         let engine = fixture.engine(config);
-        let cases: Vec<&GoldenCase> = fixture.cases.iter().cycle().take(8).collect();
+        let cases: Vec<&PreparedCase> = fixture.cases.iter().cycle().take(8).collect();
         let streams: Vec<_> = cases
             .iter()
             .map(|case| engine.submit(fixture.golden_request(case)))
@@ -226,7 +259,7 @@ fn cancelling_running_and_waiting_requests_frees_every_block() {
             other => panic!("expected a token, got {other:?}"),
         })
         .collect();
-    assert_eq!(first_tokens, case.greedy_tokens[..3]);
+    assert_eq!(first_tokens, case.golden.greedy_tokens[..3]);
     assert_eq!(engine.stats().waiting, 1, "max_running 1 keeps the second one waiting");
     engine.cancel(waiting.id);
     let output = waiting.wait();
@@ -294,7 +327,7 @@ fn stop_tokens_and_stop_strings_end_generation_early() {
     let case = fixture.case("text_think_multiturn");
     let tokenizer = fixture.preparer.tokenizer();
 
-    let stop_token = case.greedy_tokens[4];
+    let stop_token = case.golden.greedy_tokens[4];
     let output = engine
         .submit(GenerateRequest {
             stop_token_ids: vec![stop_token],
@@ -302,18 +335,18 @@ fn stop_tokens_and_stop_strings_end_generation_early() {
         })
         .wait();
     assert_eq!(output.completion.reason, FinishReason::Stop);
-    let first_stop = case.greedy_tokens.iter().position(|&t| t == stop_token).unwrap();
+    let first_stop = case.golden.greedy_tokens.iter().position(|&t| t == stop_token).unwrap();
     assert_eq!(
         output.token_ids,
-        case.greedy_tokens[..=first_stop],
+        case.golden.greedy_tokens[..=first_stop],
         "the stop token is the last one sent"
     );
 
     // A stop string made of the text of tokens 6 and 7: generation ends at token 7 and the
     // text at the end of token 5.
-    let full_text = tokenizer.decode(&case.greedy_tokens, false).unwrap();
-    let before = tokenizer.decode(&case.greedy_tokens[..6], false).unwrap();
-    let through = tokenizer.decode(&case.greedy_tokens[..8], false).unwrap();
+    let full_text = tokenizer.decode(&case.golden.greedy_tokens, false).unwrap();
+    let before = tokenizer.decode(&case.golden.greedy_tokens[..6], false).unwrap();
+    let through = tokenizer.decode(&case.golden.greedy_tokens[..8], false).unwrap();
     assert!(full_text.starts_with(&through) && through.starts_with(&before));
     let stop = through[before.len()..].to_string();
     assert!(!before.contains(&stop), "the stop string must first appear at token 6");
@@ -324,7 +357,7 @@ fn stop_tokens_and_stop_strings_end_generation_early() {
         })
         .wait();
     assert_eq!(output.completion.reason, FinishReason::Stop);
-    assert_eq!(output.token_ids, case.greedy_tokens[..8]);
+    assert_eq!(output.token_ids, case.golden.greedy_tokens[..8]);
     assert_eq!(output.text, before);
     assert_idle(&engine);
 }
@@ -338,11 +371,12 @@ fn seeded_sampling_matches_single_sequence_generation_while_batched() {
         top_p: 0.95,
         top_k: 50,
         seed,
+        logprobs: None,
     };
     let streams: Vec<_> = fixture
         .cases
         .iter()
-        .filter(|case| case.name != "screen_grounding")
+        .filter(|case| case.golden.name != "screen_grounding")
         .enumerate()
         .map(|(seed, case)| {
             let request = GenerateRequest {
@@ -368,9 +402,9 @@ fn seeded_sampling_matches_single_sequence_generation_while_batched() {
         )
         .unwrap();
         let output = stream.wait();
-        assert_eq!(output.token_ids, alone.token_ids, "{}", case.name);
+        assert_eq!(output.token_ids, alone.token_ids, "{}", case.golden.name);
         let text = fixture.preparer.tokenizer().decode(&alone.token_ids, false).unwrap();
-        assert_eq!(output.text, text, "{}", case.name);
+        assert_eq!(output.text, text, "{}", case.golden.name);
     }
     assert_idle(&engine);
 }
@@ -392,17 +426,17 @@ fn dropping_the_last_handle_cancels_what_is_running() {
 #[test]
 fn a_bf16_model_gives_the_tokens_of_single_sequence_generation() {
     let fixture = fixture();
-    let model = Arc::new(Phi4VisionModel::load(&common::model_dir(), DType::BF16, &Device::Cpu).unwrap());
+    let model = Arc::new(golden_model(DType::BF16));
     let engine = Engine::start(
         Arc::clone(&model),
         fixture.preparer.tokenizer().clone(),
         EngineConfig::new(1024),
     )
     .unwrap();
-    let cases: Vec<&GoldenCase> = fixture
+    let cases: Vec<&PreparedCase> = fixture
         .cases
         .iter()
-        .filter(|case| case.name != "screen_grounding")
+        .filter(|case| case.golden.name != "screen_grounding")
         .collect();
     let streams: Vec<_> = cases
         .iter()
@@ -412,12 +446,12 @@ fn a_bf16_model_gives_the_tokens_of_single_sequence_generation() {
         let request = GenerationRequest {
             prompt_ids: &case.request.prompt_ids,
             images: &case.request.images,
-            max_new_tokens: case.greedy_tokens.len(),
+            max_new_tokens: case.golden.greedy_tokens.len(),
             sampling: SamplingParams::default(),
             stop_token_ids: &[],
             ignore_eos: true,
         };
         let alone = generate(&mut RankGroup::single(SequenceRank::new(Arc::clone(&model))), &request, |_| {}).unwrap();
-        assert_eq!(stream.wait().token_ids, alone.token_ids, "{}", case.name);
+        assert_eq!(stream.wait().token_ids, alone.token_ids, "{}", case.golden.name);
     }
 }

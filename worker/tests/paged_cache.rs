@@ -2,13 +2,12 @@
 //! together, in chunks, some decoding while others prefill, give every sequence the logits it gets
 //! alone.
 
-mod common;
-
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use fovea_model::Phi4VisionModel;
 use fovea_model::batch::{BatchLayout, BatchSegment};
 use fovea_model::kv_cache::{ContiguousKvCache, KvCache};
 use fovea_model::sampling::argmax;
+use fovea_model::testing::{golden_cases, golden_model, golden_preparer};
 use fovea_worker::block_allocator::{BlockAllocator, KvBlockTable};
 use fovea_worker::kv_pool::{KvBlockPool, KvPoolShape};
 use fovea_worker::paged_cache::PagedKvCache;
@@ -46,15 +45,14 @@ fn row(logits: &Tensor, index: usize) -> Vec<f32> {
 
 #[test]
 fn batched_chunks_over_the_paged_cache_match_each_sequence_alone() {
-    let model = common::load_model();
-    let preparer = common::preparer();
-    let cases = common::golden_cases(&preparer);
+    let model = golden_model(DType::F32);
+    let preparer = golden_preparer();
     let layers = model.config().text.num_layers;
-    let mut sequences: Vec<Sequence> = cases
+    let mut sequences: Vec<Sequence> = golden_cases()
         .iter()
         .filter(|case| case.name != "screen_grounding")
         .map(|case| {
-            let request = &case.request;
+            let request = case.prepare(&preparer);
             let features: Vec<_> = request
                 .images
                 .iter()

@@ -46,6 +46,8 @@ pub struct WorkloadSpec {
     /// Approximate prompt length of text requests, in tokens.
     pub prompt_tokens: usize,
     pub max_tokens: u32,
+    /// Log probabilities to ask for per token (the number of alternatives); `None`: none.
+    pub logprobs: Option<u32>,
 }
 
 /// Errors while building a workload.
@@ -85,12 +87,16 @@ pub fn build(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<GenerateReques
             } else {
                 vec![Part::Text(prompt(spec.prompt_tokens, rng))]
             };
-            Ok(GenerateRequestBuilder::new()
+            let request = GenerateRequestBuilder::new()
                 .user(parts)
                 .mode(Mode::NoThink)
                 .max_tokens(spec.max_tokens)
-                .ignore_eos(true)
-                .build())
+                .ignore_eos(true);
+            Ok(match spec.logprobs {
+                Some(top) => request.logprobs(top),
+                None => request,
+            }
+            .build())
         })
         .collect()
 }

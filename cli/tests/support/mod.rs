@@ -1,26 +1,23 @@
 //! What the server-backed tests share: a `fovea serve` process on the golden checkpoint, on free
-//! loopback ports, killed when dropped; the golden cases as gRPC requests; a gRPC stream collector.
+//! loopback ports, killed when dropped; the golden cases (`fovea_model::testing`) as gRPC requests;
+//! a gRPC stream collector.
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fovea_model::testing::{GoldenCase, golden_model_dir};
+use fovea_model::text::Mode;
 use fovea_proto::v1::generation_client::GenerationClient;
 use fovea_proto::v1::{
-    ChatMessage, ContentPart, GenerateFinal, GenerateRequest, Image, ReasoningMode, Role, SamplingParams, content_part,
-    generate_response,
+    ChatMessage, ContentPart, GenerateFinal, GenerateRequest, Image, ReasoningMode, Role, SamplingParams, TokenDelta,
+    content_part, generate_response,
 };
 use fovea_proto::worker::v1::WatchLoadRequest;
 use fovea_proto::worker::v1::worker_client::WorkerClient;
 use tonic::transport::Channel;
-
-/// The golden checkpoint's directory and its recorded cases.
-pub fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden")
-}
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -61,7 +58,7 @@ impl Server {
 
     fn launch(port: u16, extra: &[&str]) -> Server {
         let [worker, http] = free_addrs();
-        let model = golden_dir().join("model");
+        let model = golden_model_dir();
         let child = Command::new(env!("CARGO_BIN_EXE_fovea"))
             .args(["serve", "--model", model.to_str().unwrap()])
             .args(["--grpc-addr", &format!("127.0.0.1:{port}"), "--worker-addr", &worker, "--http-addr", &http])
@@ -126,23 +123,19 @@ impl Drop for Server {
 }
 
 /// A golden case as a request: `<image>` markers become image parts in place.
-pub fn golden_request(case: &serde_json::Value, max_tokens: u32) -> GenerateRequest {
-    let mut images = case["images"].as_array().unwrap().iter().map(|f| {
-        std::fs::read(golden_dir().join("images").join(f.as_str().unwrap())).unwrap()
-    });
-    let messages = case["messages"]
-        .as_array()
-        .unwrap()
+pub fn golden_request(case: &GoldenCase, max_tokens: u32) -> GenerateRequest {
+    let mut images = case.image_bytes().into_iter();
+    let messages = case
+        .messages
         .iter()
         .map(|m| {
-            let role = match m["role"].as_str().unwrap() {
+            let role = match m.role.as_str() {
                 "user" => Role::User,
                 "assistant" => Role::Assistant,
                 _ => Role::System,
             };
-            let text = m["content"].as_str().unwrap();
             let mut content = Vec::new();
-            for (i, piece) in text.split("<image>").enumerate() {
+            for (i, piece) in m.content.split("<image>").enumerate() {
                 if i > 0 {
                     let data = images.next().unwrap();
                     content.push(ContentPart {
@@ -164,10 +157,10 @@ pub fn golden_request(case: &serde_json::Value, max_tokens: u32) -> GenerateRequ
             }
         })
         .collect();
-    let mode = match case["mode"].as_str().unwrap() {
-        "think" => ReasoningMode::Think,
-        "nothink" => ReasoningMode::Nothink,
-        _ => ReasoningMode::Auto,
+    let mode = match case.mode() {
+        Mode::Think => ReasoningMode::Think,
+        Mode::NoThink => ReasoningMode::Nothink,
+        Mode::Auto => ReasoningMode::Auto,
     };
     GenerateRequest {
         messages,
@@ -181,36 +174,31 @@ pub fn golden_request(case: &serde_json::Value, max_tokens: u32) -> GenerateRequ
     }
 }
 
-/// The cases of `golden.json`.
-pub fn golden_cases() -> Vec<serde_json::Value> {
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("golden.json")).unwrap()).unwrap();
-    golden["cases"].as_array().unwrap().clone()
-}
-
-/// A JSON array of token ids.
-pub fn ids(value: &serde_json::Value) -> Vec<u32> {
-    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
-}
-
-/// Every message of a stream, checking that exactly one final message ends it.
-pub async fn collect(
+/// Every delta of a stream and its final message, checking that exactly one final message ends it.
+pub async fn collect_deltas(
     client: &mut GenerationClient<Channel>,
     request: GenerateRequest,
-) -> (Vec<u32>, String, GenerateFinal) {
+) -> (Vec<TokenDelta>, GenerateFinal) {
     let mut stream = client.generate(request).await.expect("accepted").into_inner();
-    let (mut tokens, mut text, mut last) = (Vec::new(), String::new(), None);
+    let (mut deltas, mut last) = (Vec::new(), None);
     while let Some(message) = stream.message().await.expect("stream stays healthy") {
         assert!(last.is_none(), "nothing may follow the final message");
         match message.event {
-            Some(generate_response::Event::Delta(delta)) => {
-                tokens.extend(delta.token_ids);
-                text.push_str(&delta.text);
-            }
+            Some(generate_response::Event::Delta(delta)) => deltas.push(delta),
             Some(generate_response::Event::Final(done)) => last = Some(done),
             None => panic!("empty response message"),
         }
     }
-    (tokens, text, last.expect("a final message ends every stream"))
+    (deltas, last.expect("a final message ends every stream"))
 }
 
+/// A stream's token ids, its text and its final message.
+pub async fn collect(
+    client: &mut GenerationClient<Channel>,
+    request: GenerateRequest,
+) -> (Vec<u32>, String, GenerateFinal) {
+    let (deltas, last) = collect_deltas(client, request).await;
+    let tokens = deltas.iter().flat_map(|delta| delta.token_ids.iter().copied()).collect();
+    let text = deltas.iter().map(|delta| delta.text.as_str()).collect();
+    (tokens, text, last)
+}

@@ -37,6 +37,7 @@ pub async fn chat_completions(
         id: state.next_id(),
         created: unix_now(),
         model: if request.model.is_empty() { state.model_name.clone() } else { request.model.clone() },
+        logprobs_tokenizer: request.logprobs.then(|| Arc::clone(state.generation.tokenizer())),
     };
     let stream = request.stream;
     let request = generate_request(request, completion.id.clone())?;
@@ -73,7 +74,7 @@ async fn collect(
     let mut text = Text::default();
     while let Some(response) = responses.next().await {
         match response?.event {
-            Some(generate_response::Event::Delta(delta)) => text.push(&delta),
+            Some(generate_response::Event::Delta(delta)) => text.push(delta),
             Some(generate_response::Event::Final(last)) => return Ok((text, last)),
             None => {}
         }

@@ -7,6 +7,7 @@
 
 mod error;
 mod handler;
+mod logprobs;
 mod request;
 mod response;
 mod types;

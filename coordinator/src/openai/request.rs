@@ -25,6 +25,11 @@ pub fn generate_request(request: ChatCompletionRequest, request_id: String) -> R
         Some(ReasoningMode::Think) => wire::ReasoningMode::Think,
         Some(ReasoningMode::Nothink) => wire::ReasoningMode::Nothink,
     };
+    let logprobs = match (request.logprobs, request.top_logprobs) {
+        (true, top) => Some(top.unwrap_or(0)),
+        (false, None) => None,
+        (false, Some(_)) => return Err(ApiError::bad_request("top_logprobs needs \"logprobs\": true")),
+    };
     let stop = match request.stop {
         None => Vec::new(),
         Some(Stop::One(stop)) => vec![stop],
@@ -43,6 +48,7 @@ pub fn generate_request(request: ChatCompletionRequest, request_id: String) -> R
             seed: request.seed,
             stop,
             ignore_eos: request.ignore_eos,
+            logprobs,
             ..Default::default()
         }),
         ..Default::default()
@@ -131,5 +137,20 @@ mod tests {
         assert_eq!((sampling.max_tokens, sampling.top_k, sampling.ignore_eos), (Some(7), 3, true));
         assert_eq!(sampling.stop, ["x"]);
         assert_eq!(sampling.temperature, DEFAULT_TEMPERATURE);
+        assert_eq!(sampling.logprobs, None);
+    }
+
+    #[test]
+    fn logprobs_and_top_logprobs_become_the_logprobs_option() {
+        let with = |extra: &str| {
+            let body = format!(r#"{{"messages": [{{"role": "user", "content": "hi"}}]{extra}}}"#);
+            generate_request(serde_json::from_str(&body).unwrap(), "id".into())
+        };
+        let logprobs = |extra| with(extra).unwrap().sampling.unwrap().logprobs;
+        assert_eq!(logprobs(r#", "logprobs": true"#), Some(0));
+        assert_eq!(logprobs(r#", "logprobs": true, "top_logprobs": 5"#), Some(5));
+        assert_eq!(logprobs(r#", "logprobs": false"#), None);
+        let error = with(r#", "top_logprobs": 5"#).unwrap_err();
+        assert!(error.body().error.message.contains("\"logprobs\": true"), "{error:?}");
     }
 }

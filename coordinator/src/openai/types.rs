@@ -27,6 +27,11 @@ pub struct ChatCompletionRequest {
     /// Stream the completion as Server-Sent Events of `chat.completion.chunk` objects.
     #[serde(default)]
     pub stream: bool,
+    /// Return each generated token's log probability (`choices[].logprobs.content`).
+    #[serde(default)]
+    pub logprobs: bool,
+    /// With `logprobs`: also the 0 to 20 most likely tokens at each position.
+    pub top_logprobs: Option<u32>,
     /// Fovea extra: how the model is asked to answer; absent: auto.
     pub mode: Option<ReasoningMode>,
     /// Fovea extra: keep only the k most likely tokens; absent or 0: all.
@@ -110,7 +115,38 @@ pub struct ChatCompletion {
 pub struct Choice {
     pub index: u32,
     pub message: AssistantMessage,
+    /// Every generated token's log probability when the request set `logprobs`; null otherwise.
+    pub logprobs: Option<ChoiceLogprobs>,
     pub finish_reason: &'static str,
+}
+
+/// The log probabilities of a choice's tokens (or of a chunk's).
+#[derive(Debug, Serialize)]
+pub struct ChoiceLogprobs {
+    /// One entry per generated token, in order: reasoning, answer and stop token alike.
+    pub content: Vec<ContentLogprob>,
+}
+
+/// One generated token: its log probability and the most likely tokens at its position.
+#[derive(Debug, Serialize)]
+pub struct ContentLogprob {
+    /// The token's text (U+FFFD where it holds part of a character).
+    pub token: String,
+    /// Natural log of its probability under the model's distribution (before temperature,
+    /// top-k and top-p).
+    pub logprob: f32,
+    /// The token's raw UTF-8 bytes; null for an id the tokenizer does not know.
+    pub bytes: Option<Vec<u8>>,
+    /// The `top_logprobs` most likely tokens, most likely first.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a position.
+#[derive(Debug, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Option<Vec<u8>>,
 }
 
 /// The generated message: the answer, and the reasoning that preceded it.
@@ -143,6 +179,8 @@ pub struct ChatCompletionChunk {
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: ChunkDelta,
+    /// The log probabilities of this chunk's tokens when the request set `logprobs`; null otherwise.
+    pub logprobs: Option<ChoiceLogprobs>,
     /// `stop` or `length` on the last chunk; null before.
     pub finish_reason: Option<&'static str>,
 }

@@ -125,7 +125,7 @@ impl TryFrom<RawPreprocessConfig> for PreprocessConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::golden_dir;
+    use crate::testing::golden_dir;
 
     fn parse(json: &str) -> Result<PreprocessConfig, serde_json::Error> {
         serde_json::from_str(json)

@@ -2,7 +2,7 @@
 //! the small files under `testdata/preprocess/`.
 
 use super::{PatchBudget, PreprocessConfig};
-use crate::test_fixtures::golden_dir;
+use crate::testing::{golden_cases, golden_dir};
 use std::path::PathBuf;
 
 /// One image of a golden case and what the reference made of it.
@@ -45,35 +45,22 @@ impl GoldenImage {
 
 /// Every image of every golden case, in case order.
 pub fn golden_images() -> Vec<GoldenImage> {
-    let text = std::fs::read_to_string(golden_dir().join("golden.json")).expect("golden.json");
-    let golden: serde_json::Value = serde_json::from_str(&text).expect("parse golden.json");
-    let pair = |value: &serde_json::Value| {
-        let number = |i: usize| value[i].as_u64().expect("integer") as usize;
-        (number(0), number(1))
-    };
     let mut images = Vec::new();
-    for case in golden["cases"].as_array().expect("cases") {
-        let name = case["name"].as_str().expect("case name");
-        for (index, span) in case["image_spans"]
-            .as_array()
-            .expect("image_spans")
-            .iter()
-            .enumerate()
-        {
-            let file = span["image"].as_str().expect("image file").to_owned();
+    for case in golden_cases() {
+        for (index, span) in case.image_spans.into_iter().enumerate() {
             let (source_width, source_height) =
-                image::ImageReader::open(golden_dir().join("images").join(&file))
+                image::ImageReader::open(golden_dir().join("images").join(&span.image))
                     .and_then(|reader| reader.with_guessed_format())
                     .expect("open golden image")
                     .into_dimensions()
                     .expect("golden image header");
             images.push(GoldenImage {
-                tensor: format!("{name}.image{index}.resized_u8"),
-                file,
+                tensor: format!("{}.image{index}.resized_u8", case.name),
+                file: span.image,
                 source_height: source_height as usize,
                 source_width: source_width as usize,
-                resized_hw: pair(&span["resized_hw"]),
-                grid: pair(&span["grid"]),
+                resized_hw: (span.resized_hw[0], span.resized_hw[1]),
+                grid: (span.grid[0], span.grid[1]),
             });
         }
     }

@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn golden_messages_render_to_golden_prompt_text() {
         for case in golden_cases() {
-            let mode: Mode = case.mode.parse().unwrap();
+            let mode = case.mode();
             let prompt = golden_template().render(&case.messages, mode).unwrap();
             assert_eq!(prompt, case.prompt_text, "case {}", case.name);
         }
@@ -301,7 +301,7 @@ mod tests {
         let template = ChatTemplate::new(
             "{{ bos_token }}|{{ eos_token }}|{{ pad_token }}",
             &TemplateSpecialTokens::from_tokenizer_config(
-                &crate::test_fixtures::golden_dir().join("model/tokenizer_config.json"),
+                &crate::testing::golden_dir().join("model/tokenizer_config.json"),
             )
             .unwrap(),
         )

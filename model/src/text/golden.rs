@@ -2,44 +2,16 @@
 
 use std::sync::OnceLock;
 
-use serde::Deserialize;
-
-use super::chat_template::{ChatMessage, ChatTemplate};
+use super::chat_template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
-use crate::test_fixtures::golden_dir;
+use crate::testing::golden_dir;
 
-/// One case of `golden.json`, reduced to its text fields.
-#[derive(Debug, Deserialize)]
-pub struct GoldenCase {
-    pub name: String,
-    pub messages: Vec<ChatMessage>,
-    pub mode: String,
-    pub prompt_text: String,
-    pub input_ids: Vec<u32>,
-    pub image_spans: Vec<GoldenImageSpan>,
-    pub greedy_tokens: Vec<u32>,
-    pub greedy_text: String,
-}
-
-/// Where one image sits in a golden case's `input_ids`.
-#[derive(Debug, Deserialize)]
-pub struct GoldenImageSpan {
-    pub start: usize,
-    pub tokens: usize,
-}
-
-#[derive(Deserialize)]
-struct GoldenFile {
-    cases: Vec<GoldenCase>,
-}
+pub use crate::testing::GoldenCase;
 
 /// The cases of `golden.json`.
 pub fn golden_cases() -> &'static [GoldenCase] {
     static CASES: OnceLock<Vec<GoldenCase>> = OnceLock::new();
-    CASES.get_or_init(|| {
-        let json = std::fs::read_to_string(golden_dir().join("golden.json")).unwrap();
-        serde_json::from_str::<GoldenFile>(&json).unwrap().cases
-    })
+    CASES.get_or_init(crate::testing::golden_cases)
 }
 
 /// The golden checkpoint's tokenizer.

@@ -114,7 +114,7 @@ impl PromptBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::golden_dir;
+    use crate::testing::golden_dir;
     use crate::text::golden::{golden_cases, golden_tokenizer};
 
     fn golden_token_counts(case: &crate::text::golden::GoldenCase) -> Vec<usize> {
@@ -177,7 +177,7 @@ mod tests {
         let builder = PromptBuilder::from_model_dir(&golden_dir().join("model")).unwrap();
         let case = &golden_cases()[4];
         let prompt = builder
-            .render_prompt(&case.messages, case.mode.parse().unwrap())
+            .render_prompt(&case.messages, case.mode())
             .unwrap();
         let tokenized = builder
             .tokenize_prompt(&prompt, &golden_token_counts(case))

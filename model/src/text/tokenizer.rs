@@ -89,7 +89,14 @@ impl TextTokenizer {
     }
 
     /// The raw bytes token `id` stands for; they may be part of a multi-byte character.
-    pub(crate) fn token_bytes(&self, id: u32) -> Result<Vec<u8>, TextError> {
+    ///
+    /// ```no_run
+    /// # use fovea_model::text::{TextTokenizer, build_phi4_tokenizer_json};
+    /// let tokenizer = TextTokenizer::from_json(&build_phi4_tokenizer_json()?)?;
+    /// assert_eq!(tokenizer.token_bytes(100_350)?, b"<think>");
+    /// # Ok::<(), fovea_model::text::TextError>(())
+    /// ```
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>, TextError> {
         self.inner
             .id_to_token(id)
             .map(|token| token_to_bytes(&token))

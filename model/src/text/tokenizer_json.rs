@@ -129,7 +129,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::test_fixtures::golden_dir;
+    use crate::testing::golden_dir;
     use crate::text::golden::{golden_cases, golden_tokenizer};
     use crate::text::tokenizer::TextTokenizer;
 
