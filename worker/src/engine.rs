@@ -46,6 +46,8 @@ pub struct Engine {
     images: ImageFeatureCache,
     sequences: HashMap<RequestId, Sequence>,
     stats: Arc<Mutex<EngineStats>>,
+    /// Forward passes run so far.
+    steps: u64,
 }
 
 impl Engine {
@@ -97,6 +99,7 @@ impl Engine {
             images: ImageFeatureCache::new(config.image_cache_bytes),
             sequences: HashMap::new(),
             stats: Arc::new(Mutex::new(EngineStats::default())),
+            steps: 0,
             model,
         };
         engine.publish_stats();
@@ -202,6 +205,7 @@ impl Engine {
         if chunks.is_empty() {
             return;
         }
+        self.steps += 1;
         match self.forward(&chunks, &inputs) {
             Ok(logits) => self.advance(&chunks, &logits),
             Err(e) => {
@@ -275,6 +279,7 @@ impl Engine {
             image_cache_bytes: self.images.used_bytes(),
             images_encoded: self.images.encoded(),
             image_cache_hits: self.images.hits(),
+            steps: self.steps,
         };
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
     }
