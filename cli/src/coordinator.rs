@@ -51,7 +51,9 @@ async fn coordinate(args: CoordinatorArgs) -> Result<(), String> {
         ..HealthPolicy::default()
     };
     let config = args.api.coordinator_config(dir, model_name, members, health);
-    serve(config, listeners, shutdown_signal()).await.map_err(|e| e.to_string())
+    serve(config, listeners, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Prints each worker that joins or leaves the registry, for the operator.
@@ -60,7 +62,12 @@ async fn report_membership(mut members: watch::Receiver<Members>) {
     loop {
         let now = members.borrow_and_update().clone();
         for (id, record) in now.iter().filter(|(id, _)| !known.contains_key(*id)) {
-            eprintln!("worker {id} joined: {} at {}, model {}", role_name(record.role), record.address, record.model);
+            eprintln!(
+                "worker {id} joined: {} at {}, model {}",
+                role_name(record.role),
+                record.address,
+                record.model
+            );
         }
         for id in known.keys().filter(|id| !now.contains_key(*id)) {
             eprintln!("worker {id} left");

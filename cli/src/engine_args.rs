@@ -40,7 +40,11 @@ pub struct WorkerIdentity<'a> {
 impl EngineArgs {
     /// Loads the checkpoint in `dir`, starts its engine and returns the worker service over it,
     /// with the capacity it registers.
-    pub fn start_worker(&self, dir: &Path, identity: WorkerIdentity) -> Result<(WorkerService, WorkerCapacity), String> {
+    pub fn start_worker(
+        &self,
+        dir: &Path,
+        identity: WorkerIdentity,
+    ) -> Result<(WorkerService, WorkerCapacity), String> {
         let model = Phi4VisionModel::load(dir, self.dtype.into(), &Device::Cpu).map_err(|e| e.to_string())?;
         let preparer = RequestPreparer::from_model_dir(dir).map_err(|e| e.to_string())?;
         let preprocess =

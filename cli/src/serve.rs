@@ -60,7 +60,11 @@ async fn serve_all(args: ServeArgs) -> Result<(), String> {
     });
 
     let listeners = args.api.listeners().await?;
-    eprintln!("fovea serving {model_name} ({}) on {}", dir.display(), describe(&listeners)?);
+    eprintln!(
+        "fovea serving {model_name} ({}) on {}",
+        dir.display(),
+        describe(&listeners)?
+    );
     let config = args
         .api
         .coordinator_config(dir, model_name, registry.members(), HealthPolicy::default());

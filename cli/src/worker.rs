@@ -58,7 +58,10 @@ fn check_served(args: &WorkerArgs) -> Result<(), String> {
         ));
     }
     if args.tp != 1 {
-        return Err(format!("tensor parallelism (--tp {}) is not served by this build yet; use --tp 1", args.tp));
+        return Err(format!(
+            "tensor parallelism (--tp {}) is not served by this build yet; use --tp 1",
+            args.tp
+        ));
     }
     Ok(())
 }

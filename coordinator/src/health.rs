@@ -139,7 +139,12 @@ mod tests {
     }
 
     /// Feeds one report a second for `seconds` seconds from `start`; returns the last time.
-    fn report_every_second(health: &mut WorkerHealth, start: Instant, seconds: u64, report: impl Fn(u64) -> WorkerLoad) -> Instant {
+    fn report_every_second(
+        health: &mut WorkerHealth,
+        start: Instant,
+        seconds: u64,
+        report: impl Fn(u64) -> WorkerLoad,
+    ) -> Instant {
         let mut now = start;
         for second in 0..seconds {
             now = start + Duration::from_secs(second);
@@ -167,11 +172,19 @@ mod tests {
         let mut health = WorkerHealth::default();
         let start = Instant::now();
         let now = report_every_second(&mut health, start, 8, |_| load(2, 100));
-        assert_eq!(health.condition(now, &POLICY), Condition::Ready, "within the hang limit");
+        assert_eq!(
+            health.condition(now, &POLICY),
+            Condition::Ready,
+            "within the hang limit"
+        );
         let now = report_every_second(&mut health, start, 12, |_| load(2, 100));
         assert_eq!(health.condition(now, &POLICY), Condition::Hung);
         health.observe(load(2, 101), now + Duration::from_secs(1));
-        assert_eq!(health.condition(now + Duration::from_secs(1), &POLICY), Condition::Ready, "progress again");
+        assert_eq!(
+            health.condition(now + Duration::from_secs(1), &POLICY),
+            Condition::Ready,
+            "progress again"
+        );
     }
 
     #[test]
@@ -180,7 +193,10 @@ mod tests {
         let start = Instant::now();
         assert_eq!(health.condition(start, &POLICY), Condition::Unseen);
         health.observe(load(0, 0), start);
-        assert_eq!(health.condition(start + Duration::from_secs(4), &POLICY), Condition::Silent);
+        assert_eq!(
+            health.condition(start + Duration::from_secs(4), &POLICY),
+            Condition::Silent
+        );
         health.lost_contact();
         assert_eq!(health.condition(start, &POLICY), Condition::Unreachable);
         let draining = WorkerLoad {

@@ -1,8 +1,9 @@
 //! The workers a coordinator routes to. The pool follows the registry's live records for its
 //! model (workers appear and disappear), keeps one gRPC client and one load stream per worker,
 //! and gives each job the least-loaded ready worker of the role it needs: fewest queued prompt
-//! tokens, then most free KV blocks, then fewest jobs in flight from this coordinator. With no
-//! ready worker of that role the job is refused with UNAVAILABLE, naming the role.
+//! tokens, then the largest free share of the KV cache (in sixteenths: reports come 100 ms apart,
+//! so finer differences are often stale), then fewest jobs in flight from this coordinator (known
+//! at once). With no ready worker of that role the job is refused with UNAVAILABLE, naming the role.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -81,7 +82,9 @@ impl Shared {
                     tracing::info!(worker = %id, role = role_name(record.role), address = %record.address, "worker joined");
                     workers.insert(id.clone(), Arc::new(worker));
                 }
-                Err(error) => tracing::warn!(worker = %id, "skipping a worker with a bad address {:?}: {error}", record.address),
+                Err(error) => {
+                    tracing::warn!(worker = %id, "skipping a worker with a bad address {:?}: {error}", record.address)
+                }
             }
         }
     }
@@ -127,7 +130,12 @@ impl WorkerPool {
             }
             // A worker yet to report ranks as if it had no free blocks: after every reporting one.
             let load = health.load().cloned().unwrap_or_default();
-            let rank = (load.queued_tokens, Reverse(load.free_kv_blocks), worker.in_flight.load(Ordering::Relaxed));
+            let free_sixteenths = u64::from(load.free_kv_blocks) * 16 / u64::from(load.total_kv_blocks.max(1));
+            let rank = (
+                load.queued_tokens,
+                Reverse(free_sixteenths),
+                worker.in_flight.load(Ordering::Relaxed),
+            );
             if best.as_ref().is_none_or(|(best_rank, _)| rank < *best_rank) {
                 best = Some((rank, worker));
             }

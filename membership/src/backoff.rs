@@ -12,7 +12,11 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(first: Duration, max: Duration) -> Self {
-        Backoff { first, max, next: first }
+        Backoff {
+            first,
+            max,
+            next: first,
+        }
     }
 
     /// The delay before the next attempt.

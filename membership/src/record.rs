@@ -49,7 +49,9 @@ pub fn parse_role(name: &str) -> Result<WorkerRole, String> {
         "vision" => Ok(WorkerRole::Vision),
         "prefill" => Ok(WorkerRole::Prefill),
         "decode" => Ok(WorkerRole::Decode),
-        other => Err(format!("unknown worker role {other:?}; expected full, vision, prefill or decode")),
+        other => Err(format!(
+            "unknown worker role {other:?}; expected full, vision, prefill or decode"
+        )),
     }
 }
 
@@ -93,7 +95,12 @@ mod tests {
     fn unknown_role_names_are_rejected_with_the_choices() {
         let error = parse_role("gpu").unwrap_err();
         assert!(error.contains("full, vision, prefill or decode"), "{error}");
-        for role in [WorkerRole::Full, WorkerRole::Vision, WorkerRole::Prefill, WorkerRole::Decode] {
+        for role in [
+            WorkerRole::Full,
+            WorkerRole::Vision,
+            WorkerRole::Prefill,
+            WorkerRole::Decode,
+        ] {
             assert_eq!(parse_role(role_name(role)), Ok(role));
         }
     }

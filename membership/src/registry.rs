@@ -57,11 +57,6 @@ impl Registration {
         let _ = self.registered.wait_for(|&registered| registered).await;
     }
 
-    /// Whether the record is registered now.
-    pub fn is_registered(&self) -> bool {
-        *self.registered.borrow()
-    }
-
     /// Removes the record and waits until that is done (or given up on).
     pub async fn withdraw(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -16,6 +16,9 @@ use tonic::transport::Channel;
 
 use super::{address, free_addrs, golden_dir};
 
+/// The cluster prefix the commands use when given no `--etcd-prefix`.
+const DEFAULT_PREFIX: &str = "/fovea";
+
 /// The etcd binary: `etcd` on `PATH`, else /usr/bin/etcd.
 fn etcd_binary() -> PathBuf {
     let on_path = std::env::var_os("PATH")
@@ -162,14 +165,19 @@ impl Etcd {
             Command::new(etcd_binary())
                 .args(["--name", "fovea-test", "--data-dir"])
                 .arg(&self.data_dir)
-                .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
+                .args([
+                    "--listen-client-urls",
+                    &self.url(),
+                    "--advertise-client-urls",
+                    &self.url(),
+                ])
                 .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", &format!("fovea-test={peer}")]),
             self.logs.join(format!("etcd-{}.log", self.starts)),
         );
         self.process = Some(process);
         let started = Instant::now();
-        while self.worker_ids().await.is_none() {
+        while self.worker_ids_under(DEFAULT_PREFIX).await.is_none() {
             assert!(started.elapsed() < Duration::from_secs(30), "etcd did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -180,25 +188,45 @@ impl Etcd {
         self.process = None;
     }
 
-    /// The ids of the worker records under the `/fovea` prefix, or `None` if etcd does not answer.
-    pub async fn worker_ids(&self) -> Option<Vec<String>> {
+    /// The ids of the worker records under cluster prefix `prefix`, or `None` if etcd does not
+    /// answer.
+    pub async fn worker_ids_under(&self, prefix: &str) -> Option<Vec<String>> {
+        let workers = format!("{prefix}/workers/");
         let answer = async {
             let mut client = Client::connect([self.url()], None).await.ok()?;
             let records = client
-                .get("/fovea/workers/", Some(GetOptions::new().with_prefix()))
+                .get(workers.as_str(), Some(GetOptions::new().with_prefix()))
                 .await
                 .ok()?;
-            let keys = records.kvs().iter().map(|kv| kv.key_str().unwrap().trim_start_matches("/fovea/workers/").to_string());
+            let keys = records
+                .kvs()
+                .iter()
+                .map(|kv| kv.key_str().unwrap().trim_start_matches(&workers).to_string());
             Some(keys.collect())
         };
-        tokio::time::timeout(Duration::from_secs(3), answer).await.ok().flatten()
+        tokio::time::timeout(Duration::from_secs(3), answer)
+            .await
+            .ok()
+            .flatten()
     }
 
-    /// Waits (at most `limit`) until the registered worker ids satisfy `check`.
+    /// Waits (at most `limit`) until the worker ids registered under the default prefix satisfy
+    /// `check`.
     pub async fn wait_for_workers(&self, limit: Duration, what: &str, check: impl Fn(&[String]) -> bool) {
+        self.wait_for_workers_under(DEFAULT_PREFIX, limit, what, check).await;
+    }
+
+    /// Waits (at most `limit`) until the worker ids registered under `prefix` satisfy `check`.
+    pub async fn wait_for_workers_under(
+        &self,
+        prefix: &str,
+        limit: Duration,
+        what: &str,
+        check: impl Fn(&[String]) -> bool,
+    ) {
         let started = Instant::now();
         loop {
-            let ids = self.worker_ids().await;
+            let ids = self.worker_ids_under(prefix).await;
             if ids.as_deref().is_some_and(&check) {
                 return;
             }
@@ -279,7 +307,11 @@ impl Coordinator {
         let started = Instant::now();
         loop {
             match GenerationClient::connect(address(self.port)).await {
-                Ok(client) => return client.max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20),
+                Ok(client) => {
+                    return client
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(64 << 20);
+                }
                 Err(e) if started.elapsed() < Duration::from_secs(60) => {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(100)).await;
