@@ -1,11 +1,18 @@
 //! The `fovea` command line: offline generation, demo checkpoints, the serving cluster, and a
 //! load generator against it.
 
+mod api_args;
 mod bench;
+mod coordinator;
 mod demo_model;
+mod engine_args;
+mod etcd_args;
 mod generate;
+mod model_args;
+mod process;
 mod serve;
 mod tensor_parallel;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +31,10 @@ enum Command {
     DemoModel(demo_model::DemoModelArgs),
     /// Run the coordinator and a worker in one process (gRPC API on 127.0.0.1:50051).
     Serve(serve::ServeArgs),
+    /// Run the coordinator alone, routing to the workers registered in etcd.
+    Coordinator(coordinator::CoordinatorArgs),
+    /// Run one worker, registered in etcd for coordinators to find.
+    Worker(worker::WorkerArgs),
     /// Benchmark a running server: throughput, TTFT, TPOT, ITL and goodput, as vLLM reports them.
     Bench(bench::BenchArgs),
 }
@@ -34,6 +45,8 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::DemoModel(args) => demo_model::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Coordinator(args) => coordinator::run(args),
+        Command::Worker(args) => worker::run(args),
         Command::Bench(args) => bench::run(args).map_err(|e| e.to_string()),
     };
     match result {

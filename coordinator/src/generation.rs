@@ -17,10 +17,10 @@ use fovea_proto::v1::{
     self as wire, FinishReason, GenerateFinal, GenerateRequest, GenerateResponse, ListModelsRequest, ListModelsResponse,
     ModelInfo, TokenDelta, TokenizeRequest, TokenizeResponse, generate_response,
 };
-use fovea_proto::worker::v1::{self as worker_wire, GenerateJob, GeneratedTokens, generate_event};
+use fovea_proto::worker::v1::{self as worker_wire, GenerateJob, GeneratedTokens, WorkerRole, generate_event};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::admission::{Admission, AdmissionPermit};
 use crate::output::{Delta, OutputShaper, Segment};
@@ -71,6 +71,30 @@ impl GenerationService {
         self.preparer.tokenizer()
     }
 
+    /// Sends `job` to the least-loaded ready full worker. A worker that cannot be reached is set
+    /// aside and the next one tried, so a worker that just died costs no request.
+    async fn start_job(&self, job: GenerateJob) -> Result<(WorkerLease, Streaming<worker_wire::GenerateEvent>), Status> {
+        let mut attempts = 0;
+        loop {
+            let mut worker = self.workers.pick(WorkerRole::Full)?;
+            attempts += 1;
+            match worker.generate(job.clone()).await {
+                Ok(response) => return Ok((worker, response.into_inner())),
+                Err(status) if unreachable(&status) && attempts < MAX_JOB_ATTEMPTS => {
+                    tracing::warn!(worker = worker.worker_id(), "worker unavailable, trying another: {}", status.message());
+                    worker.set_aside();
+                }
+                Err(status) => {
+                    return Err(Status::unavailable(format!(
+                        "worker {} refused the job: {}",
+                        worker.worker_id(),
+                        status.message()
+                    )));
+                }
+            }
+        }
+    }
+
     fn check_model(&self, name: &str) -> Result<(), Status> {
         if name.is_empty() || name == self.model.name {
             Ok(())
@@ -85,6 +109,16 @@ impl GenerationService {
             .await
             .map_err(|e| Status::internal(format!("request preparation failed: {e}")))?
     }
+}
+
+/// Workers a job is offered to before the request fails.
+const MAX_JOB_ATTEMPTS: usize = 3;
+
+/// Whether `status` says the worker could not be reached (connection refused or broken: tonic
+/// reports these as UNAVAILABLE or, for a connection reset mid-call, UNKNOWN) or is draining,
+/// rather than that it refused this job.
+fn unreachable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown)
 }
 
 /// The worker job for a valid request; the model's end-of-turn tokens join the stop tokens unless
@@ -143,12 +177,7 @@ impl Generation for GenerationService {
             .clone()
             .unwrap_or_else(|| format!("req-{}", self.next_request.fetch_add(1, Ordering::Relaxed)));
         let seed = valid.seed.unwrap_or_else(|| self.next_request.fetch_add(1, Ordering::Relaxed));
-        let mut worker = self.workers.pick()?;
-        let stream = worker
-            .generate(job(&request_id, &valid, seed, &self.model.eos_token_ids))
-            .await
-            .map_err(|status| Status::unavailable(format!("worker refused the job: {}", status.message())))?
-            .into_inner();
+        let (worker, stream) = self.start_job(job(&request_id, &valid, seed, &self.model.eos_token_ids)).await?;
         let (tx, rx) = mpsc::channel(64);
         let first_segment = if valid.mode == Mode::Think { Segment::Reasoning } else { Segment::Answer };
         let forward = Forward {
@@ -158,7 +187,6 @@ impl Generation for GenerationService {
             tx,
             shaper: Some(OutputShaper::new(Arc::clone(self.preparer.tokenizer()), first_segment, valid.stop.clone())),
             logprobs: valid.logprobs.is_some(),
-            workers: self.workers.clone(),
             usage: wire::Usage {
                 prompt_tokens: valid.prepared.prompt_ids.len() as u32,
                 image_tokens: valid.image_tokens() as u32,
@@ -166,7 +194,7 @@ impl Generation for GenerationService {
             },
             received,
             deadline,
-            _worker: worker,
+            worker,
             _permit: permit,
         };
         tokio::spawn(forward.run());
@@ -242,12 +270,11 @@ struct Forward {
     shaper: Option<OutputShaper>,
     /// Whether the client asked for log probabilities: then each worker token comes with one entry.
     logprobs: bool,
-    workers: WorkerPool,
     usage: wire::Usage,
     received: Instant,
     deadline: Option<Instant>,
-    /// Counts the job against its worker's load until the request ends.
-    _worker: WorkerLease,
+    /// The worker running the job; counts the job against its load until the request ends.
+    worker: WorkerLease,
     _permit: AdmissionPermit,
 }
 
@@ -297,11 +324,11 @@ impl Forward {
                 (finished.finish_reason(), finished.error, String::new(), finished.queue_us)
             }
             Outcome::StopString(stop) => {
-                self.workers.abort(&self.request_id).await;
+                self.worker.abort(&self.request_id).await;
                 (FinishReason::Stop, String::new(), stop, 0)
             }
             Outcome::Abandoned(reason, why) => {
-                self.workers.abort(&self.request_id).await;
+                self.worker.abort(&self.request_id).await;
                 (reason, why, String::new(), 0)
             }
             Outcome::WorkerLost(why) => (FinishReason::Error, why, String::new(), 0),

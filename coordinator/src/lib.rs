@@ -3,10 +3,14 @@
 //! validates requests at the edge, bounds what is in flight, and routes jobs to workers over the
 //! worker API (`fovea.worker.v1`), streaming their tokens back as text.
 //!
-//! It holds no model weights and computes nothing but prompts: the workers do the math.
+//! It holds no model weights and computes nothing but prompts: the workers do the math. Which
+//! workers exist it learns from a registry (`fovea-membership`); it keeps no state another
+//! coordinator needs, so several can serve the same workers.
 
 pub mod admission;
 pub mod generation;
+pub mod health;
+mod load_watch;
 pub mod openai;
 pub mod output;
 pub mod server;

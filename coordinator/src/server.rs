@@ -6,6 +6,7 @@ use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use fovea_membership::Members;
 use fovea_model::ModelConfig;
 use fovea_model::input::RequestPreparer;
 use fovea_proto::v1::generation_server::GenerationServer;
@@ -15,6 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admission::{Admission, AdmissionLimits};
 use crate::generation::{GenerationService, ModelDescription};
+use crate::health::HealthPolicy;
 use crate::openai;
 use crate::validation::Limits;
 use crate::workers::WorkerPool;
@@ -26,8 +28,10 @@ pub struct CoordinatorConfig {
     pub model_dir: PathBuf,
     /// The name clients use for the model.
     pub model_name: String,
-    /// Worker API addresses (`http://host:port`).
-    pub workers: Vec<String>,
+    /// The live workers (from a registry); those serving `model_name` get jobs.
+    pub members: watch::Receiver<Members>,
+    /// When a worker counts as not ready.
+    pub health: HealthPolicy,
     pub admission: AdmissionLimits,
     pub max_images: usize,
     pub max_image_bytes: usize,
@@ -40,8 +44,6 @@ pub enum ServeError {
     Model(#[from] fovea_model::ModelError),
     #[error("cannot load the model's tokenizer or preprocessing: {0}")]
     Input(#[from] fovea_model::input::InputError),
-    #[error("bad worker address: {0}")]
-    WorkerAddress(tonic::transport::Error),
     #[error("gRPC reflection could not be set up: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -68,7 +70,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let model = ModelConfig::from_dir(&config.model_dir)?;
     let preparer = Arc::new(RequestPreparer::from_model_dir(&config.model_dir)?);
-    let workers = WorkerPool::new(&config.workers).map_err(ServeError::WorkerAddress)?;
+    let workers = WorkerPool::follow(config.model_name.clone(), config.members, config.health);
     let limits = Limits {
         context_length: model.text.max_position_embeddings,
         max_images: config.max_images,

@@ -1,81 +1,192 @@
-//! The workers a coordinator sends jobs to, as gRPC clients of the worker API. Jobs go to the
-//! worker with the fewest jobs in flight from this coordinator; a worker that cannot be reached
-//! makes requests fail with UNAVAILABLE rather than wait.
+//! The workers a coordinator routes to. The pool follows the registry's live records for its
+//! model (workers appear and disappear), keeps one gRPC client and one load stream per worker,
+//! and gives each job the least-loaded ready worker of the role it needs: fewest queued prompt
+//! tokens, then the largest free share of the KV cache (in sixteenths: reports come 100 ms apart,
+//! so finer differences are often stale), then fewest jobs in flight from this coordinator (known
+//! at once). With no ready worker of that role the job is refused with UNAVAILABLE, naming the role.
 
-use std::sync::Arc;
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
-use fovea_proto::worker::v1::AbortRequest;
+use fovea_membership::{Members, WorkerRecord, role_name};
 use fovea_proto::worker::v1::worker_client::WorkerClient;
+use fovea_proto::worker::v1::{AbortRequest, WorkerRole};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::health::{HealthPolicy, WorkerHealth};
+use crate::load_watch::watch_load;
+
+/// A worker in the pool.
 struct Worker {
-    address: String,
+    record: WorkerRecord,
     client: WorkerClient<Channel>,
     in_flight: AtomicUsize,
+    health: Arc<Mutex<WorkerHealth>>,
+    load_stream: JoinHandle<()>,
+}
+
+impl Worker {
+    /// Clients for `record`'s address (connected lazily) and its load stream.
+    fn connect(record: WorkerRecord) -> Result<Worker, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(record.address.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        let client = WorkerClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let health = Arc::default();
+        let load_stream = tokio::spawn(watch_load(record.id.clone(), client.clone(), Arc::clone(&health)));
+        Ok(Worker {
+            record,
+            client,
+            in_flight: AtomicUsize::new(0),
+            health,
+            load_stream,
+        })
+    }
+
+    fn health(&self) -> MutexGuard<'_, WorkerHealth> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.load_stream.abort();
+    }
+}
+
+struct Shared {
+    model: String,
+    policy: HealthPolicy,
+    workers: RwLock<BTreeMap<String, Arc<Worker>>>,
+}
+
+impl Shared {
+    /// Makes the pool match `members`: new workers of this model join, gone or changed ones leave.
+    fn sync(&self, members: &Members) {
+        let mut workers = self.workers.write().unwrap_or_else(PoisonError::into_inner);
+        workers.retain(|id, worker| members.get(id) == Some(&worker.record));
+        for (id, record) in members.iter() {
+            if record.model != self.model || workers.contains_key(id) {
+                continue;
+            }
+            match Worker::connect(record.clone()) {
+                Ok(worker) => {
+                    tracing::info!(worker = %id, role = role_name(record.role), address = %record.address, "worker joined");
+                    workers.insert(id.clone(), Arc::new(worker));
+                }
+                Err(error) => {
+                    tracing::warn!(worker = %id, "skipping a worker with a bad address {:?}: {error}", record.address)
+                }
+            }
+        }
+    }
 }
 
 /// The coordinator's view of its workers; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct WorkerPool {
-    workers: Arc<Vec<Worker>>,
+    shared: Arc<Shared>,
 }
 
 /// A chosen worker's client; counts as one job in flight on it until dropped.
 pub struct WorkerLease {
-    pool: WorkerPool,
-    index: usize,
+    worker: Arc<Worker>,
     client: WorkerClient<Channel>,
 }
 
 impl WorkerPool {
-    /// Clients for workers at `addresses` (`http://host:port`); connections are made lazily, so
-    /// workers may start after the coordinator.
-    pub fn new(addresses: &[String]) -> Result<Self, tonic::transport::Error> {
-        let workers = addresses
-            .iter()
-            .map(|address| {
-                let channel = Endpoint::from_shared(address.clone())?.connect_lazy();
-                Ok(Worker {
-                    address: address.clone(),
-                    client: WorkerClient::new(channel)
-                        .max_decoding_message_size(64 << 20)
-                        .max_encoding_message_size(64 << 20),
-                    in_flight: AtomicUsize::new(0),
-                })
-            })
-            .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
-        Ok(WorkerPool {
-            workers: Arc::new(workers),
-        })
+    /// A pool of the workers in `members` that serve `model`, following its changes.
+    pub fn follow(model: String, mut members: watch::Receiver<Members>, policy: HealthPolicy) -> Self {
+        let shared = Arc::new(Shared {
+            model,
+            policy,
+            workers: RwLock::default(),
+        });
+        shared.sync(&members.borrow_and_update());
+        tokio::spawn(follow_members(Arc::downgrade(&shared), members));
+        WorkerPool { shared }
     }
 
-    /// The least busy worker.
-    pub fn pick(&self) -> Result<WorkerLease, Status> {
-        let (index, worker) = self
-            .workers
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, w)| w.in_flight.load(Ordering::Relaxed))
-            .ok_or_else(|| Status::unavailable("no worker serves this model"))?;
+    /// The least-loaded ready worker of `role`, or UNAVAILABLE saying why there is none.
+    pub fn pick(&self, role: WorkerRole) -> Result<WorkerLease, Status> {
+        let now = Instant::now();
+        let workers = self.shared.workers.read().unwrap_or_else(PoisonError::into_inner);
+        let mut not_ready = Vec::new();
+        let mut best = None;
+        for worker in workers.values().filter(|worker| worker.record.role == role) {
+            let health = worker.health();
+            let condition = health.condition(now, &self.shared.policy);
+            if !condition.takes_jobs() {
+                not_ready.push(format!("{} {condition}", worker.record.id));
+                continue;
+            }
+            // A worker yet to report ranks as if it had no free blocks: after every reporting one.
+            let load = health.load().cloned().unwrap_or_default();
+            let free_sixteenths = u64::from(load.free_kv_blocks) * 16 / u64::from(load.total_kv_blocks.max(1));
+            let rank = (
+                load.queued_tokens,
+                Reverse(free_sixteenths),
+                worker.in_flight.load(Ordering::Relaxed),
+            );
+            if best.as_ref().is_none_or(|(best_rank, _)| rank < *best_rank) {
+                best = Some((rank, worker));
+            }
+        }
+        let Some((_, worker)) = best else {
+            let role = role_name(role);
+            let model = &self.shared.model;
+            return Err(Status::unavailable(if not_ready.is_empty() {
+                format!("no live {role} worker serves model {model:?}")
+            } else {
+                format!("no {role} worker of model {model:?} is ready: {}", not_ready.join(", "))
+            }));
+        };
         worker.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(WorkerLease {
-            pool: self.clone(),
-            index,
+            worker: Arc::clone(worker),
             client: worker.client.clone(),
         })
     }
+}
 
-    /// Asks every worker to drop `request_id` (only the one running it has it).
+/// Keeps the pool behind `shared` in step with `members` while the pool exists. If the registry
+/// goes away the pool keeps its last workers.
+async fn follow_members(shared: Weak<Shared>, mut members: watch::Receiver<Members>) {
+    while members.changed().await.is_ok() {
+        let view = members.borrow_and_update().clone();
+        match shared.upgrade() {
+            Some(shared) => shared.sync(&view),
+            None => return,
+        }
+    }
+}
+
+impl WorkerLease {
+    /// The worker's id.
+    pub fn worker_id(&self) -> &str {
+        &self.worker.record.id
+    }
+
+    /// Takes the worker out of routing until its next load report (a job could not be sent).
+    pub fn set_aside(&self) {
+        self.worker.health().lost_contact();
+    }
+
+    /// Asks the worker to drop `request_id`.
     pub async fn abort(&self, request_id: &str) {
-        for worker in self.workers.iter() {
-            let request = AbortRequest {
-                request_id: request_id.to_string(),
-            };
-            if let Err(status) = worker.client.clone().abort(request).await {
-                tracing::warn!(worker = %worker.address, %request_id, "abort failed: {}", status.message());
-            }
+        let request = AbortRequest {
+            request_id: request_id.to_string(),
+        };
+        if let Err(status) = self.client.clone().abort(request).await {
+            tracing::warn!(worker = %self.worker.record.id, %request_id, "abort failed: {}", status.message());
         }
     }
 }
@@ -95,6 +206,6 @@ impl std::ops::DerefMut for WorkerLease {
 
 impl Drop for WorkerLease {
     fn drop(&mut self) {
-        self.pool.workers[self.index].in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

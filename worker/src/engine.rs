@@ -43,6 +43,8 @@ pub struct Engine {
     images: ImageFeatureCache,
     sequences: HashMap<RequestId, Sequence>,
     stats: Arc<Mutex<EngineStats>>,
+    /// Forward passes run so far.
+    steps: u64,
 }
 
 impl Engine {
@@ -105,6 +107,7 @@ impl Engine {
             images: ImageFeatureCache::new(config.image_cache_bytes),
             sequences: HashMap::new(),
             stats: Arc::new(Mutex::new(EngineStats::default())),
+            steps: 0,
             ranks,
         };
         engine.publish_stats();
@@ -211,6 +214,7 @@ impl Engine {
         if chunks.is_empty() {
             return;
         }
+        self.steps += 1;
         match self.forward(&chunks, inputs) {
             Ok(logits) => self.advance(&chunks, &logits),
             Err(e) => {
@@ -289,6 +293,7 @@ impl Engine {
             image_cache_bytes: self.images.used_bytes(),
             images_encoded: self.images.encoded(),
             image_cache_hits: self.images.hits(),
+            steps: self.steps,
         };
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
     }

@@ -42,6 +42,8 @@ pub struct EngineStats {
     pub images_encoded: u64,
     /// Images whose features came from the cache.
     pub image_cache_hits: u64,
+    /// Forward passes run so far: rises while the engine makes progress.
+    pub steps: u64,
 }
 
 /// One request's events, and its id for [`EngineHandle::cancel`].

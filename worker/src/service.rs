@@ -4,6 +4,9 @@
 //! Jobs arrive as token ids and encoded images (the coordinator owns templates, text and stop
 //! strings); this layer decodes the images, submits to the engine and forwards its events. A job
 //! whose caller goes away is cancelled, which frees its KV blocks.
+//!
+//! Shutting down drains: new jobs are refused with UNAVAILABLE, running ones finish, load reports
+//! say DRAINING and end once the engine is idle, and then the server stops.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +26,7 @@ use fovea_proto::worker::v1::{
     WatchLoadRequest, WorkerInfo, WorkerLoad, WorkerState, generate_event,
 };
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
@@ -44,6 +47,8 @@ pub struct WorkerService {
     preprocess: Arc<PreprocessConfig>,
     info: WorkerInfo,
     running: Arc<Mutex<HashMap<String, RunningJob>>>,
+    /// Set when the worker starts draining.
+    draining: Arc<watch::Sender<bool>>,
 }
 
 impl WorkerService {
@@ -54,6 +59,7 @@ impl WorkerService {
             preprocess: Arc::new(preprocess),
             info,
             running: Arc::default(),
+            draining: Arc::new(watch::Sender::new(false)),
         }
     }
 
@@ -163,6 +169,9 @@ impl Worker for WorkerService {
         if job_id.is_empty() {
             return Err(Status::invalid_argument("a job needs a request_id"));
         }
+        if *self.draining.borrow() {
+            return Err(Status::unavailable("this worker is draining: it finishes its jobs and takes no new ones"));
+        }
         if !job.kv_transfer_id.is_empty() {
             return Err(Status::unimplemented("this worker runs whole requests; KV transfer is not served"));
         }
@@ -259,21 +268,28 @@ impl Worker for WorkerService {
         };
         let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
+        let draining = self.draining.subscribe();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms as u64));
             loop {
                 ticks.tick().await;
                 let stats = engine.stats();
+                let draining = *draining.borrow();
                 let load = WorkerLoad {
-                    state: WorkerState::Serving as i32,
+                    state: if draining { WorkerState::Draining } else { WorkerState::Serving } as i32,
                     running_requests: stats.running as u32,
                     queued_requests: stats.waiting as u32,
                     running_tokens: 0,
                     queued_tokens: stats.queued_tokens as u64,
                     free_kv_blocks: stats.free_blocks as u32,
                     total_kv_blocks: stats.total_blocks as u32,
+                    steps_completed: stats.steps,
                 };
                 if tx.send(Ok(load)).await.is_err() {
+                    break;
+                }
+                // A drained worker's last report: the stream ends so that the server can stop.
+                if draining && stats.running + stats.waiting == 0 {
                     break;
                 }
             }
@@ -282,7 +298,8 @@ impl Worker for WorkerService {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves.
+/// Serves `service` on `listener` until `shutdown` resolves, then drains: running jobs finish,
+/// new ones are refused, and it returns once every call has ended.
 pub async fn serve_worker(
     service: WorkerService,
     listener: TcpListener,
@@ -290,6 +307,12 @@ pub async fn serve_worker(
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = fovea_proto::health::server::health_reporter();
     health_reporter.set_serving::<WorkerServer<WorkerService>>().await;
+    let draining = Arc::clone(&service.draining);
+    let shutdown = async move {
+        shutdown.await;
+        draining.send_replace(true);
+        health_reporter.set_not_serving::<WorkerServer<WorkerService>>().await;
+    };
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(

@@ -1,8 +1,11 @@
 //! What the server-backed tests share: a `fovea serve` process on the golden checkpoint, on free
 //! loopback ports, killed when dropped; the golden cases (`fovea_model::testing`) as gRPC requests;
-//! a gRPC stream collector.
+//! a gRPC stream collector; and ([`cluster`]) etcd, coordinator and worker processes for the
+//! cluster tests.
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};

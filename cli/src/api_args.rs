@@ -1,0 +1,76 @@
+//! The public API's flags (addresses and admission limits), shared by `fovea serve` and
+//! `fovea coordinator`, and the coordinator configuration they make.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use fovea_coordinator::admission::AdmissionLimits;
+use fovea_coordinator::health::HealthPolicy;
+use fovea_coordinator::{CoordinatorConfig, Listeners};
+use fovea_membership::Members;
+use tokio::sync::watch;
+
+use crate::process::listen;
+
+/// Where the public API listens and how much it admits.
+#[derive(Args)]
+pub struct ApiArgs {
+    /// Public gRPC API address.
+    #[arg(long, env = "FOVEA_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    grpc_addr: SocketAddr,
+    /// OpenAI-compatible HTTP API address (`/v1/chat/completions`, `/v1/models`).
+    #[arg(long, env = "FOVEA_HTTP_ADDR", default_value = "127.0.0.1:8000")]
+    http_addr: SocketAddr,
+    /// Requests in flight before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FOVEA_MAX_REQUESTS", default_value_t = 256)]
+    max_requests: usize,
+    /// Prompt tokens in flight before new requests get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FOVEA_MAX_QUEUED_TOKENS", default_value_t = 1 << 20)]
+    max_queued_tokens: usize,
+    /// Most images per request.
+    #[arg(long, env = "FOVEA_MAX_IMAGES", default_value_t = 16)]
+    max_images: usize,
+    /// Most bytes per encoded image.
+    #[arg(long, env = "FOVEA_MAX_IMAGE_BYTES", default_value_t = 32 << 20)]
+    max_image_bytes: usize,
+}
+
+impl ApiArgs {
+    /// Listens on the gRPC and HTTP addresses.
+    pub async fn listeners(&self) -> Result<Listeners, String> {
+        Ok(Listeners {
+            grpc: listen(self.grpc_addr, "the gRPC API").await?,
+            http: listen(self.http_addr, "the HTTP API").await?,
+        })
+    }
+
+    /// The coordinator for `model_name` (checkpoint `model_dir`) over the workers in `members`.
+    pub fn coordinator_config(
+        &self,
+        model_dir: PathBuf,
+        model_name: String,
+        members: watch::Receiver<Members>,
+        health: HealthPolicy,
+    ) -> CoordinatorConfig {
+        CoordinatorConfig {
+            model_dir,
+            model_name,
+            members,
+            health,
+            admission: AdmissionLimits {
+                max_requests: self.max_requests,
+                max_prompt_tokens: self.max_queued_tokens,
+            },
+            max_images: self.max_images,
+            max_image_bytes: self.max_image_bytes,
+        }
+    }
+}
+
+/// `listeners`' addresses, as a line for the operator.
+pub fn describe(listeners: &Listeners) -> Result<String, String> {
+    let grpc = listeners.grpc.local_addr().map_err(|e| e.to_string())?;
+    let http = listeners.http.local_addr().map_err(|e| e.to_string())?;
+    Ok(format!("grpc://{grpc} and http://{http}"))
+}
