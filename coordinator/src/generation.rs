@@ -4,7 +4,8 @@
 //! Every accepted request ends with exactly one `GenerateFinal`: the forwarding task owns the
 //! stream and every way out of its loop sends one (or finds the client gone). A client that
 //! disconnects, or whose deadline passes, has its worker job aborted at once, which frees its KV
-//! blocks.
+//! blocks. Which workers run the job is the [`JobSplitter`]'s choice; a decode worker lost
+//! mid-stream is replaced by [`ResumableEvents`] without the client noticing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,12 +21,17 @@ use fovea_proto::v1::{
 use fovea_proto::worker::v1::{self as worker_wire, GenerateJob, GeneratedTokens, WorkerRole, generate_event};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+<<<<<<< HEAD
 use tonic::{Code, Request, Response, Status, Streaming};
+=======
+use tonic::{Request, Response, Status};
+>>>>>>> disagg
 
 use crate::admission::{Admission, AdmissionPermit};
 use crate::output::{Delta, OutputShaper, Segment};
+use crate::replay::ResumableEvents;
+use crate::split::JobSplitter;
 use crate::validation::{Limits, ValidRequest, chat_messages, mode, validate};
-use crate::workers::{WorkerLease, WorkerPool};
 
 /// What the service knows about the model it serves.
 #[derive(Debug, Clone)]
@@ -42,25 +48,26 @@ pub struct GenerationService {
     preparer: Arc<RequestPreparer>,
     limits: Limits,
     admission: Admission,
-    workers: WorkerPool,
+    splitter: Arc<JobSplitter>,
     model: ModelDescription,
     next_request: AtomicU64,
 }
 
 impl GenerationService {
-    /// A service for `model`, preparing prompts with `preparer` and running them on `workers`.
+    /// A service for `model`, preparing prompts with `preparer` and running them on the workers
+    /// `splitter` chooses.
     pub fn new(
         preparer: Arc<RequestPreparer>,
         limits: Limits,
         admission: Admission,
-        workers: WorkerPool,
+        splitter: Arc<JobSplitter>,
         model: ModelDescription,
     ) -> Self {
         GenerationService {
             preparer,
             limits,
             admission,
-            workers,
+            splitter,
             model,
             next_request: AtomicU64::new(1),
         }
@@ -157,6 +164,7 @@ fn job(request_id: &str, valid: &ValidRequest, seed: u64, eos_token_ids: &[u32])
         }),
         max_tokens: valid.max_tokens as u32,
         kv_transfer_id: String::new(),
+        replayed_tokens: 0,
     }
 }
 
@@ -177,16 +185,24 @@ impl Generation for GenerationService {
             .clone()
             .unwrap_or_else(|| format!("req-{}", self.next_request.fetch_add(1, Ordering::Relaxed)));
         let seed = valid.seed.unwrap_or_else(|| self.next_request.fetch_add(1, Ordering::Relaxed));
+<<<<<<< HEAD
         let (worker, stream) = self.start_job(job(&request_id, &valid, seed, &self.model.eos_token_ids)).await?;
+=======
+        let job = job(&request_id, &valid, seed, &self.model.eos_token_ids);
+        let events = ResumableEvents::start(Arc::clone(&self.splitter), job).await?;
+>>>>>>> disagg
         let (tx, rx) = mpsc::channel(64);
         let first_segment = if valid.mode == Mode::Think { Segment::Reasoning } else { Segment::Answer };
         let forward = Forward {
             request_id,
             seed,
-            stream,
+            events,
             tx,
             shaper: Some(OutputShaper::new(Arc::clone(self.preparer.tokenizer()), first_segment, valid.stop.clone())),
+<<<<<<< HEAD
             logprobs: valid.logprobs.is_some(),
+=======
+>>>>>>> disagg
             usage: wire::Usage {
                 prompt_tokens: valid.prepared.prompt_ids.len() as u32,
                 image_tokens: valid.image_tokens() as u32,
@@ -194,7 +210,10 @@ impl Generation for GenerationService {
             },
             received,
             deadline,
+<<<<<<< HEAD
             worker,
+=======
+>>>>>>> disagg
             _permit: permit,
         };
         tokio::spawn(forward.run());
@@ -264,10 +283,12 @@ fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
 struct Forward {
     request_id: String,
     seed: u64,
-    stream: Streaming<worker_wire::GenerateEvent>,
+    /// The worker job's events, continued on another worker if one is lost.
+    events: ResumableEvents,
     tx: mpsc::Sender<Result<GenerateResponse, Status>>,
     /// Taken when the worker finishes, to flush held text.
     shaper: Option<OutputShaper>,
+<<<<<<< HEAD
     /// Whether the client asked for log probabilities: then each worker token comes with one entry.
     logprobs: bool,
     usage: wire::Usage,
@@ -275,6 +296,11 @@ struct Forward {
     deadline: Option<Instant>,
     /// The worker running the job; counts the job against its load until the request ends.
     worker: WorkerLease,
+=======
+    usage: wire::Usage,
+    received: Instant,
+    deadline: Option<Instant>,
+>>>>>>> disagg
     _permit: AdmissionPermit,
 }
 
@@ -296,7 +322,7 @@ impl Forward {
         let deadline = self.deadline.map(tokio::time::Instant::from_std);
         let outcome = loop {
             let next = tokio::select! {
-                next = self.stream.message() => next,
+                next = self.events.message() => next,
                 _ = self.tx.closed() => break Outcome::Abandoned(FinishReason::Cancelled, "the client cancelled".into()),
                 _ = sleep_until(deadline) => break Outcome::Abandoned(FinishReason::Cancelled, "the request's deadline passed".into()),
             };
@@ -324,11 +350,19 @@ impl Forward {
                 (finished.finish_reason(), finished.error, String::new(), finished.queue_us)
             }
             Outcome::StopString(stop) => {
+<<<<<<< HEAD
                 self.worker.abort(&self.request_id).await;
                 (FinishReason::Stop, String::new(), stop, 0)
             }
             Outcome::Abandoned(reason, why) => {
                 self.worker.abort(&self.request_id).await;
+=======
+                self.events.abort().await;
+                (FinishReason::Stop, String::new(), stop, 0)
+            }
+            Outcome::Abandoned(reason, why) => {
+                self.events.abort().await;
+>>>>>>> disagg
                 (reason, why, String::new(), 0)
             }
             Outcome::WorkerLost(why) => (FinishReason::Error, why, String::new(), 0),

@@ -13,7 +13,10 @@ pub mod health;
 mod load_watch;
 pub mod openai;
 pub mod output;
+pub mod replay;
+pub mod roles;
 pub mod server;
+pub mod split;
 pub mod validation;
 pub mod workers;
 

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+<<<<<<< HEAD
 use fovea_membership::{Members, WorkerRecord, role_name};
+=======
+>>>>>>> disagg
 use fovea_proto::worker::v1::worker_client::WorkerClient;
 use fovea_proto::worker::v1::{AbortRequest, WorkerRole};
 use tokio::sync::watch;
@@ -115,6 +118,7 @@ impl WorkerPool {
         WorkerPool { shared }
     }
 
+<<<<<<< HEAD
     /// The least-loaded ready worker of `role`, or UNAVAILABLE saying why there is none.
     pub fn pick(&self, role: WorkerRole) -> Result<WorkerLease, Status> {
         let now = Instant::now();
@@ -149,6 +153,22 @@ impl WorkerPool {
                 format!("no {role} worker of model {model:?} is ready: {}", not_ready.join(", "))
             }));
         };
+=======
+    /// The least busy worker.
+    pub fn pick(&self) -> Result<WorkerLease, Status> {
+        self.pick_except(&[])
+    }
+
+    /// The least busy worker whose address is not in `excluded` (workers that failed this request).
+    pub fn pick_except(&self, excluded: &[String]) -> Result<WorkerLease, Status> {
+        let (index, worker) = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !excluded.contains(&w.address))
+            .min_by_key(|(_, w)| w.in_flight.load(Ordering::Relaxed))
+            .ok_or_else(|| Status::unavailable("no worker serves this model"))?;
+>>>>>>> disagg
         worker.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(WorkerLease {
             worker: Arc::clone(worker),
@@ -157,6 +177,7 @@ impl WorkerPool {
     }
 }
 
+<<<<<<< HEAD
 /// Keeps the pool behind `shared` in step with `members` while the pool exists. If the registry
 /// goes away the pool keeps its last workers.
 async fn follow_members(shared: Weak<Shared>, mut members: watch::Receiver<Members>) {
@@ -166,10 +187,21 @@ async fn follow_members(shared: Weak<Shared>, mut members: watch::Receiver<Membe
             Some(shared) => shared.sync(&view),
             None => return,
         }
+=======
+    /// Whether the pool has no worker.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Whether a worker of the pool has `address`.
+    pub fn contains(&self, address: &str) -> bool {
+        self.workers.iter().any(|w| w.address == address)
+>>>>>>> disagg
     }
 }
 
 impl WorkerLease {
+<<<<<<< HEAD
     /// The worker's id.
     pub fn worker_id(&self) -> &str {
         &self.worker.record.id
@@ -188,6 +220,11 @@ impl WorkerLease {
         if let Err(status) = self.client.clone().abort(request).await {
             tracing::warn!(worker = %self.worker.record.id, %request_id, "abort failed: {}", status.message());
         }
+=======
+    /// The worker's address, as the pool was given it (`http://host:port`).
+    pub fn address(&self) -> &str {
+        &self.pool.workers[self.index].address
+>>>>>>> disagg
     }
 }
 

@@ -71,6 +71,17 @@ impl Sampler {
         Ok(Sampler { params, rng })
     }
 
+    /// Advances the generator past `tokens` tokens that another sampler with the same parameters
+    /// chose (a prefill worker's first token, or the tokens of an interrupted attempt), so that
+    /// this one continues exactly where that one would have.
+    pub fn skip(&mut self, tokens: usize) {
+        if self.params.temperature != 0.0 {
+            for _ in 0..tokens {
+                self.rng.next_f64();
+            }
+        }
+    }
+
     /// The next token from one position's logits, with its log probabilities if asked for.
     pub fn sample(&mut self, logits: &[f32]) -> SampledToken {
         let id = self.choose(logits);
@@ -172,6 +183,17 @@ mod tests {
         assert_eq!(draw(42), draw(42));
         let seen: std::collections::BTreeSet<u32> = draw(42).into_iter().collect();
         assert_eq!(seen.len(), 4, "uniform logits should reach every token in 64 draws");
+    }
+
+    #[test]
+    fn skipping_continues_where_the_skipped_draws_left_off() {
+        let logits = [1.0, 1.0, 1.0, 1.0];
+        let mut whole = Sampler::new(params(1.0, 1.0, 0, 9)).unwrap();
+        let all: Vec<u32> = (0..20).map(|_| whole.sample(&logits)).collect();
+        let mut resumed = Sampler::new(params(1.0, 1.0, 0, 9)).unwrap();
+        resumed.skip(5);
+        let rest: Vec<u32> = (0..15).map(|_| resumed.sample(&logits)).collect();
+        assert_eq!(rest, all[5..]);
     }
 
     #[test]

@@ -19,7 +19,15 @@ pub mod worker {
     pub mod v1 {
         tonic::include_proto!("fovea.worker.v1");
     }
+
+    /// Metadata key of a worker's error status that a peer caused (a vision worker that could not
+    /// encode, a decode worker that could not take a KV transfer): the peer's address
+    /// (`host:port`), so the coordinator retries elsewhere without it.
+    pub const FAILED_PEER_METADATA: &str = "fovea-failed-peer";
 }
+
+pub mod content_hash;
+pub use content_hash::image_content_hash;
 
 /// The standard health service `grpc.health.v1`, re-exported so that servers and probes use the
 /// same version: `health::server::health_reporter()` for a server, `health::pb::health_client`

@@ -91,7 +91,7 @@ fn worker_job_with_an_image_reference_round_trips() {
         prompt_token_ids: [vec![100_264, 882], vec![100_256; 4], vec![100_265]].concat(),
         images: vec![worker::ImageInput {
             image: Some(worker::EncodedImage {
-                content_hash: Bytes::from_static(&[7; 32]),
+                content_hash: Bytes::from_static(&[7; 16]),
                 data: Bytes::new(),
                 mime_type: String::new(),
                 grid_rows: 2,
@@ -110,6 +110,7 @@ fn worker_job_with_an_image_reference_round_trips() {
         }),
         max_tokens: 32,
         kv_transfer_id: String::new(),
+        replayed_tokens: 3,
     };
     let decoded = worker::GenerateJob::decode(job.encode_to_vec().as_slice()).unwrap();
     assert_eq!(decoded, job);

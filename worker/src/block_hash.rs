@@ -8,7 +8,7 @@
 
 use fovea_model::ImagePlacement;
 
-use crate::content_hash::ContentHasher;
+use fovea_proto::content_hash::ContentHasher;
 use crate::image_cache::ImageKey;
 
 /// The hash of one full block and all blocks before it.

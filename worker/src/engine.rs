@@ -24,6 +24,7 @@ use crate::error::{EngineError, RequestError};
 use crate::event::FinishReason;
 use crate::handle::{EngineHandle, EngineStats};
 use crate::image_cache::ImageFeatureCache;
+use crate::kv_handoff::{KvBlockRun, KvHandoff, LayerKv, PromptKv};
 use crate::request::{RequestId, RequestLimits};
 use crate::scheduler::{Chunk, Scheduler, SchedulerLimits};
 use crate::sequence::{ChunkInput, Sequence};
@@ -32,6 +33,12 @@ use crate::sequence::{ChunkInput, Sequence};
 pub(crate) enum Command {
     Submit(Box<Sequence>),
     Cancel(RequestId),
+    /// Keys and values for a sequence's reserved blocks.
+    WriteKv(RequestId, KvBlockRun),
+    /// The transfer of a sequence's prompt is complete; the prefill chose this first token.
+    CompleteKv(RequestId, u32),
+    /// End a sequence with an error.
+    Fail(RequestId, RequestError),
     /// Cancel everything and stop.
     Shutdown,
 }
@@ -90,6 +97,7 @@ impl Engine {
             vocab_size: model_config.text.vocab_size,
             context_len: model_config.text.max_position_embeddings,
             patch_dim: model_config.vision.patch_dim(),
+            hidden_size: model_config.text.hidden_size,
             eos_token_ids: model_config.eos_token_ids.clone(),
             kv_capacity_tokens: config.kv_blocks * config.block_size,
         };
@@ -129,8 +137,9 @@ impl Engine {
 
     fn run(mut self, commands: Receiver<Command>) {
         loop {
-            // Idle: sleep until a command comes. Busy: take what has come and go on.
-            let mut next = if self.sequences.is_empty() {
+            // Idle (or only waiting on transfers): sleep until a command comes. Busy: take what
+            // has come and go on.
+            let mut next = if !self.scheduler.has_work() {
                 Some(commands.recv().unwrap_or(Command::Shutdown))
             } else {
                 None
@@ -147,6 +156,9 @@ impl Engine {
                 match command {
                     Command::Submit(sequence) => self.add(*sequence),
                     Command::Cancel(id) => self.finish(id, FinishReason::Cancelled),
+                    Command::WriteKv(id, run) => self.write_kv(id, run),
+                    Command::CompleteKv(id, token) => self.complete_kv(id, token),
+                    Command::Fail(id, error) => self.finish(id, FinishReason::Error(error)),
                     Command::Shutdown => return self.cancel_all(),
                 }
             }
@@ -159,7 +171,7 @@ impl Engine {
             for id in abandoned {
                 self.finish(id, FinishReason::Cancelled);
             }
-            if !self.sequences.is_empty() {
+            if self.scheduler.has_work() {
                 self.step();
             }
             self.publish_stats();
@@ -167,9 +179,93 @@ impl Engine {
     }
 
     fn add(&mut self, sequence: Sequence) {
-        self.scheduler.add(sequence.id(), sequence.known_tokens());
-        self.sequences.insert(sequence.id(), sequence);
+        let id = sequence.id();
+        let reserved = match sequence.handoff() {
+            KvHandoff::Import => self.scheduler.reserve(id, sequence.known_tokens()),
+            KvHandoff::Local | KvHandoff::Export => {
+                self.scheduler.add(id, sequence.known_tokens());
+                Ok(())
+            }
+        };
+        self.sequences.insert(id, sequence);
+        if let Err(short) = reserved {
+            let why = format!("no room for the transferred prompt's KV blocks: {short}");
+            return self.finish(id, FinishReason::Error(RequestError::KvTransfer(why)));
+        }
         self.publish_stats();
+    }
+
+    /// Copies a run of transferred blocks into `id`'s reserved table (ignored once `id` is gone:
+    /// it was cancelled).
+    fn write_kv(&mut self, id: RequestId, run: KvBlockRun) {
+        let Some(table) = self.scheduler.receiving_table(id) else {
+            return;
+        };
+        if self.ranks.world() > 1 {
+            let why = "this worker splits its KV cache over tensor-parallel ranks, which cannot take transferred blocks yet";
+            return self.finish(id, FinishReason::Error(RequestError::KvTransfer(why.into())));
+        }
+        let pool = self.ranks.local_mut().pool_mut();
+        let shape = *pool.shape();
+        let blocks = run.keys.len() / shape.block_len();
+        let fits = run.layer < shape.layers
+            && run.keys.len() == blocks * shape.block_len()
+            && run.values.len() == run.keys.len()
+            && run.first_block + blocks <= table.blocks().len();
+        if !fits {
+            let why = format!(
+                "a run of {} values at layer {} block {} does not fit {} reserved blocks of {} values over {} layers",
+                run.keys.len(),
+                run.layer,
+                run.first_block,
+                table.blocks().len(),
+                shape.block_len(),
+                shape.layers
+            );
+            return self.finish(id, FinishReason::Error(RequestError::KvTransfer(why)));
+        }
+        pool.write_blocks(run.layer, table, run.first_block, &run.keys, &run.values);
+    }
+
+    /// Starts decoding `id`, whose prompt has arrived, from the prefill's first token.
+    fn complete_kv(&mut self, id: RequestId, token: u32) {
+        let Some(sequence) = self.sequences.get_mut(&id) else {
+            return;
+        };
+        if self.scheduler.receiving_table(id).is_none() {
+            return;
+        }
+        // Requests that ask for log probabilities are not split (the coordinator keeps them whole).
+        let finished = sequence.accept_transferred_token(token, None);
+        self.scheduler.received(id, sequence.block_hashes());
+        if let Some(reason) = finished {
+            self.finish(id, reason);
+        }
+    }
+
+    /// The keys and values of `id`'s first `prompt_tokens` positions, in whole blocks.
+    fn export_prompt_kv(&self, id: RequestId, prompt_tokens: usize) -> Option<PromptKv> {
+        let table = self.scheduler.running_table(id)?;
+        if self.ranks.world() > 1 {
+            return None;
+        }
+        let pool = self.ranks.local().pool();
+        let shape = pool.shape();
+        let blocks = prompt_tokens.div_ceil(shape.block_size);
+        let layers = (0..shape.layers)
+            .map(|layer| {
+                let mut keys = Vec::with_capacity(blocks * shape.block_len());
+                let mut values = Vec::with_capacity(blocks * shape.block_len());
+                pool.read_prompt_blocks(layer, table, prompt_tokens, &mut keys, &mut values);
+                LayerKv { keys, values }
+            })
+            .collect();
+        Some(PromptKv {
+            prompt_tokens,
+            block_size: shape.block_size,
+            block_len: shape.block_len(),
+            layers,
+        })
     }
 
     fn cancel_all(mut self) {
@@ -262,9 +358,22 @@ impl Engine {
             let end = chunk.positions.end;
             sequence.release_features_before(end);
             let generates = end == sequence.known_tokens();
-            let finished = if generates { sequence.sample_next(row) } else { None };
+            let mut finished = if generates { sequence.sample_next(row) } else { None };
             let (tokens, hashes) = (chunk.positions.len(), sequence.block_hashes());
             self.scheduler.computed(chunk.id, tokens, generates, hashes);
+            if generates && sequence.handoff() == KvHandoff::Export {
+                let sequence = &self.sequences[&chunk.id];
+                match self.export_prompt_kv(chunk.id, sequence.prompt_len()) {
+                    Some(kv) => {
+                        sequence.send_prompt_kv(kv);
+                        finished = finished.or(Some(FinishReason::Length));
+                    }
+                    None => {
+                        let why = "this worker splits its KV cache over tensor-parallel ranks, which cannot export blocks yet";
+                        finished = Some(FinishReason::Error(RequestError::KvTransfer(why.into())));
+                    }
+                }
+            }
             if let Some(reason) = finished {
                 self.finish(chunk.id, reason);
             }

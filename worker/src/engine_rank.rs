@@ -53,6 +53,16 @@ impl EngineRank {
         &self.model
     }
 
+    /// The rank's KV memory.
+    pub fn pool(&self) -> &KvBlockPool {
+        &self.pool
+    }
+
+    /// The rank's KV memory, to fill it with transferred blocks.
+    pub fn pool_mut(&mut self) -> &mut KvBlockPool {
+        &mut self.pool
+    }
+
     /// Runs `step` through this rank's part of the model: logits `[chunks, vocab]` (gathered
     /// over the ranks) of each chunk's last token.
     pub fn forward(&mut self, step: &RankStep) -> fovea_model::Result<Tensor> {

@@ -31,6 +31,10 @@ pub enum RequestError {
     /// Encoding an image, the forward pass or detokenization failed.
     #[error("model failure: {0}")]
     Model(String),
+    /// The prompt's keys and values could not be received from the prefill worker (no room to
+    /// reserve their blocks, a malformed or broken-off transfer).
+    #[error("KV transfer failed: {0}")]
+    KvTransfer(String),
     /// The engine stopped before the request could finish.
     #[error("the engine has stopped")]
     EngineStopped,

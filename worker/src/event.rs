@@ -1,11 +1,14 @@
 //! What a request's receiver gets: a [`Event::Token`] per generated token, then exactly one
-//! [`Event::Finished`] with the reason, the usage and the timings.
+//! [`Event::Finished`] with the reason, the usage and the timings. A prefill for another worker
+//! also gets its prompt's keys and values ([`Event::PromptKv`]) before the end.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fovea_model::logprobs::TokenLogprobs;
 
 use crate::error::RequestError;
+use crate::kv_handoff::PromptKv;
 
 /// One message on a request's event channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +21,9 @@ pub enum Event {
         text: String,
         logprobs: Option<TokenLogprobs>,
     },
+    /// The prompt's keys and values, after the first token, for a request submitted with
+    /// [`EngineHandle::submit_prefill`](crate::EngineHandle::submit_prefill).
+    PromptKv(Arc<PromptKv>),
     /// The last event of the request.
     Finished(Completion),
 }

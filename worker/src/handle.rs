@@ -17,6 +17,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::engine::Command;
 use crate::error::RequestError;
 use crate::event::{Completion, Event, FinishReason, Timings, Usage};
+use crate::kv_handoff::{KvBlockRun, KvHandoff};
 use crate::request::{GenerateRequest, RequestId, RequestLimits};
 use crate::sequence::Sequence;
 
@@ -81,6 +82,7 @@ impl RequestStream {
                     logprobs.extend(token_logprobs);
                     text.push_str(&delta);
                 }
+                Event::PromptKv(_) => {}
                 Event::Finished(completion) => {
                     text.push_str(&completion.text);
                     return RequestOutput {
@@ -162,6 +164,40 @@ impl EngineHandle {
     /// Queues `request`. A request that is malformed or can never fit (longer than the context
     /// or the whole KV cache) gets its final error event at once.
     pub fn submit(&self, request: GenerateRequest) -> RequestStream {
+        self.submit_with(request, KvHandoff::Local)
+    }
+
+    /// Queues `request` as a prefill for another worker: after its prompt, the first token, then
+    /// an [`Event::PromptKv`] with the prompt's keys and values, then the end (its blocks are
+    /// freed). `max_new_tokens` still bounds what the prompt must leave room for in the context.
+    pub fn submit_prefill(&self, request: GenerateRequest) -> RequestStream {
+        self.submit_with(request, KvHandoff::Export)
+    }
+
+    /// Takes `request` to decode from a prompt another worker prefills: its prompt's blocks are
+    /// reserved at once (or it ends with a [`RequestError::KvTransfer`] error), filled by
+    /// [`EngineHandle::write_kv`], and decoding starts at [`EngineHandle::complete_kv`].
+    pub fn submit_awaiting_kv(&self, request: GenerateRequest) -> RequestStream {
+        self.submit_with(request, KvHandoff::Import)
+    }
+
+    /// Writes a run of transferred blocks into request `id`'s reserved blocks. A run that does not
+    /// fit them ends the request with an error; one for a request that is gone is dropped.
+    pub fn write_kv(&self, id: RequestId, run: KvBlockRun) {
+        let _ = self.shared.commands.send(Command::WriteKv(id, run));
+    }
+
+    /// Ends request `id`'s transfer: it decodes from `first_token`, which the prefill chose.
+    pub fn complete_kv(&self, id: RequestId, first_token: u32) {
+        let _ = self.shared.commands.send(Command::CompleteKv(id, first_token));
+    }
+
+    /// Ends request `id` with `error` (a broken transfer); nothing happens if it already finished.
+    pub fn fail(&self, id: RequestId, error: RequestError) {
+        let _ = self.shared.commands.send(Command::Fail(id, error));
+    }
+
+    fn submit_with(&self, request: GenerateRequest, handoff: KvHandoff) -> RequestStream {
         let id = RequestId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
         let submitted = Instant::now();
         let (sender, events) = unbounded_channel();
@@ -175,6 +211,7 @@ impl EngineHandle {
                 sender.clone(),
                 submitted,
                 self.shared.block_size,
+                handoff,
             )
         });
         match sequence {

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use fovea_model::Result;
 use fovea_model::preprocess::PreparedImage;
 
-use crate::content_hash::ContentHasher;
+use fovea_proto::content_hash::ContentHasher;
 
 /// The content hash of a prepared image: its grid and every patch value (128 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,6 +29,15 @@ impl ImageKey {
             bytes.extend(chunk.iter().flat_map(|value| value.to_bits().to_le_bytes()));
             hasher.write(&bytes);
         }
+        ImageKey(hasher.finish())
+    }
+
+    /// The key of an image known by its file's content hash (`EncodedImage.content_hash`, see
+    /// [`fovea_proto::image_content_hash`]): images whose features come from a vision worker.
+    pub fn of_file(content_hash: [u8; 16]) -> Self {
+        let mut hasher = ContentHasher::new();
+        hasher.write(b"image file");
+        hasher.write(&content_hash);
         ImageKey(hasher.finish())
     }
 
@@ -70,28 +79,45 @@ impl ImageFeatureCache {
 
     /// The features of the image `key` names: cached ones, or `encode()`'s, which are then cached.
     pub fn get_or_encode(&mut self, key: ImageKey, encode: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
-        self.clock += 1;
-        if let Some(entry) = self.entries.get_mut(&key) {
-            entry.last_used = self.clock;
-            self.hits += 1;
-            return Ok(entry.features.clone());
+        if let Some(features) = self.get(key) {
+            return Ok(features);
         }
         let features = encode()?;
+        self.insert(key, features.clone());
+        Ok(features)
+    }
+
+    /// The cached features of `key`, counting a hit; `None` on a miss.
+    pub fn get(&mut self, key: ImageKey) -> Option<Tensor> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(&key)?;
+        entry.last_used = self.clock;
+        self.hits += 1;
+        Some(entry.features.clone())
+    }
+
+    /// Keeps `features`, just encoded for `key`, evicting the least recently used entries to make
+    /// room (features larger than the whole cache are counted but not kept).
+    pub fn insert(&mut self, key: ImageKey, features: Tensor) {
+        self.clock += 1;
         self.encoded += 1;
         let bytes = features.elem_count() * features.dtype().size_in_bytes();
-        if bytes <= self.capacity_bytes {
-            while self.used_bytes + bytes > self.capacity_bytes {
-                self.evict_least_recently_used();
-            }
-            self.used_bytes += bytes;
-            let entry = Entry {
-                features: features.clone(),
-                bytes,
-                last_used: self.clock,
-            };
-            self.entries.insert(key, entry);
+        if bytes > self.capacity_bytes {
+            return;
         }
-        Ok(features)
+        if let Some(old) = self.entries.remove(&key) {
+            self.used_bytes -= old.bytes;
+        }
+        while self.used_bytes + bytes > self.capacity_bytes {
+            self.evict_least_recently_used();
+        }
+        self.used_bytes += bytes;
+        let entry = Entry {
+            features,
+            bytes,
+            last_used: self.clock,
+        };
+        self.entries.insert(key, entry);
     }
 
     fn evict_least_recently_used(&mut self) {

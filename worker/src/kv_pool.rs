@@ -33,7 +33,7 @@ impl KvPoolShape {
     }
 
     /// f32 values of one block of one layer's keys (or values).
-    fn block_len(&self) -> usize {
+    pub fn block_len(&self) -> usize {
         self.kv_heads * self.block_size * self.head_dim
     }
 
@@ -123,6 +123,57 @@ impl KvBlockPool {
                 keys[dst..dst + n].copy_from_slice(&self.keys[layer][src..src + n]);
                 values[dst..dst + n].copy_from_slice(&self.values[layer][src..src + n]);
             }
+        }
+    }
+}
+
+impl KvBlockPool {
+    /// Appends `layer`'s keys and values of the blocks holding positions `0..tokens` of `table`
+    /// to `keys` and `values`, whole blocks in table order, with the slots past `tokens` zeroed.
+    ///
+    /// # Panics
+    /// If `table` does not cover `tokens` positions.
+    pub fn read_prompt_blocks(
+        &self,
+        layer: usize,
+        table: &KvBlockTable,
+        tokens: usize,
+        keys: &mut Vec<f32>,
+        values: &mut Vec<f32>,
+    ) {
+        let (block_len, block_size, d) = (self.shape.block_len(), self.shape.block_size, self.shape.head_dim);
+        let blocks = tokens.div_ceil(block_size);
+        for (index, block) in table.blocks()[..blocks].iter().enumerate() {
+            let start = keys.len();
+            let src = self.offset(*block, 0, 0);
+            keys.extend_from_slice(&self.keys[layer][src..src + block_len]);
+            values.extend_from_slice(&self.values[layer][src..src + block_len]);
+            let filled = tokens - index * block_size;
+            if filled < block_size {
+                for head in 0..self.shape.kv_heads {
+                    let head_start = start + head * block_size * d;
+                    let tail = head_start + filled * d..head_start + block_size * d;
+                    keys[tail.clone()].fill(0.0);
+                    values[tail].fill(0.0);
+                }
+            }
+        }
+    }
+
+    /// Overwrites `layer`'s keys and values of `table`'s blocks `first_block..` with `keys` and
+    /// `values`, whole blocks laid out as [`KvBlockPool::read_prompt_blocks`] gives them.
+    ///
+    /// # Panics
+    /// If the slices are not whole blocks of equal length or `table` has too few blocks.
+    pub fn write_blocks(&mut self, layer: usize, table: &KvBlockTable, first_block: usize, keys: &[f32], values: &[f32]) {
+        let block_len = self.shape.block_len();
+        assert!(keys.len() % block_len == 0 && keys.len() == values.len(), "whole blocks of keys and values");
+        let count = keys.len() / block_len;
+        for (index, block) in table.blocks()[first_block..first_block + count].iter().enumerate() {
+            let dst = self.offset(*block, 0, 0);
+            let src = index * block_len..(index + 1) * block_len;
+            self.keys[layer][dst..dst + block_len].copy_from_slice(&keys[src.clone()]);
+            self.values[layer][dst..dst + block_len].copy_from_slice(&values[src]);
         }
     }
 }
@@ -228,5 +279,22 @@ mod tests {
             keys.iter().chain(&values).all(|&x| x == 0.0),
             "layer 0 was never written"
         );
+
+        // Exported blocks written into another table of another pool gather the same positions.
+        let (mut block_keys, mut block_values) = (Vec::new(), Vec::new());
+        pool.read_prompt_blocks(1, &table, 10, &mut block_keys, &mut block_values);
+        assert_eq!(block_keys.len(), 3 * shape.block_len());
+        let last_slot = (shape.kv_heads - 1) * shape.block_size * shape.head_dim + 2 * shape.head_dim;
+        assert_eq!(block_keys[2 * shape.block_len() + last_slot..], [0.0; 6], "slots past 10 are zeros");
+        let mut receiver = KvBlockPool::new(shape);
+        let mut received = KvBlockTable::default();
+        allocator.grow(&mut received, 10).unwrap();
+        let half = shape.block_len();
+        receiver.write_blocks(1, &received, 1, &block_keys[half..], &block_values[half..]);
+        receiver.write_blocks(1, &received, 0, &block_keys[..half], &block_values[..half]);
+        let (mut expected_keys, mut expected_values) = (Vec::new(), Vec::new());
+        pool.gather(1, &table, 10, &mut expected_keys, &mut expected_values);
+        receiver.gather(1, &received, 10, &mut keys, &mut values);
+        assert_eq!((keys, values), (expected_keys, expected_values));
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use candle_core::Tensor;
 use fovea_model::ImagePlacement;
 use fovea_model::input::PreparedRequest;
 use fovea_model::preprocess::PreparedImage;
@@ -28,7 +29,7 @@ pub struct GenerateRequest {
     /// Prompt token ids; image positions hold any valid id (they are overwritten by features).
     pub prompt_ids: Vec<u32>,
     /// Each image with where its tokens sit in the prompt, in prompt order.
-    pub images: Vec<(ImagePlacement, PreparedImage)>,
+    pub images: Vec<(ImagePlacement, ImageSource)>,
     pub sampling: SamplingParams,
     /// At least 1.
     pub max_new_tokens: usize,
@@ -41,6 +42,10 @@ pub struct GenerateRequest {
     pub stop_strings: Vec<String>,
     /// Leave special tokens (`<think>`, `<|im_end|>`, ...) out of the text.
     pub skip_special_tokens: bool,
+    /// Tokens at the end of `prompt_ids` that an interrupted earlier attempt of this request
+    /// generated: the sampler skips their draws, so a seeded request continues as it would have.
+    /// `max_new_tokens` counts the tokens still to generate.
+    pub replayed_tokens: usize,
 }
 
 impl GenerateRequest {
@@ -58,13 +63,54 @@ impl GenerateRequest {
     pub fn new(prepared: PreparedRequest, max_new_tokens: usize) -> Self {
         GenerateRequest {
             prompt_ids: prepared.prompt_ids,
-            images: prepared.images,
+            images: ImageSource::pixels(prepared.images),
             sampling: SamplingParams::default(),
             max_new_tokens,
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             stop_strings: Vec::new(),
             skip_special_tokens: false,
+            replayed_tokens: 0,
+        }
+    }
+}
+
+/// Where an image's decoder-space features come from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// Patches to run through the vision tower here (or to find in the feature cache).
+    Pixels(PreparedImage),
+    /// Features `[grid_h · grid_w, text_hidden]` a vision worker encoded, under the image's key.
+    Features { key: ImageKey, features: Tensor },
+    /// Known by its key only: the prompt's keys and values come from a prefill worker, so the
+    /// features are needed only if the sequence has to be recomputed (after a preemption), which
+    /// then fails with an error naming this.
+    KeyOnly { key: ImageKey, patches: usize },
+}
+
+impl ImageSource {
+    /// Pixel sources for prepared images, as [`PreparedRequest`] holds them.
+    pub fn pixels(images: Vec<(ImagePlacement, PreparedImage)>) -> Vec<(ImagePlacement, ImageSource)> {
+        images
+            .into_iter()
+            .map(|(placement, image)| (placement, ImageSource::Pixels(image)))
+            .collect()
+    }
+
+    /// Image positions the source covers (the patch count).
+    fn patches(&self) -> usize {
+        match self {
+            ImageSource::Pixels(image) => image.grid_h * image.grid_w,
+            ImageSource::Features { features, .. } => features.dims().first().copied().unwrap_or(0),
+            ImageSource::KeyOnly { patches, .. } => *patches,
+        }
+    }
+
+    /// The feature-cache and block-hash key of the image.
+    fn key(&self) -> ImageKey {
+        match self {
+            ImageSource::Pixels(image) => ImageKey::of(image),
+            ImageSource::Features { key, .. } | ImageSource::KeyOnly { key, .. } => *key,
         }
     }
 }
@@ -73,7 +119,7 @@ impl GenerateRequest {
 #[derive(Debug)]
 pub(crate) struct RequestImage {
     pub placement: ImagePlacement,
-    pub image: PreparedImage,
+    pub source: ImageSource,
     pub key: ImageKey,
 }
 
@@ -88,6 +134,7 @@ pub(crate) struct ValidRequest {
     pub stop_token_ids: Vec<u32>,
     pub stop_strings: Vec<String>,
     pub skip_special_tokens: bool,
+    pub replayed_tokens: usize,
 }
 
 impl ValidRequest {
@@ -104,6 +151,8 @@ pub(crate) struct RequestLimits {
     pub context_len: usize,
     /// Values per image patch (`patch_size² · channels`).
     pub patch_dim: usize,
+    /// Elements per feature row (the decoder's hidden size).
+    pub hidden_size: usize,
     pub eos_token_ids: Vec<u32>,
     /// Tokens the whole KV cache holds.
     pub kv_capacity_tokens: usize,
@@ -125,6 +174,7 @@ impl RequestLimits {
             ignore_eos,
             stop_strings,
             skip_special_tokens,
+            replayed_tokens,
         } = request;
         let prompt_tokens = prompt_ids.len();
         if prompt_tokens == 0 {
@@ -142,6 +192,11 @@ impl RequestLimits {
             return Err(invalid(format!(
                 "token id {bad} is outside the vocabulary (size {})",
                 self.vocab_size
+            )));
+        }
+        if replayed_tokens >= prompt_tokens {
+            return Err(invalid(format!(
+                "{replayed_tokens} replayed tokens leave nothing of the {prompt_tokens}-token prompt"
             )));
         }
         if stop_strings.iter().any(String::is_empty) {
@@ -173,10 +228,10 @@ impl RequestLimits {
             prompt_ids,
             images: images
                 .into_iter()
-                .map(|(placement, image)| RequestImage {
+                .map(|(placement, source)| RequestImage {
                     placement,
-                    key: ImageKey::of(&image),
-                    image,
+                    key: source.key(),
+                    source,
                 })
                 .collect(),
             sampling,
@@ -184,26 +239,34 @@ impl RequestLimits {
             stop_token_ids,
             stop_strings,
             skip_special_tokens,
+            replayed_tokens,
         })
     }
 
     /// Images must be whole grids of patches, placed in order, inside the prompt, without overlap.
-    fn check_images(
-        &self,
-        images: &[(ImagePlacement, PreparedImage)],
-        prompt_tokens: usize,
-    ) -> Result<(), RequestError> {
+    fn check_images(&self, images: &[(ImagePlacement, ImageSource)], prompt_tokens: usize) -> Result<(), RequestError> {
         let mut cursor = 0;
-        for (index, (placement, image)) in images.iter().enumerate() {
-            let patches = image.grid_h * image.grid_w;
-            if patches == 0 || image.patches.len() != patches * self.patch_dim {
-                return Err(invalid(format!(
-                    "image {index}: {} values do not make a {}x{} grid of {}-value patches",
-                    image.patches.len(),
-                    image.grid_h,
-                    image.grid_w,
-                    self.patch_dim
-                )));
+        for (index, (placement, source)) in images.iter().enumerate() {
+            let patches = source.patches();
+            match source {
+                ImageSource::Pixels(image) if patches == 0 || image.patches.len() != patches * self.patch_dim => {
+                    return Err(invalid(format!(
+                        "image {index}: {} values do not make a {}x{} grid of {}-value patches",
+                        image.patches.len(),
+                        image.grid_h,
+                        image.grid_w,
+                        self.patch_dim
+                    )));
+                }
+                ImageSource::Features { features, .. } if features.dims() != [patches, self.hidden_size] => {
+                    return Err(invalid(format!(
+                        "image {index}: features of shape {:?} are not rows of the decoder's {} values",
+                        features.dims(),
+                        self.hidden_size
+                    )));
+                }
+                _ if patches == 0 => return Err(invalid(format!("image {index} has no patches"))),
+                _ => {}
             }
             if placement.len != patches || placement.start < cursor || placement.start + placement.len > prompt_tokens {
                 return Err(invalid(format!(
@@ -227,6 +290,7 @@ mod tests {
             vocab_size: 100,
             context_len: 64,
             patch_dim: 3,
+            hidden_size: 4,
             eos_token_ids: vec![99],
             kv_capacity_tokens: 48,
         }
@@ -242,10 +306,11 @@ mod tests {
             ignore_eos: false,
             stop_strings: Vec::new(),
             skip_special_tokens: false,
+            replayed_tokens: 0,
         }
     }
 
-    fn image(start: usize, grid: (usize, usize)) -> (ImagePlacement, PreparedImage) {
+    fn image(start: usize, grid: (usize, usize)) -> (ImagePlacement, ImageSource) {
         let placement = ImagePlacement {
             start,
             len: grid.0 * grid.1,
@@ -255,7 +320,7 @@ mod tests {
             grid_w: grid.1,
             patches: vec![0.0; grid.0 * grid.1 * 3],
         };
-        (placement, image)
+        (placement, ImageSource::Pixels(image))
     }
 
     #[test]

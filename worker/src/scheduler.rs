@@ -15,13 +15,17 @@
 //! prefix of its tokens that the cache holds (always leaving at least one token to compute, whose
 //! logits give the next token), and every block a sequence fills is registered in the cache.
 //!
+//! A sequence whose prompt's keys and values come from a prefill worker is *receiving*: its
+//! blocks are reserved when it arrives, it is never scheduled or preempted while the transfer
+//! runs, and it joins the running set, decoding, once the transfer completes.
+//!
 //! The scheduler knows token counts and block tables only; the tokens themselves live in the
 //! engine's [`Sequence`](crate::sequence::Sequence)s.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use crate::block_allocator::{BlockAllocator, KvBlockTable};
+use crate::block_allocator::{BlockAllocator, KvBlockTable, OutOfBlocks};
 use crate::block_hash::BlockHash;
 use crate::request::RequestId;
 
@@ -87,6 +91,8 @@ pub struct Scheduler {
     waiting: VecDeque<Entry>,
     /// In admission order: served first to last, preempted last to first.
     running: Vec<Entry>,
+    /// Sequences whose prompt's keys and values are being transferred into their tables.
+    receiving: Vec<Entry>,
     next_arrival: u64,
 }
 
@@ -97,6 +103,7 @@ impl Scheduler {
             allocator,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            receiving: Vec::new(),
             next_arrival: 0,
         }
     }
@@ -112,6 +119,54 @@ impl Scheduler {
             registered: 0,
         });
         self.next_arrival += 1;
+    }
+
+    /// Reserves the blocks of sequence `id`'s `len`-token prompt, whose keys and values another
+    /// worker computes; it waits, unscheduled, until [`Scheduler::received`].
+    pub fn reserve(&mut self, id: RequestId, len: usize) -> Result<(), OutOfBlocks> {
+        let mut table = KvBlockTable::default();
+        self.allocator.grow(&mut table, len)?;
+        self.receiving.push(Entry {
+            id,
+            arrival: self.next_arrival,
+            len,
+            computed: 0,
+            table,
+            registered: 0,
+        });
+        self.next_arrival += 1;
+        Ok(())
+    }
+
+    /// The reserved table of receiving sequence `id`.
+    pub fn receiving_table(&self, id: RequestId) -> Option<&KvBlockTable> {
+        self.receiving.iter().find(|e| e.id == id).map(|e| &e.table)
+    }
+
+    /// Records that receiving sequence `id` got its whole prompt and its first token: it runs,
+    /// decoding, from the next step; its full blocks (hashes in `block_hashes`) are registered for
+    /// prefix reuse. False if it is not receiving.
+    pub fn received(&mut self, id: RequestId, block_hashes: &[BlockHash]) -> bool {
+        let Some(index) = self.receiving.iter().position(|e| e.id == id) else {
+            return false;
+        };
+        let mut entry = self.receiving.remove(index);
+        entry.computed = entry.len;
+        entry.len += 1;
+        if self.limits.prefix_caching {
+            let full = (entry.computed / self.allocator.block_size()).min(block_hashes.len());
+            for (index, hash) in block_hashes.iter().enumerate().take(full) {
+                self.allocator.register(&entry.table, index, *hash);
+            }
+            entry.registered = full;
+        }
+        self.running.push(entry);
+        true
+    }
+
+    /// Whether a step has anything to schedule (receiving sequences wait for their transfer).
+    pub fn has_work(&self) -> bool {
+        !self.running.is_empty() || !self.waiting.is_empty()
     }
 
     /// Chooses the next step's chunks, growing block tables and preempting as needed.
@@ -270,24 +325,31 @@ impl Scheduler {
             .collect()
     }
 
+    /// The table of running sequence `id`.
+    pub fn running_table(&self, id: RequestId) -> Option<&KvBlockTable> {
+        self.running.iter().find(|e| e.id == id).map(|e| &e.table)
+    }
+
     /// Forgets sequence `id`, freeing its blocks; false if it is not known.
     pub fn remove(&mut self, id: RequestId) -> bool {
-        let entry = match self.running.iter().position(|e| e.id == id) {
-            Some(index) => Some(self.running.remove(index)),
-            None => self
-                .waiting
+        let entry = if let Some(index) = self.running.iter().position(|e| e.id == id) {
+            Some(self.running.remove(index))
+        } else if let Some(index) = self.receiving.iter().position(|e| e.id == id) {
+            Some(self.receiving.remove(index))
+        } else {
+            self.waiting
                 .iter()
                 .position(|e| e.id == id)
-                .and_then(|index| self.waiting.remove(index)),
+                .and_then(|index| self.waiting.remove(index))
         };
         entry
             .map(|mut entry| self.allocator.release(&mut entry.table))
             .is_some()
     }
 
-    /// Sequences holding blocks.
+    /// Sequences holding blocks (receiving ones included).
     pub fn running(&self) -> usize {
-        self.running.len()
+        self.running.len() + self.receiving.len()
     }
 
     /// Sequences waiting for admission (new or preempted).
@@ -434,6 +496,24 @@ mod tests {
         s.remove(RequestId(0));
         let schedule = s.schedule(no_hashes);
         assert_eq!(schedule.chunks, vec![chunk(1, 0..9)], "recomputed from scratch");
+    }
+
+    #[test]
+    fn a_receiving_sequence_holds_its_blocks_unscheduled_then_decodes() {
+        let mut s = scheduler(8, 4, 64);
+        s.reserve(RequestId(0), 10).unwrap();
+        assert_eq!(s.allocator().free_blocks(), 5, "ceil(10 / 4) blocks reserved");
+        assert!(!s.has_work());
+        assert_eq!(s.schedule(no_hashes), Schedule::default());
+        assert!(s.reserve(RequestId(1), 30).is_err(), "30 tokens need 8 blocks, 5 are free");
+        assert!(s.received(RequestId(0), &[]));
+        // The transferred prompt is computed; the first token is fed back next.
+        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 10..11)]);
+        assert!(s.remove(RequestId(0)));
+        assert_eq!(s.allocator().free_blocks(), 8);
+        s.reserve(RequestId(2), 4).unwrap();
+        assert!(s.remove(RequestId(2)), "a receiving sequence can be cancelled");
+        assert_eq!((s.allocator().free_blocks(), s.running()), (8, 0));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
+use fovea_model::logprobs::TokenLogprobs;
 use fovea_model::sampling::Sampler;
 use fovea_model::text::{TextStream, TextTokenizer};
 use fovea_model::{ImagePlacement, Phi4VisionModel};
@@ -19,7 +20,8 @@ use crate::block_hash::{BlockHash, extend_block_hashes};
 use crate::error::RequestError;
 use crate::event::{Completion, Event, FinishReason, Timings, Usage};
 use crate::image_cache::{ImageFeatureCache, ImageKey};
-use crate::request::{RequestId, ValidRequest};
+use crate::kv_handoff::{KvHandoff, PromptKv};
+use crate::request::{ImageSource, RequestId, ValidRequest};
 
 /// What a forward pass needs of one scheduled chunk, for every tensor-parallel rank to build its
 /// embeddings from: token ids, and image features with where they go among them.
@@ -58,11 +60,12 @@ pub struct Sequence {
     first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
     preemptions: usize,
+    handoff: KvHandoff,
 }
 
 impl Sequence {
     /// A sequence for `request`, whose events go to `events`, hashing its tokens in blocks of
-    /// `block_size`.
+    /// `block_size`, its prompt's keys and values crossing workers as `handoff` says.
     pub fn new(
         id: RequestId,
         request: ValidRequest,
@@ -70,8 +73,10 @@ impl Sequence {
         events: UnboundedSender<Event>,
         submitted: Instant,
         block_size: usize,
+        handoff: KvHandoff,
     ) -> Result<Self, RequestError> {
-        let sampler = Sampler::new(request.sampling.clone()).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let mut sampler = Sampler::new(request.sampling.clone()).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        sampler.skip(request.replayed_tokens);
         let tokens = request.prompt_ids.clone();
         let image_keys: Vec<_> = request
             .images
@@ -95,8 +100,19 @@ impl Sequence {
             first_scheduled: None,
             first_token: None,
             preemptions: 0,
+            handoff,
             request,
         })
+    }
+
+    /// How the prompt's keys and values cross workers.
+    pub fn handoff(&self) -> KvHandoff {
+        self.handoff
+    }
+
+    /// Prompt tokens.
+    pub fn prompt_len(&self) -> usize {
+        self.request.prompt_ids.len()
     }
 
     pub fn id(&self) -> RequestId {
@@ -150,7 +166,17 @@ impl Sequence {
             }
             let features = match features {
                 Some(features) => features,
-                None => features.insert(images.get_or_encode(image.key, || model.encode_image(&image.image))?),
+                None => features.insert(match &image.source {
+                    ImageSource::Pixels(pixels) => images.get_or_encode(image.key, || model.encode_image(pixels))?,
+                    ImageSource::Features { features, .. } => features.clone(),
+                    ImageSource::KeyOnly { .. } => {
+                        return Err(fovea_model::ModelError::BadInput(
+                            "the sequence was preempted after its prompt's keys and values came from a prefill \
+                             worker, and this worker has not got its image features to recompute them"
+                                .into(),
+                        ));
+                    }
+                }),
             };
             let placement = ImagePlacement {
                 start: overlap.start - range.start,
@@ -176,7 +202,24 @@ impl Sequence {
     /// Picks the next token from its logits, sends it, and says whether the request is done.
     pub fn sample_next(&mut self, logits: &[f32]) -> Option<FinishReason> {
         let sampled = self.sampler.sample(logits);
-        let token = sampled.id;
+        self.push_generated(sampled.id, sampled.logprobs)
+    }
+
+    /// Takes `token` (with its log probabilities, if the request asked for them), the first
+    /// token a prefill worker chose with this request's sampling, as if this sequence had sampled
+    /// it; sends it and says whether the request is done.
+    pub fn accept_transferred_token(&mut self, token: u32, logprobs: Option<TokenLogprobs>) -> Option<FinishReason> {
+        self.first_scheduled.get_or_insert_with(Instant::now);
+        self.sampler.skip(1);
+        self.push_generated(token, logprobs)
+    }
+
+    /// Sends the prompt's keys and values a prefill computed.
+    pub fn send_prompt_kv(&self, kv: PromptKv) {
+        let _ = self.events.send(Event::PromptKv(Arc::new(kv)));
+    }
+
+    fn push_generated(&mut self, token: u32, logprobs: Option<TokenLogprobs>) -> Option<FinishReason> {
         self.tokens.push(token);
         extend_block_hashes(&mut self.block_hashes, &self.tokens, &self.image_keys, self.block_size);
         self.first_token.get_or_insert_with(Instant::now);
@@ -187,7 +230,7 @@ impl Sequence {
         let _ = self.events.send(Event::Token {
             id: token,
             text: delta.text,
-            logprobs: sampled.logprobs,
+            logprobs,
         });
         if delta.matched_stop.is_some() || self.request.stop_token_ids.contains(&token) {
             Some(FinishReason::Stop)

@@ -2,17 +2,26 @@
 //! jobs, streams their tokens, aborts them and watches the worker's load over gRPC.
 //!
 //! Jobs arrive as token ids and encoded images (the coordinator owns templates, text and stop
+<<<<<<< HEAD
 //! strings); this layer decodes the images, submits to the engine and forwards its events. A job
 //! whose caller goes away is cancelled, which frees its KV blocks.
 //!
 //! Shutting down drains: new jobs are refused with UNAVAILABLE, running ones finish, load reports
 //! say DRAINING and end once the engine is idle, and then the server stops.
+=======
+//! strings); this layer turns them into engine requests ([`crate::job`]: images decoded here or
+//! fetched from vision workers), submits them and forwards their events. A job whose caller goes
+//! away is cancelled, which frees its KV blocks.
+//!
+//! A job with a `kv_transfer_id` (decode role) reserves its prompt's blocks and waits for a
+//! prefill worker to push them ([`crate::kv_receiver`]); a prefill worker refuses Generate.
+>>>>>>> disagg
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+<<<<<<< HEAD
 use fovea_model::ImagePlacement;
 use fovea_model::logprobs::TokenLogprobs;
 use fovea_model::preprocess::{PreprocessConfig, prepare_image};
@@ -21,18 +30,29 @@ use fovea_proto::v1::{
     FinishReason as WireFinishReason, TokenLogprob as WireTokenLogprob, TokenLogprobs as WireTokenLogprobs,
 };
 use fovea_proto::worker::v1::worker_server::{Worker, WorkerServer};
+=======
+use fovea_proto::v1::FinishReason as WireFinishReason;
+use fovea_proto::worker::v1::worker_server::Worker;
+>>>>>>> disagg
 use fovea_proto::worker::v1::{
     AbortRequest, AbortResponse, DescribeRequest, GenerateEvent, GenerateFinished, GenerateJob, GeneratedTokens,
-    WatchLoadRequest, WorkerInfo, WorkerLoad, WorkerState, generate_event,
+    WatchLoadRequest, WorkerInfo, WorkerLoad, WorkerRole, WorkerState, generate_event,
 };
+<<<<<<< HEAD
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+=======
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+>>>>>>> disagg
 use tonic::{Request, Response, Status};
 
 use crate::event::{Completion, Event, FinishReason};
 use crate::handle::EngineHandle;
-use crate::request::{GenerateRequest, RequestId};
+use crate::job::{Images, JobContext, engine_request};
+use crate::kv_receiver::AwaitedTransfers;
+use crate::request::RequestId;
 
 /// A running job: the engine's id for it, and a signal that fires once its final event is out
 /// (its KV blocks are free by then).
@@ -44,22 +64,31 @@ struct RunningJob {
 /// The `Worker` service.
 pub struct WorkerService {
     engine: EngineHandle,
-    preprocess: Arc<PreprocessConfig>,
+    jobs: JobContext,
     info: WorkerInfo,
     running: Arc<Mutex<HashMap<String, RunningJob>>>,
+<<<<<<< HEAD
     /// Set when the worker starts draining.
     draining: Arc<watch::Sender<bool>>,
+=======
+    awaited: AwaitedTransfers,
+>>>>>>> disagg
 }
 
 impl WorkerService {
-    /// Serves `engine`, decoding images with `preprocess`, describing itself as `info`.
-    pub fn new(engine: EngineHandle, preprocess: PreprocessConfig, info: WorkerInfo) -> Self {
+    /// Serves `engine`, turning jobs into requests with `jobs`, describing itself as `info`
+    /// (whose role decides which jobs it takes), expecting KV transfers in `awaited`.
+    pub fn new(engine: EngineHandle, jobs: JobContext, info: WorkerInfo, awaited: AwaitedTransfers) -> Self {
         WorkerService {
             engine,
-            preprocess: Arc::new(preprocess),
+            jobs,
             info,
             running: Arc::default(),
+<<<<<<< HEAD
             draining: Arc::new(watch::Sender::new(false)),
+=======
+            awaited,
+>>>>>>> disagg
         }
     }
 
@@ -68,6 +97,7 @@ impl WorkerService {
     }
 }
 
+<<<<<<< HEAD
 /// The engine request for a job, its images decoded and checked against the grids the
 /// coordinator computed.
 fn engine_request(job: GenerateJob, preprocess: &PreprocessConfig) -> Result<GenerateRequest, Status> {
@@ -135,6 +165,8 @@ fn wire_logprobs(logprobs: &TokenLogprobs) -> WireTokenLogprobs {
     }
 }
 
+=======
+>>>>>>> disagg
 fn finished_event(completion: &Completion) -> GenerateEvent {
     let (reason, error) = match &completion.reason {
         FinishReason::Stop => (WireFinishReason::Stop, String::new()),
@@ -166,9 +198,15 @@ impl Worker for WorkerService {
     async fn generate(&self, request: Request<GenerateJob>) -> Result<Response<Self::GenerateStream>, Status> {
         let job = request.into_inner();
         let job_id = job.request_id.clone();
+        if self.info.role() == WorkerRole::Prefill {
+            return Err(Status::failed_precondition(
+                "this is a prefill worker: it takes Prefiller.Prefill jobs, not Generate",
+            ));
+        }
         if job_id.is_empty() {
             return Err(Status::invalid_argument("a job needs a request_id"));
         }
+<<<<<<< HEAD
         if *self.draining.borrow() {
             return Err(Status::unavailable("this worker is draining: it finishes its jobs and takes no new ones"));
         }
@@ -179,13 +217,25 @@ impl Worker for WorkerService {
         let request = tokio::task::spawn_blocking(move || engine_request(job, &preprocess))
             .await
             .map_err(|e| Status::internal(format!("image decoding failed: {e}")))??;
+=======
+        let transfer_id = job.kv_transfer_id.clone();
+        let images = if transfer_id.is_empty() { Images::Needed } else { Images::KeysOnly };
+        let request = engine_request(job, images, &self.jobs).await?;
+        let prompt_tokens = request.prompt_ids.len();
+>>>>>>> disagg
         let (done_tx, done_rx) = oneshot::channel();
         let mut stream = {
             let mut running = self.running();
             if running.contains_key(&job_id) {
                 return Err(Status::already_exists(format!("job {job_id:?} is already running")));
             }
-            let stream = self.engine.submit(request);
+            let stream = if transfer_id.is_empty() {
+                self.engine.submit(request)
+            } else {
+                let stream = self.engine.submit_awaiting_kv(request);
+                self.awaited.expect(&transfer_id, stream.id, prompt_tokens)?;
+                stream
+            };
             running.insert(
                 job_id.clone(),
                 RunningJob {
@@ -196,7 +246,7 @@ impl Worker for WorkerService {
             stream
         };
         let (tx, rx) = mpsc::channel(64);
-        let (engine, running) = (self.engine.clone(), Arc::clone(&self.running));
+        let (engine, running, awaited) = (self.engine.clone(), Arc::clone(&self.running), self.awaited.clone());
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {
@@ -222,12 +272,16 @@ impl Worker for WorkerService {
                         };
                         let _ = tx.send(Ok(tokens)).await;
                     }
+                    Some(Event::PromptKv(_)) => {}
                     Some(Event::Finished(completion)) => {
                         let _ = tx.send(Ok(finished_event(&completion))).await;
                         break;
                     }
                     None => break,
                 }
+            }
+            if !transfer_id.is_empty() {
+                awaited.forget(&transfer_id);
             }
             running.lock().unwrap_or_else(PoisonError::into_inner).remove(&job_id);
             let _ = done_tx.send(());
@@ -297,6 +351,7 @@ impl Worker for WorkerService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
+<<<<<<< HEAD
 
 /// Serves `service` on `listener` until `shutdown` resolves, then drains: running jobs finish,
 /// new ones are refused, and it returns once every call has ended.
@@ -323,3 +378,5 @@ pub async fn serve_worker(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }
+=======
+>>>>>>> disagg

@@ -13,7 +13,7 @@ use fovea_model::testing::{
     GoldenTensors, PreparedCase, golden_model, golden_preparer, prepared_golden_cases, reference_log_softmax,
 };
 use fovea_worker::{
-    Engine, EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, RequestError, RequestOutput,
+    Engine, EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, ImageSource, RequestError, RequestOutput,
 };
 
 struct Fixture {
@@ -41,13 +41,14 @@ impl Fixture {
     fn golden_request(&self, case: &PreparedCase) -> GenerateRequest {
         GenerateRequest {
             prompt_ids: case.request.prompt_ids.clone(),
-            images: case.request.images.clone(),
+            images: ImageSource::pixels(case.request.images.clone()),
             sampling: SamplingParams::default(),
             max_new_tokens: case.golden.greedy_tokens.len(),
             stop_token_ids: Vec::new(),
             ignore_eos: true,
             stop_strings: Vec::new(),
             skip_special_tokens: false,
+            replayed_tokens: 0,
         }
     }
 
@@ -185,19 +186,19 @@ fn a_repeated_prompt_reuses_its_cached_blocks_up_to_its_first_different_image() 
     assert_eq!(again.completion.usage.cached_tokens, 720);
 
     // Another image of the same size: only the 26 blocks before the image (at 418) are shared.
-    let mut request = fixture.golden_request(case);
-    request.images[0]
-        .1
-        .patches
-        .iter_mut()
-        .for_each(|value| *value = -*value);
+    let mut images = case.request.images.clone();
+    images[0].1.patches.iter_mut().for_each(|value| *value = -*value);
+    let request = GenerateRequest {
+        images: ImageSource::pixels(images.clone()),
+        ..fixture.golden_request(case)
+    };
     let other_image = engine.submit(request.clone()).wait();
     assert_eq!(other_image.completion.usage.cached_tokens, 416);
     let alone = generate(
         &mut RankGroup::single(SequenceRank::new(Arc::clone(&fixture.model))),
         &GenerationRequest {
             prompt_ids: &request.prompt_ids,
-            images: &request.images,
+            images: &images,
             max_new_tokens: request.max_new_tokens,
             sampling: SamplingParams::default(),
             stop_token_ids: &[],

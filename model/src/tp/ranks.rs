@@ -256,6 +256,12 @@ impl<S: Send + 'static> RankGroup<S> {
         &self.local
     }
 
+    /// Rank 0's state, to change it between steps (what every rank must see changed goes
+    /// through [`RankGroup::run`] instead).
+    pub fn local_mut(&mut self) -> &mut S {
+        &mut self.local
+    }
+
     /// Time rank 0 has spent in collectives so far (zero for a group of one).
     pub fn collective_time(&self) -> Duration {
         self.clock.as_ref().map_or(Duration::ZERO, CollectiveClock::total)

@@ -1,0 +1,322 @@
+//! The disaggregated cluster end to end over real gRPC on loopback, golden checkpoint, f32,
+//! greedy: a coordinator splitting requests over 1 vision, 1 prefill and 2 decode workers, each
+//! worker in its own runtime in this process (no `fovea worker` command on this branch yet), so a
+//! worker can be killed: its runtime stops at once and every connection it had drops, as with
+//! `kill -9` of a process.
+//!
+//! Every golden case gives its golden tokens, whether it is disaggregated or, below the prompt
+//! threshold, prefilled on the decode worker itself; every image is encoded once across
+//! requests; and a decode worker killed mid-stream is replaced with no token repeated or missing.
+
+mod support;
+#[path = "../../worker/tests/common/mod.rs"]
+mod worker_common;
+
+use std::time::Duration;
+
+use fovea_coordinator::admission::AdmissionLimits;
+use fovea_coordinator::split::SplitPolicy;
+use fovea_coordinator::{CoordinatorConfig, Listeners};
+use fovea_proto::v1::generation_client::GenerationClient;
+use fovea_proto::v1::{FinishReason, generate_response};
+use fovea_proto::worker::v1::WorkerRole;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use worker_common::nodes::{Node, wait_idle};
+
+use support::{collect, golden_cases, golden_request, ids};
+
+/// The coordinator and its workers.
+struct Cluster {
+    vision: Node,
+    prefill: Node,
+    decode: [Node; 2],
+    /// Runs the coordinator; shut down when the cluster is dropped.
+    coordinator: Option<tokio::runtime::Runtime>,
+    grpc: String,
+}
+
+impl Cluster {
+    /// Starts the workers and a coordinator splitting by `policy`; the first decode worker is
+    /// reached at the address `first_decode_address` gives for its own (a proxy, or itself).
+    fn start(policy: SplitPolicy, first_decode_address: impl FnOnce(&str) -> String) -> Cluster {
+        let model = worker_common::load_model();
+        let vision = Node::start(&model, WorkerRole::Vision, 0);
+        let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
+        let decode = [
+            Node::start(&model, WorkerRole::Decode, 1024),
+            Node::start(&model, WorkerRole::Decode, 1024),
+        ];
+        let workers = vec![
+            format!("vision={}", vision.address),
+            format!("prefill={}", prefill.address),
+            format!("decode={}", first_decode_address(&decode[0].address)),
+            format!("decode={}", decode[1].address),
+        ];
+        let coordinator = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listeners = coordinator.block_on(async {
+            Listeners {
+                grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            }
+        });
+        let grpc = format!("http://{}", listeners.grpc.local_addr().unwrap());
+        let config = CoordinatorConfig {
+            model_dir: worker_common::model_dir(),
+            model_name: "golden".into(),
+            workers,
+            split: policy,
+            admission: AdmissionLimits {
+                max_requests: 64,
+                max_prompt_tokens: 1 << 20,
+            },
+            max_images: 4,
+            max_image_bytes: 8 << 20,
+        };
+        coordinator.spawn(fovea_coordinator::serve(config, listeners, std::future::pending()));
+        Cluster {
+            vision,
+            prefill,
+            decode,
+            coordinator: Some(coordinator),
+            grpc,
+        }
+    }
+
+    async fn client(&self) -> GenerationClient<tonic::transport::Channel> {
+        GenerationClient::connect(self.grpc.clone())
+            .await
+            .unwrap()
+            .max_encoding_message_size(64 << 20)
+    }
+
+    async fn wait_all_idle(&self) {
+        wait_idle(self.prefill.engine.as_ref().unwrap(), "prefill worker").await;
+        for (index, decode) in self.decode.iter().enumerate() {
+            if let Some(engine) = &decode.engine {
+                wait_idle(engine, &format!("decode worker {index}")).await;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.coordinator.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn policy(disagg_min_prompt_tokens: usize, job_retries: usize) -> SplitPolicy {
+    SplitPolicy {
+        disagg_min_prompt_tokens,
+        job_retries,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn every_golden_case_through_vision_prefill_and_decode_workers_gives_the_golden_tokens() {
+    // Text cases (435 and 466 tokens) run whole on a decode worker; image cases are split.
+    let cluster = Cluster::start(policy(600, 2), str::to_string);
+    let cases = golden_cases();
+    let prefill_cache = || cluster.prefill.engine.as_ref().unwrap().stats().cached_blocks;
+    runtime().block_on(async {
+        let mut client = cluster.client().await;
+        for round in 0..2 {
+            for case in &cases {
+                let name = case["name"].as_str().unwrap();
+                let short = case["input_ids"].as_array().unwrap().len() < 600;
+                let prefilled_before = prefill_cache();
+                let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
+                assert_eq!(tokens, ids(&case["greedy_tokens"]), "{name}, round {round}");
+                assert_eq!(last.finish_reason(), FinishReason::Length, "{name}: {}", last.error);
+                if round == 0 {
+                    // The prefill worker's prefix cache grows only with the prompts it computed.
+                    assert_eq!(
+                        prefill_cache() > prefilled_before,
+                        !short,
+                        "{name}: prefilled apart iff long"
+                    );
+                }
+            }
+        }
+        cluster.wait_all_idle().await;
+    });
+    let distinct_images = 4;
+    let stats = cluster.vision.vision.as_ref().unwrap().stats();
+    assert_eq!(
+        stats.encoded, distinct_images,
+        "each image encoded once over both rounds: {stats:?}"
+    );
+    for decode in &cluster.decode {
+        assert_eq!(decode.engine.as_ref().unwrap().stats().images_encoded, 0);
+    }
+}
+
+#[test]
+fn a_client_cancel_while_the_prompt_moves_leaves_every_worker_idle() {
+    let cluster = Cluster::start(policy(0, 2), str::to_string);
+    let cases = golden_cases();
+    // The longest prompt: 4035 tokens, the largest transfer. Cancels land at different points:
+    // during the vision fetch, the prefill, the transfer or the first decoding steps.
+    let case = cases.iter().find(|case| case["name"] == "screen_grounding").unwrap();
+    runtime().block_on(async {
+        for delay_ms in [20, 60, 150, 400] {
+            let mut client = cluster.client().await;
+            let call = tokio::spawn(async move {
+                let case = golden_cases()
+                    .into_iter()
+                    .find(|c| c["name"] == "screen_grounding")
+                    .unwrap();
+                client.generate(golden_request(&case, 12)).await.map(|r| r.into_inner())
+            });
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            call.abort();
+            cluster.wait_all_idle().await;
+        }
+        // The cluster still serves.
+        let mut client = cluster.client().await;
+        let (tokens, _, _) = collect(&mut client, golden_request(case, 12)).await;
+        assert_eq!(tokens, ids(&case["greedy_tokens"]));
+        cluster.wait_all_idle().await;
+    });
+}
+
+#[test]
+fn killed_vision_and_prefill_workers_are_worked_around_with_the_golden_tokens() {
+    let mut cluster = Cluster::start(policy(0, 2), str::to_string);
+    cluster.vision.kill();
+    cluster.prefill.kill();
+    let cases = golden_cases();
+    runtime().block_on(async {
+        let mut client = cluster.client().await;
+        // Each request finds the dead workers out again (the coordinator keeps no memory of
+        // failures across requests): prefill fails, then the vision fetch, then the decode worker
+        // encodes and prefills itself: three attempts, within the two retries.
+        for name in ["chart_nothink", "two_images_compare"] {
+            let case = cases.iter().find(|case| case["name"] == name).unwrap();
+            let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
+            assert_eq!(tokens, ids(&case["greedy_tokens"]), "{name}");
+            assert_eq!(last.finish_reason(), FinishReason::Length, "{name}: {}", last.error);
+        }
+        for decode in &cluster.decode {
+            wait_idle(decode.engine.as_ref().unwrap(), "decode worker").await;
+        }
+    });
+    let encoded: u64 = cluster
+        .decode
+        .iter()
+        .map(|d| d.engine.as_ref().unwrap().stats().images_encoded)
+        .sum();
+    assert_eq!(encoded, 3, "the decode workers encoded the images themselves");
+    // With one retry fewer than the failures need, the request fails with a clear status.
+    let mut strict = Cluster::start(policy(0, 1), str::to_string);
+    strict.vision.kill();
+    strict.prefill.kill();
+    let status = runtime().block_on(async {
+        let mut client = strict.client().await;
+        let case = cases.iter().find(|case| case["name"] == "chart_nothink").unwrap();
+        client.generate(golden_request(case, 12)).await.map(|_| ()).unwrap_err()
+    });
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("failed on 2 workers"), "{}", status.message());
+}
+
+/// A loopback proxy to `upstream` whose replies trickle (8 bytes every 25 ms: 12 token events
+/// take most of a second), so that a stream through it is still going when the test cuts it,
+/// however loaded the machine; `cut` drops every connection.
+async fn trickling_proxy(upstream: String, cut: watch::Receiver<bool>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let mut cut = cut.clone();
+            tokio::spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let requests = tokio::io::copy(&mut client_read, &mut server_write);
+                let replies = async {
+                    let mut buffer = [0u8; 8];
+                    loop {
+                        let n = server_read.read(&mut buffer).await?;
+                        if n == 0 {
+                            return Ok::<(), std::io::Error>(());
+                        }
+                        client_write.write_all(&buffer[..n]).await?;
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = requests => {}
+                    _ = replies => {}
+                    _ = cut.wait_for(|&cut| cut) => {}
+                }
+            });
+        }
+    });
+    address
+}
+
+#[test]
+fn killing_the_decode_worker_mid_stream_still_yields_the_golden_tokens() {
+    let proxy_runtime = runtime();
+    let (cut, cut_signal) = watch::channel(false);
+    let mut cluster = Cluster::start(policy(0, 2), |upstream| {
+        proxy_runtime.block_on(trickling_proxy(upstream.to_string(), cut_signal))
+    });
+    let cases = golden_cases();
+    let case = cases.iter().find(|case| case["name"] == "chart_nothink").unwrap();
+    runtime().block_on(async {
+        let mut client = cluster.client().await;
+        let mut stream = client.generate(golden_request(case, 12)).await.unwrap().into_inner();
+        let (mut tokens, mut last, mut killed_after) = (Vec::new(), None, None);
+        while let Some(message) = stream.message().await.unwrap() {
+            assert!(last.is_none(), "nothing follows the final message");
+            match message.event.unwrap() {
+                generate_response::Event::Delta(delta) => {
+                    tokens.extend(delta.token_ids);
+                    if tokens.len() >= 3 && killed_after.is_none() {
+                        // Mid-stream: kill the decode worker serving it and drop its link.
+                        killed_after = Some(tokens.len());
+                        cluster.decode[0].kill();
+                        cluster.decode[0].engine = None;
+                        cut.send(true).unwrap();
+                    }
+                }
+                generate_response::Event::Final(done) => last = Some(done),
+            }
+        }
+        let last = last.expect("one final message");
+        assert_eq!(tokens, ids(&case["greedy_tokens"]), "no token repeated or missing");
+        assert_eq!(last.finish_reason(), FinishReason::Length, "{}", last.error);
+        assert_eq!(last.usage.unwrap().completion_tokens, 12);
+        let killed_after = killed_after.unwrap();
+        assert!(
+            killed_after < 12,
+            "killed after {killed_after} of 12 tokens: mid-stream"
+        );
+        let survivor = cluster.decode[1].engine.as_ref().unwrap();
+        assert!(
+            survivor.stats().cached_blocks > 0,
+            "the second decode worker finished the stream"
+        );
+        cluster.wait_all_idle().await;
+    });
+}

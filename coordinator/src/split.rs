@@ -1,0 +1,281 @@
+//! Job splitting: how one request becomes worker jobs. Each image goes to a vision worker (the
+//! one that encoded the same content before, whose cache then answers, else the least busy), the
+//! prompt to a prefill worker whose keys and values go to a decode worker, or, below the
+//! disaggregation threshold or without prefill and decode workers, the whole job to a full or
+//! decode worker that prefills itself. Features and keys and values move between workers
+//! directly: the job names the vision worker and the decode worker, never the coordinator.
+//!
+//! A vision, prefill or decode worker that fails before the first token is excluded and the
+//! attempt repeated on others, at most [`SplitPolicy::job_retries`] times; a worker's error that
+//! a peer caused names the peer (`FAILED_PEER_METADATA`), so the peer is the one excluded. With
+//! every vision worker excluded, images are encoded where the prompt is computed; with every
+//! prefill worker excluded, the decode worker prefills itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use fovea_proto::image_content_hash;
+use fovea_proto::worker::FAILED_PEER_METADATA;
+use fovea_proto::worker::v1::prefiller_client::PrefillerClient;
+use fovea_proto::worker::v1::{AbortRequest, GenerateEvent, GenerateJob, PrefillJob};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status, Streaming};
+
+use crate::roles::{RoleWorkers, peer_address};
+use crate::workers::WorkerLease;
+
+/// Image contents remembered with the vision worker that encoded them, at most.
+const AFFINITY_ENTRIES: usize = 65_536;
+
+/// When disaggregation pays, and how hard to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitPolicy {
+    /// Prompts of at least this many tokens (images included) are prefilled on a prefill worker
+    /// and decoded on a decode worker; shorter ones run whole on a decode or full worker, where
+    /// shipping their keys and values would cost more than computing them.
+    pub disagg_min_prompt_tokens: usize,
+    /// Times a failed vision, prefill or decode job is tried again on other workers.
+    pub job_retries: usize,
+}
+
+impl Default for SplitPolicy {
+    fn default() -> Self {
+        SplitPolicy {
+            disagg_min_prompt_tokens: 512,
+            job_retries: 2,
+        }
+    }
+}
+
+/// A started request: the decode (or whole) job's event stream and the worker running it.
+pub struct Started {
+    pub events: Streaming<GenerateEvent>,
+    /// Counts the job against its worker until dropped.
+    pub worker: WorkerLease,
+}
+
+/// Splits requests over the workers by role.
+pub struct JobSplitter {
+    workers: RoleWorkers,
+    policy: SplitPolicy,
+    /// Which vision worker encoded which image content.
+    affinity: Mutex<HashMap<[u8; 16], String>>,
+    prefillers: Mutex<HashMap<String, PrefillerClient<Channel>>>,
+    next_transfer: AtomicU64,
+}
+
+impl JobSplitter {
+    /// Splits over `workers` by `policy`.
+    pub fn new(workers: RoleWorkers, policy: SplitPolicy) -> Self {
+        JobSplitter {
+            workers,
+            policy,
+            affinity: Mutex::default(),
+            prefillers: Mutex::default(),
+            next_transfer: AtomicU64::new(1),
+        }
+    }
+
+    /// When it disaggregates, and how often it retries.
+    pub fn policy(&self) -> SplitPolicy {
+        self.policy
+    }
+
+    /// Starts `job`, avoiding the workers in `excluded` and adding those that fail to it.
+    pub async fn start(&self, job: &GenerateJob, excluded: &mut Vec<String>) -> Result<Started, Status> {
+        let job = with_content_hashes(job);
+        let mut last_error = None;
+        for _ in 0..=self.policy.job_retries {
+            match self.attempt(&job, excluded).await {
+                Ok(started) => return Ok(started),
+                Err(Failure::Final(status)) => return Err(status),
+                Err(Failure::Worker { address, status }) => {
+                    tracing::warn!(request_id = %job.request_id, %address, "job failed, retrying elsewhere: {}", status.message());
+                    excluded.push(address);
+                    last_error = Some(status);
+                }
+            }
+        }
+        let status = last_error.unwrap_or_else(|| Status::unavailable("no worker could take the job"));
+        Err(Status::unavailable(format!(
+            "the job failed on {} workers: {}",
+            self.policy.job_retries + 1,
+            status.message()
+        )))
+    }
+
+    /// One try: vision workers assigned, then a whole job or a decode job plus its prefill.
+    async fn attempt(&self, job: &GenerateJob, excluded: &[String]) -> Result<Started, Failure> {
+        let mut job = job.clone();
+        let _vision = self.assign_vision_workers(&mut job, excluded);
+        // A transfer carries the first token without its log probabilities: such requests stay whole.
+        let wants_logprobs = job.sampling.as_ref().is_some_and(|s| s.logprobs.is_some());
+        let long = job.prompt_token_ids.len() >= self.policy.disagg_min_prompt_tokens && !wants_logprobs;
+        // Without a prefill worker left, the decode worker prefills itself.
+        let prefill = if long && !self.workers.decode.is_empty() {
+            self.workers.prefill.pick_except(excluded).ok()
+        } else {
+            None
+        };
+        let Some(prefill) = prefill else {
+            let mut worker = self.workers.generate.pick_except(excluded).map_err(Failure::Final)?;
+            let address = worker.address().to_string();
+            let events = worker
+                .generate(job)
+                .await
+                .map_err(|status| Failure::of(&address, status))?
+                .into_inner();
+            return Ok(Started { events, worker });
+        };
+        let transfer_id = format!(
+            "{}/kv-{}",
+            job.request_id,
+            self.next_transfer.fetch_add(1, Ordering::Relaxed)
+        );
+        job.kv_transfer_id = transfer_id.clone();
+        let mut decode = self.workers.decode.pick_except(excluded).map_err(Failure::Final)?;
+        let decode_address = decode.address().to_string();
+        // The decode worker reserves the prompt's blocks before the prefill pushes them; it needs
+        // the images' keys and grids, not their data.
+        let events = decode
+            .generate(without_image_data(&job))
+            .await
+            .map_err(|status| Failure::of(&decode_address, status))?
+            .into_inner();
+        let prefill_address = prefill.address().to_string();
+        let request_id = job.request_id.clone();
+        let prefill_job = PrefillJob {
+            job: Some(job),
+            decode_worker: peer_address(&decode_address).to_string(),
+            transfer_id,
+        };
+        let prefilled = match self.prefiller(&prefill_address) {
+            Ok(mut prefiller) => prefiller
+                .prefill(prefill_job)
+                .await
+                .map_err(|status| Failure::of(&prefill_address, status)),
+            Err(status) => Err(Failure::Final(status)),
+        };
+        if let Err(failure) = prefilled {
+            // Free the decode job's blocks (and its request id) before anything is retried.
+            drop(events);
+            let _ = decode.abort(AbortRequest { request_id }).await;
+            return Err(failure);
+        }
+        Ok(Started { events, worker: decode })
+    }
+
+    /// Names a vision worker in each image of `job`; with no vision worker left, the image is
+    /// encoded where it is prefilled. The leases count the encodings
+    /// against the workers until the attempt ends.
+    fn assign_vision_workers(&self, job: &mut GenerateJob, excluded: &[String]) -> Vec<WorkerLease> {
+        if self.workers.vision.is_empty() {
+            return Vec::new();
+        }
+        let mut leases = Vec::with_capacity(job.images.len());
+        let mut affinity = self.affinity.lock().unwrap_or_else(PoisonError::into_inner);
+        for input in &mut job.images {
+            let Some(hash) = input
+                .image
+                .as_ref()
+                .and_then(|image| <[u8; 16]>::try_from(&image.content_hash[..]).ok())
+            else {
+                continue;
+            };
+            let remembered = affinity
+                .get(&hash)
+                .filter(|address| self.workers.vision.contains(address) && !excluded.contains(address))
+                .cloned();
+            let address = match remembered {
+                Some(address) => address,
+                None => match self.workers.vision.pick_except(excluded) {
+                    Ok(lease) => {
+                        let address = lease.address().to_string();
+                        leases.push(lease);
+                        address
+                    }
+                    Err(_) => continue,
+                },
+            };
+            input.vision_worker = peer_address(&address).to_string();
+            if affinity.len() >= AFFINITY_ENTRIES {
+                affinity.clear();
+            }
+            affinity.insert(hash, address);
+        }
+        leases
+    }
+
+    fn prefiller(&self, address: &str) -> Result<PrefillerClient<Channel>, Status> {
+        let mut clients = self.prefillers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(address) {
+            return Ok(client.clone());
+        }
+        let channel = Endpoint::from_shared(address.to_string())
+            .map_err(|e| Status::internal(format!("bad prefill worker address {address:?}: {e}")))?
+            .connect_lazy();
+        let client = PrefillerClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        clients.insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// `job` with every image's content hash filled in, the key of the vision workers' caches.
+fn with_content_hashes(job: &GenerateJob) -> GenerateJob {
+    let mut job = job.clone();
+    for image in job.images.iter_mut().filter_map(|input| input.image.as_mut()) {
+        if image.content_hash.is_empty() {
+            image.content_hash = image_content_hash(&image.data).to_vec().into();
+        }
+    }
+    job
+}
+
+/// `job` with its images' data left out (their hashes and grids stay).
+fn without_image_data(job: &GenerateJob) -> GenerateJob {
+    let mut job = job.clone();
+    for image in job.images.iter_mut().filter_map(|input| input.image.as_mut()) {
+        image.data = Default::default();
+    }
+    job
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// The request itself is at fault (or nothing is left to try): no retry.
+    Final(Status),
+    /// The worker at `address` (`http://host:port`) failed: retry without it.
+    Worker { address: String, status: Status },
+}
+
+impl Failure {
+    /// Classifies `status` from a call to the worker at `address`: a failure a peer caused blames
+    /// the peer; transport and server failures blame the worker; anything else is final.
+    fn of(address: &str, status: Status) -> Failure {
+        if let Some(peer) = status
+            .metadata()
+            .get(FAILED_PEER_METADATA)
+            .and_then(|v| v.to_str().ok())
+        {
+            return Failure::Worker {
+                address: format!("http://{peer}"),
+                status,
+            };
+        }
+        match status.code() {
+            Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::DeadlineExceeded => Failure::Worker {
+                address: address.to_string(),
+                status,
+            },
+            _ => Failure::Final(status),
+        }
+    }
+}

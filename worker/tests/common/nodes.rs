@@ -1,0 +1,122 @@
+//! Worker nodes of any role on loopback ports, each in its own runtime so a test can kill one
+//! (its connections drop at once, as a killed process's do), and golden cases as worker jobs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fovea_model::Phi4VisionModel;
+use fovea_model::preprocess::PreprocessConfig;
+use fovea_proto::worker::v1::{EncodedImage, GenerateJob, ImageInput, SamplingParams, WorkerInfo, WorkerRole};
+use fovea_worker::EngineConfig;
+use fovea_worker::EngineHandle;
+use fovea_worker::node::WorkerNode;
+use fovea_worker::vision_service::VisionEncoderService;
+
+use super::{GoldenCase, model_dir};
+
+/// A worker serving on a loopback port until killed or dropped.
+pub struct Node {
+    /// `host:port`.
+    pub address: String,
+    pub engine: Option<EngineHandle>,
+    pub vision: Option<VisionEncoderService>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Node {
+    /// Starts a `role` worker of `model` with `kv_blocks` blocks of 16 tokens.
+    pub fn start(model: &Arc<Phi4VisionModel>, role: WorkerRole, kv_blocks: usize) -> Node {
+        let preparer = super::preparer();
+        let preprocess = PreprocessConfig::from_file(model_dir().join("preprocessor_config.json")).unwrap();
+        let info = WorkerInfo {
+            worker_id: format!("{role:?}"),
+            role: role as i32,
+            ..Default::default()
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let node = WorkerNode::start(
+            Arc::clone(model),
+            Arc::clone(preparer.tokenizer()),
+            preprocess,
+            EngineConfig::new(kv_blocks),
+            info,
+        )
+        .unwrap();
+        let (engine, vision) = (node.engine().cloned(), node.vision().cloned());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address: SocketAddr = listener.local_addr().unwrap();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            node.serve(listener, std::future::pending()).await
+        });
+        Node {
+            address: address.to_string(),
+            engine,
+            vision,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Stops serving at once, dropping every connection and the engine's service handles, as a
+    /// `kill -9` of the process would.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits up to 20 s for `engine` to hold no blocks and run nothing; panics naming `what` if not.
+pub async fn wait_idle(engine: &EngineHandle, what: &str) {
+    for _ in 0..400 {
+        let stats = engine.stats();
+        if stats.free_blocks == stats.total_blocks && stats.running == 0 && stats.waiting == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not idle: {:?}", engine.stats());
+}
+
+/// `case` as a greedy worker job for its golden tokens, images sent whole, each naming
+/// `vision_worker` (empty: none).
+pub fn golden_job(case: &GoldenCase, request_id: &str, vision_worker: &str) -> GenerateJob {
+    GenerateJob {
+        request_id: request_id.to_string(),
+        prompt_token_ids: case.request.prompt_ids.clone(),
+        images: case
+            .request
+            .images
+            .iter()
+            .zip(&case.image_files)
+            .map(|((placement, image), file)| ImageInput {
+                image: Some(EncodedImage {
+                    content_hash: fovea_proto::image_content_hash(file).to_vec().into(),
+                    data: file.clone().into(),
+                    grid_rows: image.grid_h as u32,
+                    grid_cols: image.grid_w as u32,
+                    ..Default::default()
+                }),
+                start: placement.start as u32,
+                vision_worker: vision_worker.to_string(),
+            })
+            .collect(),
+        sampling: Some(SamplingParams {
+            top_p: 1.0,
+            ..Default::default()
+        }),
+        max_tokens: case.greedy_tokens.len() as u32,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,360 @@
+//! The cluster roles over real gRPC on loopback, golden checkpoint, f32, greedy: a vision worker's
+//! features equal a local encoding bit for bit and give the golden tokens; every golden case
+//! prefilled on a prefill worker and decoded on a decode worker gives its golden tokens; a
+//! transfer cut off from either side, or a dead decode peer, leaves every block free and ends
+//! with a clear status.
+
+mod common;
+
+use std::sync::Arc;
+
+use candle_core::DType;
+use fovea_model::Phi4VisionModel;
+use fovea_model::preprocess::PreprocessConfig;
+use fovea_proto::v1::FinishReason;
+use fovea_proto::worker::FAILED_PEER_METADATA;
+use fovea_proto::worker::v1::kv_transfer_client::KvTransferClient;
+use fovea_proto::worker::v1::prefiller_client::PrefillerClient;
+use fovea_proto::worker::v1::worker_client::WorkerClient;
+use fovea_proto::worker::v1::{
+    EncodedImage, GenerateEvent, GenerateJob, KvChunk, KvTransferHeader, KvTransferMessage, PrefillJob, WorkerRole,
+    generate_event, kv_transfer_message,
+};
+use fovea_worker::job::JobContext;
+use fovea_worker::node::kv_cache_layout;
+use fovea_worker::peers::PeerChannels;
+use fovea_worker::vision_client::fetch_features;
+use tonic::{Code, Streaming};
+
+use common::nodes::{Node, golden_job, wait_idle};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The tokens of a worker job's stream and its final event.
+async fn collect(mut stream: Streaming<GenerateEvent>) -> (Vec<u32>, fovea_proto::worker::v1::GenerateFinished) {
+    let mut tokens = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        match event.event.unwrap() {
+            generate_event::Event::Tokens(t) => tokens.extend(t.token_ids),
+            generate_event::Event::Finished(finished) => return (tokens, finished),
+        }
+    }
+    panic!("the stream ended without a final event after {tokens:?}");
+}
+
+async fn worker_client(address: &str) -> WorkerClient<tonic::transport::Channel> {
+    WorkerClient::connect(format!("http://{address}"))
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20)
+}
+
+#[test]
+fn vision_worker_features_equal_a_local_encode_bit_for_bit_and_are_encoded_once() {
+    let model = common::load_model();
+    let cases = common::golden_cases(&common::preparer());
+    let vision = Node::start(&model, WorkerRole::Vision, 0);
+    let context = JobContext {
+        preprocess: Arc::new(
+            PreprocessConfig::from_file(common::model_dir().join("preprocessor_config.json")).unwrap(),
+        ),
+        peers: Arc::new(PeerChannels::default()),
+        hidden_size: model.config().text.hidden_size,
+    };
+    runtime().block_on(async {
+        let mut distinct = std::collections::HashSet::new();
+        for case in &cases {
+            for ((_, prepared), file) in case.request.images.iter().zip(&case.image_files) {
+                let hash = fovea_proto::image_content_hash(file);
+                let image = EncodedImage {
+                    data: file.clone().into(),
+                    grid_rows: prepared.grid_h as u32,
+                    grid_cols: prepared.grid_w as u32,
+                    ..Default::default()
+                };
+                let remote = fetch_features(&context, &vision.address, &case.name, image)
+                    .await
+                    .unwrap();
+                let local = model.encode_image(prepared).unwrap().to_dtype(DType::F32).unwrap();
+                assert_eq!(remote.dims(), local.dims(), "{}", case.name);
+                let (remote, local) = (remote.to_vec2::<f32>().unwrap(), local.to_vec2::<f32>().unwrap());
+                let same_bits = remote
+                    .iter()
+                    .flatten()
+                    .zip(local.iter().flatten())
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same_bits, "{}: features differ from a local encoding", case.name);
+                // By hash alone, the cache answers.
+                let by_hash = EncodedImage {
+                    content_hash: hash.to_vec().into(),
+                    ..Default::default()
+                };
+                let cached = fetch_features(&context, &vision.address, &case.name, by_hash)
+                    .await
+                    .unwrap();
+                assert_eq!(cached.to_vec2::<f32>().unwrap(), remote);
+                distinct.insert(hash);
+            }
+        }
+        let stats = vision.vision.as_ref().unwrap().stats();
+        assert_eq!(
+            stats.encoded,
+            distinct.len() as u64,
+            "each distinct image encoded once: {stats:?}"
+        );
+        let unknown = EncodedImage {
+            content_hash: vec![7; 16].into(),
+            ..Default::default()
+        };
+        let status = fetch_features(&context, &vision.address, "unknown", unknown)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        let corrupt = EncodedImage {
+            data: b"not an image".to_vec().into(),
+            ..Default::default()
+        };
+        let status = fetch_features(&context, &vision.address, "corrupt", corrupt)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    });
+}
+
+#[test]
+fn images_from_a_vision_worker_give_the_golden_tokens() {
+    let model = common::load_model();
+    let cases = common::golden_cases(&common::preparer());
+    let vision = Node::start(&model, WorkerRole::Vision, 0);
+    let decode = Node::start(&model, WorkerRole::Decode, 1024);
+    runtime().block_on(async {
+        let mut client = worker_client(&decode.address).await;
+        for case in &cases {
+            let stream = client
+                .generate(golden_job(case, &case.name, &vision.address))
+                .await
+                .unwrap()
+                .into_inner();
+            let (tokens, finished) = collect(stream).await;
+            assert_eq!(tokens, case.greedy_tokens, "{}", case.name);
+            assert_eq!(finished.finish_reason(), FinishReason::Length, "{}", case.name);
+        }
+        let engine = decode.engine.as_ref().unwrap();
+        assert_eq!(
+            engine.stats().images_encoded,
+            0,
+            "every image came from the vision worker"
+        );
+        wait_idle(engine, "decode worker").await;
+    });
+    let with_images = cases.iter().filter(|case| !case.image_files.is_empty()).count();
+    assert!(with_images > 0 && vision.vision.as_ref().unwrap().stats().encoded > 0);
+}
+
+/// Sends `job` to the decode worker with a transfer id, then prefills it on the prefill worker.
+async fn prefill_then_decode(prefill: &Node, decode: &Node, mut job: GenerateJob) -> (Vec<u32>, FinishReason) {
+    let transfer_id = format!("{}/kv", job.request_id);
+    job.kv_transfer_id = transfer_id.clone();
+    let stream = worker_client(&decode.address)
+        .await
+        .generate(job.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut prefiller = PrefillerClient::connect(format!("http://{}", prefill.address))
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
+    let result = prefiller
+        .prefill(PrefillJob {
+            job: Some(job),
+            decode_worker: decode.address.clone(),
+            transfer_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(result.bytes_sent > 0);
+    let (tokens, finished) = collect(stream).await;
+    (tokens, finished.finish_reason())
+}
+
+#[test]
+fn every_golden_case_prefilled_on_one_worker_and_decoded_on_another_gives_the_golden_tokens() {
+    let model = common::load_model();
+    let cases = common::golden_cases(&common::preparer());
+    let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
+    let decode = Node::start(&model, WorkerRole::Decode, 1024);
+    runtime().block_on(async {
+        for case in &cases {
+            let (tokens, reason) = prefill_then_decode(&prefill, &decode, golden_job(case, &case.name, "")).await;
+            assert_eq!(tokens, case.greedy_tokens, "{}", case.name);
+            assert_eq!(reason, FinishReason::Length, "{}", case.name);
+        }
+        assert_eq!(
+            decode.engine.as_ref().unwrap().stats().images_encoded,
+            0,
+            "the decode worker encodes nothing"
+        );
+        wait_idle(prefill.engine.as_ref().unwrap(), "prefill worker").await;
+        wait_idle(decode.engine.as_ref().unwrap(), "decode worker").await;
+        // A prefill worker takes no whole jobs.
+        let case = &cases[0];
+        let status = worker_client(&prefill.address)
+            .await
+            .generate(golden_job(case, "whole", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    });
+}
+
+/// The header and first chunk of a transfer of `job` to `decode`, zeros for keys and values.
+fn partial_transfer(model: &Phi4VisionModel, job: &GenerateJob) -> Vec<KvTransferMessage> {
+    let layout = kv_cache_layout(&model.config().text, 16);
+    let block_bytes = (layout.num_kv_heads * layout.block_size * layout.head_dim * 4) as usize;
+    let header = kv_transfer_message::Part::Header(KvTransferHeader {
+        transfer_id: job.kv_transfer_id.clone(),
+        prompt_tokens: job.prompt_token_ids.len() as u32,
+        layout: Some(layout),
+    });
+    let chunk = kv_transfer_message::Part::Chunk(KvChunk {
+        layer: 0,
+        first_block: 0,
+        block_count: 1,
+        keys: vec![0; block_bytes].into(),
+        values: vec![0; block_bytes].into(),
+    });
+    [header, chunk]
+        .into_iter()
+        .map(|part| KvTransferMessage { part: Some(part) })
+        .collect()
+}
+
+#[test]
+fn cancel_mid_transfer_frees_blocks_on_both_sides() {
+    let model = common::load_model();
+    let cases = common::golden_cases(&common::preparer());
+    let case = cases.iter().find(|case| case.name == "chart_nothink").unwrap();
+    let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
+    let decode = Node::start(&model, WorkerRole::Decode, 1024);
+    let decode_engine = decode.engine.as_ref().unwrap();
+    runtime().block_on(async {
+        let mut kv_client = KvTransferClient::connect(format!("http://{}", decode.address))
+            .await
+            .unwrap();
+        for cut in ["the decode job", "the push stream"] {
+            let mut job = golden_job(case, cut, "");
+            job.kv_transfer_id = format!("{cut}/kv");
+            let decode_job = worker_client(&decode.address)
+                .await
+                .generate(job.clone())
+                .await
+                .unwrap()
+                .into_inner();
+            // The engine reserves the prompt's blocks when it takes the job, just after the call.
+            let mut reserved = false;
+            for _ in 0..200 {
+                let stats = decode_engine.stats();
+                reserved = stats.free_blocks < stats.total_blocks;
+                if reserved {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(reserved, "{cut}: blocks reserved");
+            // The transfer starts: header and one block run, then it stalls.
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            for message in partial_transfer(&model, &job) {
+                tx.send(message).await.unwrap();
+            }
+            let mut push = kv_client.clone();
+            let pushing =
+                tokio::spawn(async move { push.push_kv(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if cut == "the decode job" {
+                drop(decode_job);
+                wait_idle(decode_engine, cut).await;
+                // The next message finds the job gone: the sender is told to stop.
+                tx.send(partial_transfer(&model, &job).pop().unwrap()).await.unwrap();
+                let status = pushing.await.unwrap().unwrap_err();
+                assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+            } else {
+                pushing.abort();
+                drop(tx);
+                let (tokens, finished) = collect(decode_job).await;
+                assert!(tokens.is_empty());
+                assert_eq!(finished.finish_reason(), FinishReason::Error);
+                assert!(finished.error.contains("broke off"), "{}", finished.error);
+                wait_idle(decode_engine, cut).await;
+            }
+        }
+        kv_client = KvTransferClient::connect(format!("http://{}", decode.address))
+            .await
+            .unwrap();
+        drop(kv_client);
+
+        // A prefill call dropped while it runs frees the prefill worker's blocks and ends the
+        // decode job, however far the transfer got.
+        let mut job = golden_job(case, "dropped prefill", "");
+        job.kv_transfer_id = "dropped prefill/kv".into();
+        let decode_job = worker_client(&decode.address)
+            .await
+            .generate(job.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut prefiller = PrefillerClient::connect(format!("http://{}", prefill.address))
+            .await
+            .unwrap();
+        let prefill_job = PrefillJob {
+            job: Some(job),
+            decode_worker: decode.address.clone(),
+            transfer_id: "dropped prefill/kv".into(),
+        };
+        let call = tokio::spawn(async move { prefiller.prefill(prefill_job).await });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        call.abort();
+        drop(decode_job);
+        wait_idle(prefill.engine.as_ref().unwrap(), "prefill worker").await;
+        wait_idle(decode_engine, "decode worker").await;
+    });
+}
+
+#[test]
+fn a_dead_decode_peer_fails_the_prefill_with_a_clear_status() {
+    let model = common::load_model();
+    let cases = common::golden_cases(&common::preparer());
+    let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    runtime().block_on(async {
+        let mut job = golden_job(&cases[0], "to a dead peer", "");
+        job.kv_transfer_id = "dead/kv".into();
+        let mut prefiller = PrefillerClient::connect(format!("http://{}", prefill.address))
+            .await
+            .unwrap();
+        let status = prefiller
+            .prefill(PrefillJob {
+                job: Some(job),
+                decode_worker: dead.clone(),
+                transfer_id: "dead/kv".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains(&dead), "{}", status.message());
+        let blamed = status.metadata().get(FAILED_PEER_METADATA).unwrap().to_str().unwrap();
+        assert_eq!(blamed, dead);
+        wait_idle(prefill.engine.as_ref().unwrap(), "prefill worker").await;
+    });
+}
