@@ -1,4 +1,4 @@
-//! The public API's flags (addresses and admission limits), shared by `fovea serve` and
+//! The public API's flags (addresses, admission limits and job splitting), shared by `fovea serve` and
 //! `fovea coordinator`, and the coordinator configuration they make.
 
 use std::net::SocketAddr;
@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use fovea_coordinator::admission::AdmissionLimits;
 use fovea_coordinator::health::HealthPolicy;
+use fovea_coordinator::split::SplitPolicy;
 use fovea_coordinator::{CoordinatorConfig, Listeners};
 use fovea_membership::Members;
 use tokio::sync::watch;
@@ -34,6 +35,14 @@ pub struct ApiArgs {
     /// Most bytes per encoded image.
     #[arg(long, env = "FOVEA_MAX_IMAGE_BYTES", default_value_t = 32 << 20)]
     max_image_bytes: usize,
+    /// Prompts of at least this many tokens are prefilled on a prefill worker and decoded on a
+    /// decode worker (when the cluster has both); shorter ones run whole on one worker.
+    #[arg(long, env = "FOVEA_DISAGG_MIN_PROMPT_TOKENS", default_value_t = SplitPolicy::default().disagg_min_prompt_tokens)]
+    disagg_min_prompt_tokens: usize,
+    /// Times a failed job is retried on other workers (and a decode worker lost mid-stream
+    /// replaced).
+    #[arg(long, env = "FOVEA_JOB_RETRIES", default_value_t = SplitPolicy::default().job_retries)]
+    job_retries: usize,
 }
 
 impl ApiArgs {
@@ -58,6 +67,10 @@ impl ApiArgs {
             model_name,
             members,
             health,
+            split: SplitPolicy {
+                disagg_min_prompt_tokens: self.disagg_min_prompt_tokens,
+                job_retries: self.job_retries,
+            },
             admission: AdmissionLimits {
                 max_requests: self.max_requests,
                 max_prompt_tokens: self.max_queued_tokens,

@@ -1,5 +1,6 @@
-//! The engine's flags, shared by `fovea serve` and `fovea worker`, and starting a worker
-//! service from them: load the checkpoint, start the engine, describe the worker.
+//! The engine's flags, shared by `fovea serve` and `fovea worker`, and starting a worker node
+//! from them: load the checkpoint, start the engine (none for a vision worker), describe the
+//! worker.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,9 +11,11 @@ use fovea_membership::WorkerCapacity;
 use fovea_model::input::RequestPreparer;
 use fovea_model::preprocess::PreprocessConfig;
 use fovea_proto::worker::v1::{WorkerInfo, WorkerRole};
-use fovea_worker::service::WorkerService;
+use fovea_membership::role_name;
+use fovea_model::{ModelConfig, Phi4VisionModel};
+use fovea_worker::EngineConfig;
 use fovea_worker::engine_rank::load_ranks;
-use fovea_worker::{Engine, EngineConfig};
+use fovea_worker::node::WorkerNode;
 
 use crate::generate::ComputeDtype;
 use crate::tensor_parallel::TensorParallelArgs;
@@ -44,13 +47,22 @@ pub struct WorkerIdentity<'a> {
 }
 
 impl EngineArgs {
-    /// Loads the checkpoint in `dir`, starts its engine and returns the worker service over it,
-    /// with the capacity it registers.
-    pub fn start_worker(
-        &self,
-        dir: &Path,
-        identity: WorkerIdentity,
-    ) -> Result<(WorkerService, WorkerCapacity), String> {
+    /// Refuses, before anything is loaded, a role this engine setup cannot serve: KV transfer
+    /// (prefill and decode) and the engine-less vision role need a single rank.
+    pub fn check_role(&self, role: WorkerRole) -> Result<(), String> {
+        if role != WorkerRole::Full && self.tensor_parallel.tp != 1 {
+            return Err(format!(
+                "the {} role needs --tp 1 (KV transfer and vision encoding run on one rank)",
+                role_name(role)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads the checkpoint in `dir` and starts the worker node for `identity.role` on it (its
+    /// engine, unless the role is vision), with the capacity it registers.
+    pub fn start_worker(&self, dir: &Path, identity: WorkerIdentity) -> Result<(WorkerNode, WorkerCapacity), String> {
+        self.check_role(identity.role)?;
         let preparer = RequestPreparer::from_model_dir(dir).map_err(|e| e.to_string())?;
         let preprocess =
             PreprocessConfig::from_file(dir.join("preprocessor_config.json")).map_err(|e| e.to_string())?;
@@ -59,11 +71,10 @@ impl EngineArgs {
             max_prefill_tokens_while_decoding: self.max_prefill_tokens_while_decoding,
             ..EngineConfig::new(self.kv_blocks)
         };
-        let options = self.tensor_parallel.options()?;
-        let ranks = load_ranks(dir, self.dtype.into(), &Device::Cpu, options, &engine_config).map_err(|e| e.to_string())?;
-        let context_length = ranks.local().model().config().text.max_position_embeddings;
-        let engine = Engine::start_on_ranks(ranks, Arc::clone(preparer.tokenizer()), engine_config)
-            .map_err(|e| e.to_string())?;
+        let context_length = ModelConfig::from_dir(dir)
+            .map_err(|e| e.to_string())?
+            .text
+            .max_position_embeddings;
         let info = WorkerInfo {
             worker_id: identity.id.to_string(),
             role: identity.role as i32,
@@ -73,10 +84,27 @@ impl EngineArgs {
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         };
-        let capacity = WorkerCapacity {
-            kv_blocks: self.kv_blocks as u32,
-            max_batch_tokens: self.max_batch_tokens as u32,
+        let tokenizer = Arc::clone(preparer.tokenizer());
+        let node = if identity.role == WorkerRole::Vision {
+            let model = Phi4VisionModel::load(dir, self.dtype.into(), &Device::Cpu).map_err(|e| e.to_string())?;
+            WorkerNode::start(Arc::new(model), tokenizer, preprocess, engine_config, info)
+        } else {
+            let options = self.tensor_parallel.options()?;
+            let ranks =
+                load_ranks(dir, self.dtype.into(), &Device::Cpu, options, &engine_config).map_err(|e| e.to_string())?;
+            WorkerNode::start_on_ranks(ranks, tokenizer, preprocess, engine_config, info)
+        }
+        .map_err(|e| e.to_string())?;
+        let capacity = match identity.role {
+            WorkerRole::Vision => WorkerCapacity {
+                kv_blocks: 0,
+                max_batch_tokens: 0,
+            },
+            _ => WorkerCapacity {
+                kv_blocks: self.kv_blocks as u32,
+                max_batch_tokens: self.max_batch_tokens as u32,
+            },
         };
-        Ok((WorkerService::new(engine, preprocess, info), capacity))
+        Ok((node, capacity))
     }
 }

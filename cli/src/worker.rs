@@ -1,4 +1,5 @@
-//! `fovea worker`: one worker process. It loads the model, serves the worker API, and registers
+//! `fovea worker`: one worker process. It loads the model, serves its role's worker services
+//! (`fovea_worker::node`: a vision, prefill, decode or full worker), and registers
 //! itself in etcd under a lease it keeps alive; if etcd is not up yet (or goes away) it keeps
 //! serving and keeps trying. SIGTERM or Ctrl-C deregisters it (the lease is revoked, so
 //! coordinators stop routing to it at once), then drains: running jobs finish, and it exits.
@@ -9,7 +10,6 @@ use std::time::Duration;
 use clap::Args;
 use fovea_membership::{EtcdRegistry, Registry, WorkerRecord, parse_role, role_name};
 use fovea_proto::worker::v1::WorkerRole;
-use fovea_worker::service::serve_worker;
 
 use crate::engine_args::{EngineArgs, WorkerIdentity};
 use crate::etcd_args::EtcdArgs;
@@ -46,19 +46,8 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     block_on(work(args))
 }
 
-/// Refuses, before anything is loaded, what this build cannot serve.
-fn check_served(args: &WorkerArgs) -> Result<(), String> {
-    if args.role != WorkerRole::Full {
-        return Err(format!(
-            "the {} role is not served by this build yet; only --role full is",
-            role_name(args.role)
-        ));
-    }
-    Ok(())
-}
-
 async fn work(args: WorkerArgs) -> Result<(), String> {
-    check_served(&args)?;
+    args.engine.check_role(args.role)?;
     let dir = args.model.dir()?;
     let listener = listen(args.addr, "the worker API").await?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -72,9 +61,9 @@ async fn work(args: WorkerArgs) -> Result<(), String> {
         role: args.role,
         model_name: &args.model.model_name,
     };
-    let (service, capacity) = args.engine.start_worker(&dir, identity)?;
+    let (node, capacity) = args.engine.start_worker(&dir, identity)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(serve_worker(service, listener, async {
+    let mut server = tokio::spawn(node.serve(listener, async {
         let _ = stopped.await;
     }));
     let registry = EtcdRegistry::new(args.etcd.config(Duration::from_secs(args.lease_ttl_secs)));

@@ -131,7 +131,7 @@ async fn a_killed_worker_drops_out_when_its_lease_expires_and_with_none_left_req
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
     assert!(
-        refused.message().contains("no live full worker"),
+        refused.message().contains("no live full or decode worker"),
         "{}",
         refused.message()
     );
@@ -269,7 +269,10 @@ async fn sigterm_deregisters_the_worker_at_once_and_its_running_request_finishes
 fn roles_and_sizes_this_build_does_not_serve_fail_at_start_up_with_a_message() {
     let model = golden_model_dir();
     for (args, expected) in [
-        (&["--role", "vision"][..], "the vision role is not served by this build"),
+        (
+            &["--role", "prefill", "--tp", "2", "--addr", "127.0.0.1:0"][..],
+            "the prefill role needs --tp 1",
+        ),
         (
             &["--role", "full", "--tp", "3", "--addr", "127.0.0.1:0"][..],
             "TP size of 3 does not divide the model's 4 query heads",

@@ -1,8 +1,8 @@
 //! The disaggregated cluster end to end over real gRPC on loopback, golden checkpoint, f32,
 //! greedy: a coordinator splitting requests over 1 vision, 1 prefill and 2 decode workers, each
-//! worker in its own runtime in this process (no `fovea worker` command on this branch yet), so a
-//! worker can be killed: its runtime stops at once and every connection it had drops, as with
-//! `kill -9` of a process.
+//! worker in its own runtime in this process and registered with its role in an in-process
+//! registry the coordinator follows, so a worker can be killed: its runtime stops at once and
+//! every connection it had drops, as with `kill -9` of a process.
 //!
 //! Every golden case gives its golden tokens, whether it is disaggregated or, below the prompt
 //! threshold, prefilled on the decode worker itself; every image is encoded once across
@@ -15,8 +15,10 @@ mod worker_common;
 use std::time::Duration;
 
 use fovea_coordinator::admission::AdmissionLimits;
+use fovea_coordinator::health::HealthPolicy;
 use fovea_coordinator::split::SplitPolicy;
 use fovea_coordinator::{CoordinatorConfig, Listeners};
+use fovea_membership::{LocalRegistry, Registration, Registry, WorkerCapacity, WorkerRecord};
 use fovea_proto::v1::generation_client::GenerationClient;
 use fovea_proto::v1::{FinishReason, generate_response};
 use fovea_proto::worker::v1::WorkerRole;
@@ -25,7 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use worker_common::nodes::{Node, wait_idle};
 
-use support::{collect, golden_cases, golden_request, ids};
+use fovea_model::testing::{golden_case, golden_cases};
+use support::{collect, golden_request};
 
 /// The coordinator and its workers.
 struct Cluster {
@@ -35,12 +38,19 @@ struct Cluster {
     /// Runs the coordinator; shut down when the cluster is dropped.
     coordinator: Option<tokio::runtime::Runtime>,
     grpc: String,
+    registry: LocalRegistry,
+    registrations: Vec<Registration>,
 }
 
 impl Cluster {
     /// Starts the workers and a coordinator splitting by `policy`; the first decode worker is
     /// reached at the address `first_decode_address` gives for its own (a proxy, or itself).
-    fn start(policy: SplitPolicy, first_decode_address: impl FnOnce(&str) -> String) -> Cluster {
+    /// Every worker is registered but the second decode worker, unless `both_decode_workers`.
+    fn start(
+        policy: SplitPolicy,
+        first_decode_address: impl FnOnce(&str) -> String,
+        both_decode_workers: bool,
+    ) -> Cluster {
         let model = worker_common::load_model();
         let vision = Node::start(&model, WorkerRole::Vision, 0);
         let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
@@ -48,12 +58,7 @@ impl Cluster {
             Node::start(&model, WorkerRole::Decode, 1024),
             Node::start(&model, WorkerRole::Decode, 1024),
         ];
-        let workers = vec![
-            format!("vision={}", vision.address),
-            format!("prefill={}", prefill.address),
-            format!("decode={}", first_decode_address(&decode[0].address)),
-            format!("decode={}", decode[1].address),
-        ];
+        let first_decode = first_decode_address(&decode[0].address);
         let coordinator = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -66,10 +71,12 @@ impl Cluster {
             }
         });
         let grpc = format!("http://{}", listeners.grpc.local_addr().unwrap());
+        let registry = LocalRegistry::new();
         let config = CoordinatorConfig {
             model_dir: worker_common::model_dir(),
             model_name: "golden".into(),
-            workers,
+            members: registry.members(),
+            health: HealthPolicy::default(),
             split: policy,
             admission: AdmissionLimits {
                 max_requests: 64,
@@ -79,13 +86,45 @@ impl Cluster {
             max_image_bytes: 8 << 20,
         };
         coordinator.spawn(fovea_coordinator::serve(config, listeners, std::future::pending()));
-        Cluster {
+        let mut cluster = Cluster {
             vision,
             prefill,
             decode,
             coordinator: Some(coordinator),
             grpc,
+            registry,
+            registrations: Vec::new(),
+        };
+        let vision_address = cluster.vision.address.clone();
+        let prefill_address = cluster.prefill.address.clone();
+        cluster.register("vision-0", WorkerRole::Vision, &vision_address);
+        cluster.register("prefill-0", WorkerRole::Prefill, &prefill_address);
+        cluster.register("decode-0", WorkerRole::Decode, &first_decode);
+        if both_decode_workers {
+            cluster.register_second_decode();
         }
+        cluster
+    }
+
+    /// Registers the worker at `address` (`host:port`) as `id` with `role` for the coordinator.
+    fn register(&mut self, id: &str, role: WorkerRole, address: &str) {
+        let _runtime = self.coordinator.as_ref().unwrap().enter();
+        self.registrations.push(self.registry.register(WorkerRecord {
+            id: id.into(),
+            role,
+            address: format!("http://{address}"),
+            model: "golden".into(),
+            tensor_parallel_size: 1,
+            capacity: WorkerCapacity {
+                kv_blocks: 1024,
+                max_batch_tokens: 512,
+            },
+        }));
+    }
+
+    fn register_second_decode(&mut self) {
+        let address = self.decode[1].address.clone();
+        self.register("decode-1", WorkerRole::Decode, &address);
     }
 
     async fn client(&self) -> GenerationClient<tonic::transport::Channel> {
@@ -131,18 +170,18 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn every_golden_case_through_vision_prefill_and_decode_workers_gives_the_golden_tokens() {
     // Text cases (435 and 466 tokens) run whole on a decode worker; image cases are split.
-    let cluster = Cluster::start(policy(600, 2), str::to_string);
+    let cluster = Cluster::start(policy(600, 2), str::to_string, true);
     let cases = golden_cases();
     let prefill_cache = || cluster.prefill.engine.as_ref().unwrap().stats().cached_blocks;
     runtime().block_on(async {
         let mut client = cluster.client().await;
         for round in 0..2 {
             for case in &cases {
-                let name = case["name"].as_str().unwrap();
-                let short = case["input_ids"].as_array().unwrap().len() < 600;
+                let name = &case.name;
+                let short = case.input_ids.len() < 600;
                 let prefilled_before = prefill_cache();
                 let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
-                assert_eq!(tokens, ids(&case["greedy_tokens"]), "{name}, round {round}");
+                assert_eq!(tokens, case.greedy_tokens, "{name}, round {round}");
                 assert_eq!(last.finish_reason(), FinishReason::Length, "{name}: {}", last.error);
                 if round == 0 {
                     // The prefill worker's prefix cache grows only with the prompts it computed.
@@ -169,19 +208,16 @@ fn every_golden_case_through_vision_prefill_and_decode_workers_gives_the_golden_
 
 #[test]
 fn a_client_cancel_while_the_prompt_moves_leaves_every_worker_idle() {
-    let cluster = Cluster::start(policy(0, 2), str::to_string);
+    let cluster = Cluster::start(policy(0, 2), str::to_string, true);
     let cases = golden_cases();
     // The longest prompt: 4035 tokens, the largest transfer. Cancels land at different points:
     // during the vision fetch, the prefill, the transfer or the first decoding steps.
-    let case = cases.iter().find(|case| case["name"] == "screen_grounding").unwrap();
+    let case = cases.iter().find(|case| case.name == "screen_grounding").unwrap();
     runtime().block_on(async {
         for delay_ms in [20, 60, 150, 400] {
             let mut client = cluster.client().await;
             let call = tokio::spawn(async move {
-                let case = golden_cases()
-                    .into_iter()
-                    .find(|c| c["name"] == "screen_grounding")
-                    .unwrap();
+                let case = golden_case("screen_grounding");
                 client.generate(golden_request(&case, 12)).await.map(|r| r.into_inner())
             });
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
@@ -191,26 +227,27 @@ fn a_client_cancel_while_the_prompt_moves_leaves_every_worker_idle() {
         // The cluster still serves.
         let mut client = cluster.client().await;
         let (tokens, _, _) = collect(&mut client, golden_request(case, 12)).await;
-        assert_eq!(tokens, ids(&case["greedy_tokens"]));
+        assert_eq!(tokens, case.greedy_tokens);
         cluster.wait_all_idle().await;
     });
 }
 
 #[test]
 fn killed_vision_and_prefill_workers_are_worked_around_with_the_golden_tokens() {
-    let mut cluster = Cluster::start(policy(0, 2), str::to_string);
+    let mut cluster = Cluster::start(policy(0, 2), str::to_string, true);
     cluster.vision.kill();
     cluster.prefill.kill();
     let cases = golden_cases();
     runtime().block_on(async {
         let mut client = cluster.client().await;
-        // Each request finds the dead workers out again (the coordinator keeps no memory of
-        // failures across requests): prefill fails, then the vision fetch, then the decode worker
-        // encodes and prefills itself: three attempts, within the two retries.
+        // The dead prefill worker drops out of routing once its load stream breaks (or once a
+        // job to it fails); the dead vision worker reports no load, so each request finds it out
+        // through the decode worker's failed fetch, and then the decode worker encodes and
+        // prefills itself: at most three attempts, within the two retries.
         for name in ["chart_nothink", "two_images_compare"] {
-            let case = cases.iter().find(|case| case["name"] == name).unwrap();
+            let case = cases.iter().find(|case| case.name == name).unwrap();
             let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
-            assert_eq!(tokens, ids(&case["greedy_tokens"]), "{name}");
+            assert_eq!(tokens, case.greedy_tokens, "{name}");
             assert_eq!(last.finish_reason(), FinishReason::Length, "{name}: {}", last.error);
         }
         for decode in &cluster.decode {
@@ -223,17 +260,17 @@ fn killed_vision_and_prefill_workers_are_worked_around_with_the_golden_tokens() 
         .map(|d| d.engine.as_ref().unwrap().stats().images_encoded)
         .sum();
     assert_eq!(encoded, 3, "the decode workers encoded the images themselves");
-    // With one retry fewer than the failures need, the request fails with a clear status.
-    let mut strict = Cluster::start(policy(0, 1), str::to_string);
+    // With no retry, the request fails with a clear status.
+    let mut strict = Cluster::start(policy(0, 0), str::to_string, true);
     strict.vision.kill();
     strict.prefill.kill();
     let status = runtime().block_on(async {
         let mut client = strict.client().await;
-        let case = cases.iter().find(|case| case["name"] == "chart_nothink").unwrap();
+        let case = cases.iter().find(|case| case.name == "chart_nothink").unwrap();
         client.generate(golden_request(case, 12)).await.map(|_| ()).unwrap_err()
     });
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("failed on 2 workers"), "{}", status.message());
+    assert!(status.message().contains("failed on 1 workers"), "{}", status.message());
 }
 
 /// A loopback proxy to `upstream` whose replies trickle (8 bytes every 25 ms: 12 token events
@@ -278,11 +315,14 @@ async fn trickling_proxy(upstream: String, cut: watch::Receiver<bool>) -> String
 fn killing_the_decode_worker_mid_stream_still_yields_the_golden_tokens() {
     let proxy_runtime = runtime();
     let (cut, cut_signal) = watch::channel(false);
-    let mut cluster = Cluster::start(policy(0, 2), |upstream| {
-        proxy_runtime.block_on(trickling_proxy(upstream.to_string(), cut_signal))
-    });
+    // Only the first decode worker is registered until the stream runs on it.
+    let mut cluster = Cluster::start(
+        policy(0, 2),
+        |upstream| proxy_runtime.block_on(trickling_proxy(upstream.to_string(), cut_signal)),
+        false,
+    );
     let cases = golden_cases();
-    let case = cases.iter().find(|case| case["name"] == "chart_nothink").unwrap();
+    let case = cases.iter().find(|case| case.name == "chart_nothink").unwrap();
     runtime().block_on(async {
         let mut client = cluster.client().await;
         let mut stream = client.generate(golden_request(case, 12)).await.unwrap().into_inner();
@@ -293,7 +333,10 @@ fn killing_the_decode_worker_mid_stream_still_yields_the_golden_tokens() {
                 generate_response::Event::Delta(delta) => {
                     tokens.extend(delta.token_ids);
                     if tokens.len() >= 3 && killed_after.is_none() {
-                        // Mid-stream: kill the decode worker serving it and drop its link.
+                        // Mid-stream: a second decode worker joins, then the one serving the
+                        // stream is killed and its link dropped.
+                        cluster.register_second_decode();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         killed_after = Some(tokens.len());
                         cluster.decode[0].kill();
                         cluster.decode[0].engine = None;
@@ -304,7 +347,7 @@ fn killing_the_decode_worker_mid_stream_still_yields_the_golden_tokens() {
             }
         }
         let last = last.expect("one final message");
-        assert_eq!(tokens, ids(&case["greedy_tokens"]), "no token repeated or missing");
+        assert_eq!(tokens, case.greedy_tokens, "no token repeated or missing");
         assert_eq!(last.finish_reason(), FinishReason::Length, "{}", last.error);
         assert_eq!(last.usage.unwrap().completion_tokens, 12);
         let killed_after = killed_after.unwrap();

@@ -5,7 +5,9 @@
 //! stream and every way out of its loop sends one (or finds the client gone). A client that
 //! disconnects, or whose deadline passes, has its worker job aborted at once, which frees its KV
 //! blocks. Which workers run the job is the [`JobSplitter`]'s choice; a decode worker lost
-//! mid-stream is replaced by [`ResumableEvents`] without the client noticing.
+//! mid-stream is replaced by [`ResumableEvents`] without the client noticing; a worker that cannot
+//! be reached is set aside and the job offered to another, so a worker that just died costs no
+//! request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,14 +20,10 @@ use fovea_proto::v1::{
     self as wire, FinishReason, GenerateFinal, GenerateRequest, GenerateResponse, ListModelsRequest, ListModelsResponse,
     ModelInfo, TokenDelta, TokenizeRequest, TokenizeResponse, generate_response,
 };
-use fovea_proto::worker::v1::{self as worker_wire, GenerateJob, GeneratedTokens, WorkerRole, generate_event};
+use fovea_proto::worker::v1::{self as worker_wire, GenerateJob, GeneratedTokens, generate_event};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-<<<<<<< HEAD
-use tonic::{Code, Request, Response, Status, Streaming};
-=======
 use tonic::{Request, Response, Status};
->>>>>>> disagg
 
 use crate::admission::{Admission, AdmissionPermit};
 use crate::output::{Delta, OutputShaper, Segment};
@@ -78,30 +76,6 @@ impl GenerationService {
         self.preparer.tokenizer()
     }
 
-    /// Sends `job` to the least-loaded ready full worker. A worker that cannot be reached is set
-    /// aside and the next one tried, so a worker that just died costs no request.
-    async fn start_job(&self, job: GenerateJob) -> Result<(WorkerLease, Streaming<worker_wire::GenerateEvent>), Status> {
-        let mut attempts = 0;
-        loop {
-            let mut worker = self.workers.pick(WorkerRole::Full)?;
-            attempts += 1;
-            match worker.generate(job.clone()).await {
-                Ok(response) => return Ok((worker, response.into_inner())),
-                Err(status) if unreachable(&status) && attempts < MAX_JOB_ATTEMPTS => {
-                    tracing::warn!(worker = worker.worker_id(), "worker unavailable, trying another: {}", status.message());
-                    worker.set_aside();
-                }
-                Err(status) => {
-                    return Err(Status::unavailable(format!(
-                        "worker {} refused the job: {}",
-                        worker.worker_id(),
-                        status.message()
-                    )));
-                }
-            }
-        }
-    }
-
     fn check_model(&self, name: &str) -> Result<(), Status> {
         if name.is_empty() || name == self.model.name {
             Ok(())
@@ -116,16 +90,6 @@ impl GenerationService {
             .await
             .map_err(|e| Status::internal(format!("request preparation failed: {e}")))?
     }
-}
-
-/// Workers a job is offered to before the request fails.
-const MAX_JOB_ATTEMPTS: usize = 3;
-
-/// Whether `status` says the worker could not be reached (connection refused or broken: tonic
-/// reports these as UNAVAILABLE or, for a connection reset mid-call, UNKNOWN) or is draining,
-/// rather than that it refused this job.
-fn unreachable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown)
 }
 
 /// The worker job for a valid request; the model's end-of-turn tokens join the stop tokens unless
@@ -185,12 +149,8 @@ impl Generation for GenerationService {
             .clone()
             .unwrap_or_else(|| format!("req-{}", self.next_request.fetch_add(1, Ordering::Relaxed)));
         let seed = valid.seed.unwrap_or_else(|| self.next_request.fetch_add(1, Ordering::Relaxed));
-<<<<<<< HEAD
-        let (worker, stream) = self.start_job(job(&request_id, &valid, seed, &self.model.eos_token_ids)).await?;
-=======
         let job = job(&request_id, &valid, seed, &self.model.eos_token_ids);
         let events = ResumableEvents::start(Arc::clone(&self.splitter), job).await?;
->>>>>>> disagg
         let (tx, rx) = mpsc::channel(64);
         let first_segment = if valid.mode == Mode::Think { Segment::Reasoning } else { Segment::Answer };
         let forward = Forward {
@@ -199,10 +159,7 @@ impl Generation for GenerationService {
             events,
             tx,
             shaper: Some(OutputShaper::new(Arc::clone(self.preparer.tokenizer()), first_segment, valid.stop.clone())),
-<<<<<<< HEAD
             logprobs: valid.logprobs.is_some(),
-=======
->>>>>>> disagg
             usage: wire::Usage {
                 prompt_tokens: valid.prepared.prompt_ids.len() as u32,
                 image_tokens: valid.image_tokens() as u32,
@@ -210,10 +167,6 @@ impl Generation for GenerationService {
             },
             received,
             deadline,
-<<<<<<< HEAD
-            worker,
-=======
->>>>>>> disagg
             _permit: permit,
         };
         tokio::spawn(forward.run());
@@ -288,19 +241,11 @@ struct Forward {
     tx: mpsc::Sender<Result<GenerateResponse, Status>>,
     /// Taken when the worker finishes, to flush held text.
     shaper: Option<OutputShaper>,
-<<<<<<< HEAD
     /// Whether the client asked for log probabilities: then each worker token comes with one entry.
     logprobs: bool,
     usage: wire::Usage,
     received: Instant,
     deadline: Option<Instant>,
-    /// The worker running the job; counts the job against its load until the request ends.
-    worker: WorkerLease,
-=======
-    usage: wire::Usage,
-    received: Instant,
-    deadline: Option<Instant>,
->>>>>>> disagg
     _permit: AdmissionPermit,
 }
 
@@ -350,19 +295,11 @@ impl Forward {
                 (finished.finish_reason(), finished.error, String::new(), finished.queue_us)
             }
             Outcome::StopString(stop) => {
-<<<<<<< HEAD
-                self.worker.abort(&self.request_id).await;
-                (FinishReason::Stop, String::new(), stop, 0)
-            }
-            Outcome::Abandoned(reason, why) => {
-                self.worker.abort(&self.request_id).await;
-=======
                 self.events.abort().await;
                 (FinishReason::Stop, String::new(), stop, 0)
             }
             Outcome::Abandoned(reason, why) => {
                 self.events.abort().await;
->>>>>>> disagg
                 (reason, why, String::new(), 0)
             }
             Outcome::WorkerLost(why) => (FinishReason::Error, why, String::new(), 0),

@@ -14,7 +14,6 @@ mod load_watch;
 pub mod openai;
 pub mod output;
 pub mod replay;
-pub mod roles;
 pub mod server;
 pub mod split;
 pub mod validation;

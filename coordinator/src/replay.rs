@@ -4,7 +4,7 @@
 //! with no token repeated or missing. Replays are bounded by the split policy's retries.
 
 use fovea_proto::v1::FinishReason;
-use fovea_proto::worker::v1::{AbortRequest, GenerateEvent, GenerateFinished, GenerateJob, generate_event};
+use fovea_proto::worker::v1::{GenerateEvent, GenerateFinished, GenerateJob, generate_event};
 use std::sync::Arc;
 
 use tonic::Status;
@@ -107,11 +107,6 @@ impl ResumableEvents {
 
     /// Aborts the job on the worker running it now, freeing its blocks at once.
     pub async fn abort(&mut self) {
-        let request = AbortRequest {
-            request_id: self.job.request_id.clone(),
-        };
-        if let Err(status) = self.current.worker.abort(request).await {
-            tracing::warn!(worker = %self.current.worker.address(), "abort failed: {}", status.message());
-        }
+        self.current.worker.abort(&self.job.request_id).await;
     }
 }

@@ -18,9 +18,9 @@ use crate::admission::{Admission, AdmissionLimits};
 use crate::generation::{GenerationService, ModelDescription};
 use crate::health::HealthPolicy;
 use crate::openai;
-use crate::roles::RoleWorkers;
 use crate::split::{JobSplitter, SplitPolicy};
 use crate::validation::Limits;
+use crate::workers::WorkerPool;
 
 /// Everything the coordinator needs to start.
 #[derive(Debug, Clone)]
@@ -29,18 +29,12 @@ pub struct CoordinatorConfig {
     pub model_dir: PathBuf,
     /// The name clients use for the model.
     pub model_name: String,
-<<<<<<< HEAD
-    /// The live workers (from a registry); those serving `model_name` get jobs.
+    /// The live workers (from a registry); those serving `model_name` get jobs, by role.
     pub members: watch::Receiver<Members>,
     /// When a worker counts as not ready.
     pub health: HealthPolicy,
-=======
-    /// Worker API addresses: `http://host:port` for a full worker, `ROLE=host:port` for a
-    /// `vision`, `prefill`, `decode` (or `full`) worker.
-    pub workers: Vec<String>,
     /// When prompts are prefilled apart from decoding, and how often failed jobs are retried.
     pub split: SplitPolicy,
->>>>>>> disagg
     pub admission: AdmissionLimits,
     pub max_images: usize,
     pub max_image_bytes: usize,
@@ -53,11 +47,6 @@ pub enum ServeError {
     Model(#[from] fovea_model::ModelError),
     #[error("cannot load the model's tokenizer or preprocessing: {0}")]
     Input(#[from] fovea_model::input::InputError),
-<<<<<<< HEAD
-=======
-    #[error("bad worker list: {0}")]
-    WorkerAddress(String),
->>>>>>> disagg
     #[error("gRPC reflection could not be set up: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -84,11 +73,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let model = ModelConfig::from_dir(&config.model_dir)?;
     let preparer = Arc::new(RequestPreparer::from_model_dir(&config.model_dir)?);
-<<<<<<< HEAD
     let workers = WorkerPool::follow(config.model_name.clone(), config.members, config.health);
-=======
-    let workers = RoleWorkers::new(&config.workers).map_err(ServeError::WorkerAddress)?;
->>>>>>> disagg
     let limits = Limits {
         context_length: model.text.max_position_embeddings,
         max_images: config.max_images,

@@ -18,12 +18,14 @@ use std::sync::{Mutex, PoisonError};
 use fovea_proto::image_content_hash;
 use fovea_proto::worker::FAILED_PEER_METADATA;
 use fovea_proto::worker::v1::prefiller_client::PrefillerClient;
-use fovea_proto::worker::v1::{AbortRequest, GenerateEvent, GenerateJob, PrefillJob};
+use fovea_proto::worker::v1::{GenerateEvent, GenerateJob, PrefillJob, WorkerRole};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
-use crate::roles::{RoleWorkers, peer_address};
-use crate::workers::WorkerLease;
+use crate::workers::{WorkerLease, WorkerPool};
+
+/// Workers that run whole jobs (and decode after a transfer): full and decode workers.
+const GENERATE_ROLES: [WorkerRole; 2] = [WorkerRole::Full, WorkerRole::Decode];
 
 /// Image contents remembered with the vision worker that encoded them, at most.
 const AFFINITY_ENTRIES: usize = 65_536;
@@ -55,9 +57,9 @@ pub struct Started {
     pub worker: WorkerLease,
 }
 
-/// Splits requests over the workers by role.
+/// Splits requests over the workers of one pool by their roles.
 pub struct JobSplitter {
-    workers: RoleWorkers,
+    workers: WorkerPool,
     policy: SplitPolicy,
     /// Which vision worker encoded which image content.
     affinity: Mutex<HashMap<[u8; 16], String>>,
@@ -67,7 +69,7 @@ pub struct JobSplitter {
 
 impl JobSplitter {
     /// Splits over `workers` by `policy`.
-    pub fn new(workers: RoleWorkers, policy: SplitPolicy) -> Self {
+    pub fn new(workers: WorkerPool, policy: SplitPolicy) -> Self {
         JobSplitter {
             workers,
             policy,
@@ -113,19 +115,17 @@ impl JobSplitter {
         let wants_logprobs = job.sampling.as_ref().is_some_and(|s| s.logprobs.is_some());
         let long = job.prompt_token_ids.len() >= self.policy.disagg_min_prompt_tokens && !wants_logprobs;
         // Without a prefill worker left, the decode worker prefills itself.
-        let prefill = if long && !self.workers.decode.is_empty() {
-            self.workers.prefill.pick_except(excluded).ok()
+        let prefill = if long && self.workers.has_role(WorkerRole::Decode) {
+            self.workers.pick_except(&[WorkerRole::Prefill], excluded).ok()
         } else {
             None
         };
         let Some(prefill) = prefill else {
-            let mut worker = self.workers.generate.pick_except(excluded).map_err(Failure::Final)?;
-            let address = worker.address().to_string();
-            let events = worker
-                .generate(job)
-                .await
-                .map_err(|status| Failure::of(&address, status))?
-                .into_inner();
+            let mut worker = self.workers.pick_except(&GENERATE_ROLES, excluded).map_err(Failure::Final)?;
+            let events = match worker.generate(job).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => return Err(Failure::of_lease(&worker, status)),
+            };
             return Ok(Started { events, worker });
         };
         let transfer_id = format!(
@@ -134,15 +134,17 @@ impl JobSplitter {
             self.next_transfer.fetch_add(1, Ordering::Relaxed)
         );
         job.kv_transfer_id = transfer_id.clone();
-        let mut decode = self.workers.decode.pick_except(excluded).map_err(Failure::Final)?;
+        let mut decode = self
+            .workers
+            .pick_except(&[WorkerRole::Decode], excluded)
+            .map_err(Failure::Final)?;
         let decode_address = decode.address().to_string();
         // The decode worker reserves the prompt's blocks before the prefill pushes them; it needs
         // the images' keys and grids, not their data.
-        let events = decode
-            .generate(without_image_data(&job))
-            .await
-            .map_err(|status| Failure::of(&decode_address, status))?
-            .into_inner();
+        let events = match decode.generate(without_image_data(&job)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(Failure::of_lease(&decode, status)),
+        };
         let prefill_address = prefill.address().to_string();
         let request_id = job.request_id.clone();
         let prefill_job = PrefillJob {
@@ -154,13 +156,13 @@ impl JobSplitter {
             Ok(mut prefiller) => prefiller
                 .prefill(prefill_job)
                 .await
-                .map_err(|status| Failure::of(&prefill_address, status)),
+                .map_err(|status| Failure::of_lease(&prefill, status)),
             Err(status) => Err(Failure::Final(status)),
         };
         if let Err(failure) = prefilled {
             // Free the decode job's blocks (and its request id) before anything is retried.
             drop(events);
-            let _ = decode.abort(AbortRequest { request_id }).await;
+            decode.abort(&request_id).await;
             return Err(failure);
         }
         Ok(Started { events, worker: decode })
@@ -170,7 +172,7 @@ impl JobSplitter {
     /// encoded where it is prefilled. The leases count the encodings
     /// against the workers until the attempt ends.
     fn assign_vision_workers(&self, job: &mut GenerateJob, excluded: &[String]) -> Vec<WorkerLease> {
-        if self.workers.vision.is_empty() {
+        if !self.workers.has_role(WorkerRole::Vision) {
             return Vec::new();
         }
         let mut leases = Vec::with_capacity(job.images.len());
@@ -185,11 +187,11 @@ impl JobSplitter {
             };
             let remembered = affinity
                 .get(&hash)
-                .filter(|address| self.workers.vision.contains(address) && !excluded.contains(address))
+                .filter(|address| self.workers.contains(WorkerRole::Vision, address) && !excluded.contains(address))
                 .cloned();
             let address = match remembered {
                 Some(address) => address,
-                None => match self.workers.vision.pick_except(excluded) {
+                None => match self.workers.pick_except(&[WorkerRole::Vision], excluded) {
                     Ok(lease) => {
                         let address = lease.address().to_string();
                         leases.push(lease);
@@ -223,6 +225,11 @@ impl JobSplitter {
     }
 }
 
+/// The `host:port` of an `http://host:port` address, as workers name their peers.
+fn peer_address(address: &str) -> &str {
+    address.split_once("://").map_or(address, |(_, rest)| rest)
+}
+
 /// `job` with every image's content hash filled in, the key of the vision workers' caches.
 fn with_content_hashes(job: &GenerateJob) -> GenerateJob {
     let mut job = job.clone();
@@ -252,6 +259,19 @@ enum Failure {
 }
 
 impl Failure {
+    /// Classifies `status` from a call to `worker` (see [`Failure::of`]); a worker that could not
+    /// be reached is also set aside for every request until it reports its load again.
+    fn of_lease(worker: &WorkerLease, status: Status) -> Failure {
+        let failure = Failure::of(worker.address(), status);
+        if let Failure::Worker { address, status } = &failure
+            && address == worker.address()
+            && matches!(status.code(), Code::Unavailable | Code::Unknown)
+        {
+            worker.set_aside();
+        }
+        failure
+    }
+
     /// Classifies `status` from a call to the worker at `address`: a failure a peer caused blames
     /// the peer; transport and server failures blame the worker; anything else is final.
     fn of(address: &str, status: Status) -> Failure {

@@ -4,6 +4,8 @@
 //! tokens, then the largest free share of the KV cache (in sixteenths: reports come 100 ms apart,
 //! so finer differences are often stale), then fewest jobs in flight from this coordinator (known
 //! at once). With no ready worker of that role the job is refused with UNAVAILABLE, naming the role.
+//! The job splitter ([`crate::split`]) picks by role from this one pool, excluding the workers
+//! that already failed a request.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -11,10 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-<<<<<<< HEAD
 use fovea_membership::{Members, WorkerRecord, role_name};
-=======
->>>>>>> disagg
 use fovea_proto::worker::v1::worker_client::WorkerClient;
 use fovea_proto::worker::v1::{AbortRequest, WorkerRole};
 use tokio::sync::watch;
@@ -31,7 +30,9 @@ struct Worker {
     client: WorkerClient<Channel>,
     in_flight: AtomicUsize,
     health: Arc<Mutex<WorkerHealth>>,
-    load_stream: JoinHandle<()>,
+    /// None for a vision worker: it serves no `Worker` API, so it reports no load and counts as
+    /// ready while registered.
+    load_stream: Option<JoinHandle<()>>,
 }
 
 impl Worker {
@@ -44,7 +45,8 @@ impl Worker {
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let health = Arc::default();
-        let load_stream = tokio::spawn(watch_load(record.id.clone(), client.clone(), Arc::clone(&health)));
+        let load_stream = (record.role != WorkerRole::Vision)
+            .then(|| tokio::spawn(watch_load(record.id.clone(), client.clone(), Arc::clone(&health))));
         Ok(Worker {
             record,
             client,
@@ -61,7 +63,9 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        self.load_stream.abort();
+        if let Some(load_stream) = &self.load_stream {
+            load_stream.abort();
+        }
     }
 }
 
@@ -118,14 +122,22 @@ impl WorkerPool {
         WorkerPool { shared }
     }
 
-<<<<<<< HEAD
     /// The least-loaded ready worker of `role`, or UNAVAILABLE saying why there is none.
     pub fn pick(&self, role: WorkerRole) -> Result<WorkerLease, Status> {
+        self.pick_except(&[role], &[])
+    }
+
+    /// The least-loaded ready worker of one of `roles` whose address is not in `excluded`
+    /// (workers that failed this request), or UNAVAILABLE saying why there is none.
+    pub fn pick_except(&self, roles: &[WorkerRole], excluded: &[String]) -> Result<WorkerLease, Status> {
         let now = Instant::now();
         let workers = self.shared.workers.read().unwrap_or_else(PoisonError::into_inner);
         let mut not_ready = Vec::new();
         let mut best = None;
-        for worker in workers.values().filter(|worker| worker.record.role == role) {
+        let candidates = workers
+            .values()
+            .filter(|worker| roles.contains(&worker.record.role) && !excluded.contains(&worker.record.address));
+        for worker in candidates {
             let health = worker.health();
             let condition = health.condition(now, &self.shared.policy);
             if !condition.takes_jobs() {
@@ -145,39 +157,39 @@ impl WorkerPool {
             }
         }
         let Some((_, worker)) = best else {
-            let role = role_name(role);
+            let roles = roles.iter().map(|&role| role_name(role)).collect::<Vec<_>>().join(" or ");
             let model = &self.shared.model;
+            let others = if excluded.is_empty() { "" } else { " other than those that failed this request" };
             return Err(Status::unavailable(if not_ready.is_empty() {
-                format!("no live {role} worker serves model {model:?}")
+                format!("no live {roles} worker{others} serves model {model:?}")
             } else {
-                format!("no {role} worker of model {model:?} is ready: {}", not_ready.join(", "))
+                format!("no {roles} worker of model {model:?} is ready: {}", not_ready.join(", "))
             }));
         };
-=======
-    /// The least busy worker.
-    pub fn pick(&self) -> Result<WorkerLease, Status> {
-        self.pick_except(&[])
-    }
-
-    /// The least busy worker whose address is not in `excluded` (workers that failed this request).
-    pub fn pick_except(&self, excluded: &[String]) -> Result<WorkerLease, Status> {
-        let (index, worker) = self
-            .workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| !excluded.contains(&w.address))
-            .min_by_key(|(_, w)| w.in_flight.load(Ordering::Relaxed))
-            .ok_or_else(|| Status::unavailable("no worker serves this model"))?;
->>>>>>> disagg
         worker.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(WorkerLease {
             worker: Arc::clone(worker),
             client: worker.client.clone(),
         })
     }
+
+    /// Whether the pool has a worker of `role` (ready or not).
+    pub fn has_role(&self, role: WorkerRole) -> bool {
+        self.workers().values().any(|worker| worker.record.role == role)
+    }
+
+    /// Whether the pool has a worker of `role` at `address`.
+    pub fn contains(&self, role: WorkerRole, address: &str) -> bool {
+        self.workers()
+            .values()
+            .any(|worker| worker.record.role == role && worker.record.address == address)
+    }
+
+    fn workers(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Worker>>> {
+        self.shared.workers.read().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
-<<<<<<< HEAD
 /// Keeps the pool behind `shared` in step with `members` while the pool exists. If the registry
 /// goes away the pool keeps its last workers.
 async fn follow_members(shared: Weak<Shared>, mut members: watch::Receiver<Members>) {
@@ -187,24 +199,18 @@ async fn follow_members(shared: Weak<Shared>, mut members: watch::Receiver<Membe
             Some(shared) => shared.sync(&view),
             None => return,
         }
-=======
-    /// Whether the pool has no worker.
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
-    /// Whether a worker of the pool has `address`.
-    pub fn contains(&self, address: &str) -> bool {
-        self.workers.iter().any(|w| w.address == address)
->>>>>>> disagg
     }
 }
 
 impl WorkerLease {
-<<<<<<< HEAD
     /// The worker's id.
     pub fn worker_id(&self) -> &str {
         &self.worker.record.id
+    }
+
+    /// The worker's address, as it registered it (`http://host:port`).
+    pub fn address(&self) -> &str {
+        &self.worker.record.address
     }
 
     /// Takes the worker out of routing until its next load report (a job could not be sent).
@@ -220,11 +226,6 @@ impl WorkerLease {
         if let Err(status) = self.client.clone().abort(request).await {
             tracing::warn!(worker = %self.worker.record.id, %request_id, "abort failed: {}", status.message());
         }
-=======
-    /// The worker's address, as the pool was given it (`http://host:port`).
-    pub fn address(&self) -> &str {
-        &self.pool.workers[self.index].address
->>>>>>> disagg
     }
 }
 

@@ -189,10 +189,10 @@ mod tests {
     fn skipping_continues_where_the_skipped_draws_left_off() {
         let logits = [1.0, 1.0, 1.0, 1.0];
         let mut whole = Sampler::new(params(1.0, 1.0, 0, 9)).unwrap();
-        let all: Vec<u32> = (0..20).map(|_| whole.sample(&logits)).collect();
+        let all: Vec<u32> = (0..20).map(|_| whole.sample(&logits).id).collect();
         let mut resumed = Sampler::new(params(1.0, 1.0, 0, 9)).unwrap();
         resumed.skip(5);
-        let rest: Vec<u32> = (0..15).map(|_| resumed.sample(&logits)).collect();
+        let rest: Vec<u32> = (0..15).map(|_| resumed.sample(&logits).id).collect();
         assert_eq!(rest, all[5..]);
     }
 

@@ -41,20 +41,25 @@ pub async fn engine_request(job: GenerateJob, images: Images, context: &JobConte
     for (index, input) in job.images.into_iter().enumerate() {
         sources.push(image_source(index, input, &job.request_id, images, context).await?);
     }
-    let sampling = job.sampling.unwrap_or_default();
+    let wire_sampling = job.sampling.unwrap_or_default();
+    let sampling = SamplingParams {
+        temperature: wire_sampling.temperature,
+        top_p: if wire_sampling.top_p == 0.0 { 1.0 } else { wire_sampling.top_p },
+        top_k: wire_sampling.top_k as usize,
+        seed: wire_sampling.seed,
+        logprobs: wire_sampling.logprobs.map(|top| top as usize),
+    };
+    sampling
+        .validate()
+        .map_err(|e| Status::invalid_argument(format!("sampling: {e}")))?;
     let replayed_tokens = job.replayed_tokens as usize;
     Ok(GenerateRequest {
         prompt_ids: job.prompt_token_ids,
         images: sources,
-        sampling: SamplingParams {
-            temperature: sampling.temperature,
-            top_p: if sampling.top_p == 0.0 { 1.0 } else { sampling.top_p },
-            top_k: sampling.top_k as usize,
-            seed: sampling.seed,
-        },
+        sampling,
         max_new_tokens: job.max_tokens as usize,
         // The coordinator resolved the end-of-turn tokens into the stop tokens.
-        stop_token_ids: sampling.stop_token_ids,
+        stop_token_ids: wire_sampling.stop_token_ids,
         ignore_eos: true,
         stop_strings: Vec::new(),
         skip_special_tokens: false,

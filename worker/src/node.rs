@@ -3,6 +3,10 @@
 //! cache); `prefill` Prefiller and Worker (whose Generate it refuses); `decode` Worker (whole
 //! requests below the coordinator's disaggregation threshold, and jobs with a KV transfer) and
 //! KvTransfer. Every role also serves `grpc.health.v1`.
+//!
+//! [`WorkerNode::serve`] is how every worker process (`fovea serve`, `fovea worker`) serves: on
+//! shutdown health turns NOT_SERVING and the worker drains (see [`crate::service`]) before the
+//! server stops.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::EngineConfig;
 use crate::engine::Engine;
+use crate::engine_rank::{EngineRanks, single_rank};
 use crate::error::EngineError;
 use crate::handle::EngineHandle;
 use crate::job::JobContext;
@@ -55,31 +60,42 @@ pub struct WorkerNode {
 }
 
 impl WorkerNode {
-    /// Starts the services of `info.role` on `model` (an engine with `config` unless the role is
-    /// `vision`), decoding images with `preprocess`. `info.kv_cache` is filled in here.
+    /// Starts the services of `info.role` on `model` (an engine with `config` on one rank unless
+    /// the role is `vision`), decoding images with `preprocess`. `info.kv_cache` is filled in here.
     pub fn start(
         model: Arc<Phi4VisionModel>,
+        tokenizer: Arc<fovea_model::text::TextTokenizer>,
+        preprocess: PreprocessConfig,
+        config: EngineConfig,
+        info: WorkerInfo,
+    ) -> Result<Self, EngineError> {
+        if info.role() == WorkerRole::Vision {
+            return Ok(Self::vision_only(model, preprocess, &config));
+        }
+        let ranks = single_rank(model, &config)?;
+        Self::start_on_ranks(ranks, tokenizer, preprocess, config, info)
+    }
+
+    /// [`WorkerNode::start`] on (possibly tensor-parallel) engine `ranks`; rank 0's model encodes
+    /// images. KV transfer (prefill and decode roles) needs a single rank.
+    pub fn start_on_ranks(
+        ranks: EngineRanks,
         tokenizer: Arc<fovea_model::text::TextTokenizer>,
         preprocess: PreprocessConfig,
         config: EngineConfig,
         mut info: WorkerInfo,
     ) -> Result<Self, EngineError> {
         let role = info.role();
-        let preprocess = Arc::new(preprocess);
-        let vision = matches!(role, WorkerRole::Full | WorkerRole::Vision)
-            .then(|| VisionEncoderService::new(Arc::clone(&model), Arc::clone(&preprocess), config.image_cache_bytes));
+        let model = Arc::clone(ranks.local().model());
         if role == WorkerRole::Vision {
-            return Ok(WorkerNode {
-                engine: None,
-                worker: None,
-                vision,
-                prefill: None,
-                kv: None,
-            });
+            return Ok(Self::vision_only(model, preprocess, &config));
         }
         if role == WorkerRole::Unspecified {
             return Err(EngineError::Config("a worker needs a role".into()));
         }
+        let preprocess = Arc::new(preprocess);
+        let vision = (role == WorkerRole::Full)
+            .then(|| VisionEncoderService::new(Arc::clone(&model), Arc::clone(&preprocess), config.image_cache_bytes));
         let layout = kv_cache_layout(&model.config().text, config.block_size);
         info.kv_cache = Some(layout);
         let jobs = JobContext {
@@ -87,7 +103,7 @@ impl WorkerNode {
             peers: Arc::new(PeerChannels::default()),
             hidden_size: model.config().text.hidden_size,
         };
-        let engine = Engine::start(model, tokenizer, config)?;
+        let engine = Engine::start_on_ranks(ranks, tokenizer, config)?;
         let awaited = AwaitedTransfers::default();
         let prefill = matches!(role, WorkerRole::Full | WorkerRole::Prefill)
             .then(|| PrefillService::new(engine.clone(), jobs.clone(), layout));
@@ -102,6 +118,17 @@ impl WorkerNode {
         })
     }
 
+    /// The vision role's node: the encoder alone, no engine and no KV cache.
+    fn vision_only(model: Arc<Phi4VisionModel>, preprocess: PreprocessConfig, config: &EngineConfig) -> Self {
+        WorkerNode {
+            engine: None,
+            worker: None,
+            vision: Some(VisionEncoderService::new(model, Arc::new(preprocess), config.image_cache_bytes)),
+            prefill: None,
+            kv: None,
+        }
+    }
+
     /// The engine (none in the vision role), for load and block counts.
     pub fn engine(&self) -> Option<&EngineHandle> {
         self.engine.as_ref()
@@ -112,13 +139,30 @@ impl WorkerNode {
         self.vision.as_ref()
     }
 
-    /// Serves the role's services on `listener` until `shutdown` resolves.
+    /// Serves the role's services on `listener` until `shutdown` resolves, then drains: health
+    /// says NOT_SERVING, new jobs are refused, running ones finish, and it returns once every
+    /// call has ended.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let (health_reporter, health_service) = fovea_proto::health::server::health_reporter();
+        let draining = self.worker.as_ref().map(WorkerService::draining);
+        let has_vision = self.vision.is_some();
+        let stop_reporter = health_reporter.clone();
+        let shutdown = async move {
+            shutdown.await;
+            if let Some(draining) = draining {
+                draining.send_replace(true);
+                stop_reporter.set_not_serving::<WorkerServer<WorkerService>>().await;
+            }
+            if has_vision {
+                stop_reporter
+                    .set_not_serving::<VisionEncoderServer<VisionEncoderService>>()
+                    .await;
+            }
+        };
         let mut router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_optional_service(self.worker.map(|service| {

@@ -2,50 +2,33 @@
 //! jobs, streams their tokens, aborts them and watches the worker's load over gRPC.
 //!
 //! Jobs arrive as token ids and encoded images (the coordinator owns templates, text and stop
-<<<<<<< HEAD
-//! strings); this layer decodes the images, submits to the engine and forwards its events. A job
-//! whose caller goes away is cancelled, which frees its KV blocks.
-//!
-//! Shutting down drains: new jobs are refused with UNAVAILABLE, running ones finish, load reports
-//! say DRAINING and end once the engine is idle, and then the server stops.
-=======
 //! strings); this layer turns them into engine requests ([`crate::job`]: images decoded here or
-//! fetched from vision workers), submits them and forwards their events. A job whose caller goes
-//! away is cancelled, which frees its KV blocks.
+//! fetched from vision workers), submits them and forwards their events (with each token's log
+//! probabilities when the job asks for them). A job whose caller goes away is cancelled, which
+//! frees its KV blocks.
 //!
 //! A job with a `kv_transfer_id` (decode role) reserves its prompt's blocks and waits for a
 //! prefill worker to push them ([`crate::kv_receiver`]); a prefill worker refuses Generate.
->>>>>>> disagg
+//!
+//! Shutting down drains ([`crate::node::WorkerNode::serve`] sets [`WorkerService::draining`]):
+//! new jobs are refused with UNAVAILABLE, running ones finish, load reports say DRAINING and end
+//! once the engine is idle, and then the server stops.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-<<<<<<< HEAD
-use fovea_model::ImagePlacement;
 use fovea_model::logprobs::TokenLogprobs;
-use fovea_model::preprocess::{PreprocessConfig, prepare_image};
-use fovea_model::sampling::SamplingParams;
 use fovea_proto::v1::{
     FinishReason as WireFinishReason, TokenLogprob as WireTokenLogprob, TokenLogprobs as WireTokenLogprobs,
 };
-use fovea_proto::worker::v1::worker_server::{Worker, WorkerServer};
-=======
-use fovea_proto::v1::FinishReason as WireFinishReason;
 use fovea_proto::worker::v1::worker_server::Worker;
->>>>>>> disagg
 use fovea_proto::worker::v1::{
     AbortRequest, AbortResponse, DescribeRequest, GenerateEvent, GenerateFinished, GenerateJob, GeneratedTokens,
     WatchLoadRequest, WorkerInfo, WorkerLoad, WorkerRole, WorkerState, generate_event,
 };
-<<<<<<< HEAD
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-=======
-use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
->>>>>>> disagg
 use tonic::{Request, Response, Status};
 
 use crate::event::{Completion, Event, FinishReason};
@@ -67,12 +50,9 @@ pub struct WorkerService {
     jobs: JobContext,
     info: WorkerInfo,
     running: Arc<Mutex<HashMap<String, RunningJob>>>,
-<<<<<<< HEAD
+    awaited: AwaitedTransfers,
     /// Set when the worker starts draining.
     draining: Arc<watch::Sender<bool>>,
-=======
-    awaited: AwaitedTransfers,
->>>>>>> disagg
 }
 
 impl WorkerService {
@@ -84,70 +64,20 @@ impl WorkerService {
             jobs,
             info,
             running: Arc::default(),
-<<<<<<< HEAD
-            draining: Arc::new(watch::Sender::new(false)),
-=======
             awaited,
->>>>>>> disagg
+            draining: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// The switch that starts draining: once it says `true`, new jobs are refused and load
+    /// reports say DRAINING.
+    pub fn draining(&self) -> Arc<watch::Sender<bool>> {
+        Arc::clone(&self.draining)
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningJob>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-<<<<<<< HEAD
-/// The engine request for a job, its images decoded and checked against the grids the
-/// coordinator computed.
-fn engine_request(job: GenerateJob, preprocess: &PreprocessConfig) -> Result<GenerateRequest, Status> {
-    let mut images = Vec::with_capacity(job.images.len());
-    for (index, input) in job.images.into_iter().enumerate() {
-        let encoded = input
-            .image
-            .ok_or_else(|| Status::invalid_argument(format!("image {index} has no content")))?;
-        if encoded.data.is_empty() {
-            return Err(Status::not_found(format!(
-                "image {index} is sent by hash only, and this worker has no feature cache lookup by hash"
-            )));
-        }
-        let prepared =
-            prepare_image(&encoded.data, preprocess).map_err(|e| Status::invalid_argument(format!("image {index}: {e}")))?;
-        let expected = (encoded.grid_rows as usize, encoded.grid_cols as usize);
-        if expected != (0, 0) && expected != (prepared.grid_h, prepared.grid_w) {
-            return Err(Status::invalid_argument(format!(
-                "image {index} decodes to a {}x{} grid, the job says {}x{}",
-                prepared.grid_h, prepared.grid_w, expected.0, expected.1
-            )));
-        }
-        let placement = ImagePlacement {
-            start: input.start as usize,
-            len: prepared.grid_h * prepared.grid_w,
-        };
-        images.push((placement, prepared));
-    }
-    let wire_sampling = job.sampling.unwrap_or_default();
-    let sampling = SamplingParams {
-        temperature: wire_sampling.temperature,
-        top_p: if wire_sampling.top_p == 0.0 { 1.0 } else { wire_sampling.top_p },
-        top_k: wire_sampling.top_k as usize,
-        seed: wire_sampling.seed,
-        logprobs: wire_sampling.logprobs.map(|top| top as usize),
-    };
-    sampling
-        .validate()
-        .map_err(|e| Status::invalid_argument(format!("sampling: {e}")))?;
-    Ok(GenerateRequest {
-        prompt_ids: job.prompt_token_ids,
-        images,
-        sampling,
-        max_new_tokens: job.max_tokens as usize,
-        // The coordinator resolved the end-of-turn tokens into the stop tokens.
-        stop_token_ids: wire_sampling.stop_token_ids,
-        ignore_eos: true,
-        stop_strings: Vec::new(),
-        skip_special_tokens: false,
-    })
 }
 
 /// One token's log probabilities as the worker API carries them.
@@ -165,8 +95,6 @@ fn wire_logprobs(logprobs: &TokenLogprobs) -> WireTokenLogprobs {
     }
 }
 
-=======
->>>>>>> disagg
 fn finished_event(completion: &Completion) -> GenerateEvent {
     let (reason, error) = match &completion.reason {
         FinishReason::Stop => (WireFinishReason::Stop, String::new()),
@@ -206,23 +134,13 @@ impl Worker for WorkerService {
         if job_id.is_empty() {
             return Err(Status::invalid_argument("a job needs a request_id"));
         }
-<<<<<<< HEAD
         if *self.draining.borrow() {
             return Err(Status::unavailable("this worker is draining: it finishes its jobs and takes no new ones"));
         }
-        if !job.kv_transfer_id.is_empty() {
-            return Err(Status::unimplemented("this worker runs whole requests; KV transfer is not served"));
-        }
-        let preprocess = Arc::clone(&self.preprocess);
-        let request = tokio::task::spawn_blocking(move || engine_request(job, &preprocess))
-            .await
-            .map_err(|e| Status::internal(format!("image decoding failed: {e}")))??;
-=======
         let transfer_id = job.kv_transfer_id.clone();
         let images = if transfer_id.is_empty() { Images::Needed } else { Images::KeysOnly };
         let request = engine_request(job, images, &self.jobs).await?;
         let prompt_tokens = request.prompt_ids.len();
->>>>>>> disagg
         let (done_tx, done_rx) = oneshot::channel();
         let mut stream = {
             let mut running = self.running();
@@ -351,32 +269,3 @@ impl Worker for WorkerService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
-<<<<<<< HEAD
-
-/// Serves `service` on `listener` until `shutdown` resolves, then drains: running jobs finish,
-/// new ones are refused, and it returns once every call has ended.
-pub async fn serve_worker(
-    service: WorkerService,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let (health_reporter, health_service) = fovea_proto::health::server::health_reporter();
-    health_reporter.set_serving::<WorkerServer<WorkerService>>().await;
-    let draining = Arc::clone(&service.draining);
-    let shutdown = async move {
-        shutdown.await;
-        draining.send_replace(true);
-        health_reporter.set_not_serving::<WorkerServer<WorkerService>>().await;
-    };
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(
-            WorkerServer::new(service)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-}
-=======
->>>>>>> disagg
