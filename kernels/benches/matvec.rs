@@ -73,15 +73,22 @@ struct Timing {
 }
 
 fn main() {
+    // `cargo bench -p fovea-kernels --bench matvec -- lm_head` measures only the weights whose
+    // names contain one of the arguments (the step totals then cover only those).
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let selected: Vec<&Weight> =
+        WEIGHTS.iter().filter(|w| filters.is_empty() || filters.iter().any(|f| w.name.contains(f.as_str()))).collect();
     for weight_type in [WeightType::F32, WeightType::Bf16] {
         let label = if weight_type == WeightType::F32 { "f32" } else { "bf16" };
         println!("\n{label} weights: time per call, new kernel vs old path (row dots <= 8 rows, candle GEMM above)");
-        let timings: Vec<Vec<Timing>> = WEIGHTS.iter().map(|weight| measure_weight(weight, weight_type)).collect();
-        println!("\n{label} decoding step (12 layers + lm_head, {:.0} MB of weights):", step_bytes(weight_type) / 1e6);
-        let floor = step_bytes(weight_type) / (MACHINE_GB_PER_S * 1e9);
+        let timings: Vec<Vec<Timing>> = selected.iter().map(|weight| measure_weight(weight, weight_type)).collect();
+        let bytes = step_bytes(&selected, weight_type);
+        let what = if selected.len() == WEIGHTS.len() { "decoding step (12 layers + lm_head" } else { "selected weights (per step" };
+        println!("\n{label} {what}, {:.0} MB of weights):", bytes / 1e6);
+        let floor = bytes / (MACHINE_GB_PER_S * 1e9);
         for (index, rows) in ROW_COUNTS.into_iter().enumerate() {
             let step = |time: fn(&Timing) -> f64| -> f64 {
-                WEIGHTS.iter().zip(&timings).map(|(w, t)| w.per_step as f64 * time(&t[index])).sum()
+                selected.iter().zip(&timings).map(|(w, t)| w.per_step as f64 * time(&t[index])).sum()
             };
             let (new, old) = (step(|t| t.new), step(|t| t.old));
             println!(
@@ -96,8 +103,8 @@ fn main() {
     }
 }
 
-fn step_bytes(weight_type: WeightType) -> f64 {
-    WEIGHTS.iter().map(|w| (w.per_step * w.n * w.k * weight_type.bytes()) as f64).sum()
+fn step_bytes(weights: &[&Weight], weight_type: WeightType) -> f64 {
+    weights.iter().map(|w| (w.per_step * w.n * w.k * weight_type.bytes()) as f64).sum()
 }
 
 fn measure_weight(weight: &Weight, weight_type: WeightType) -> Vec<Timing> {

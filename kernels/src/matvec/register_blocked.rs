@@ -1,17 +1,19 @@
 //! The AVX-512 kernel for decoding batches: micro-tiles of 4 output columns × up to 6 rows of
 //! `X`, whose 24 accumulators stay in registers while the tile's 4 weight rows stream past.
 //!
-//! A band walks its columns 4 at a time; for each group of 4 weight rows it runs one tile per 6
-//! rows of `X`. The first tile pulls the weight rows from memory, later tiles find them in L1/L2,
-//! so every weight leaves memory once per call however many rows there are, and each loaded
-//! weight vector feeds 6 multiply-adds (4 weight + 6 input loads per 24 of them, where a dot
-//! product per output needs 2 loads per multiply-add). `X` (64 rows of 768 f32 are 192 KiB) is
-//! read from L2 once per tile.
+//! A band goes through its weights in chunks of 256 KiB, and each chunk runs all its tiles for 6
+//! rows of `X` at a time: the first row block pulls the chunk's weights from memory, the later
+//! ones find them in L2 while their 6 rows of `X` (18 KiB at k = 768) stay in L1. So every weight
+//! leaves memory once per call however many rows there are, and each loaded weight vector feeds
+//! 6 multiply-adds (4 weight + 6 input loads per 24 of them, where a dot product per output needs
+//! 2 loads per multiply-add). A tile takes one column from each quarter of its band, so each of
+//! its 4 weight streams runs through consecutive rows of `W`, which the prefetchers follow.
 //!
 //! Each accumulator sums one (row, column) pair over 16 lanes of `k`, in f32; the 4 columns of a
 //! row are reduced together at the end of the tile.
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::column_bands::ColumnBand;
 
@@ -124,44 +126,92 @@ impl Lanes for Bf16Lanes {
     }
 }
 
-/// Walks the band 4 columns at a time and, per group, the rows of `X` 6 at a time.
+/// Walks the band in chunks of weight rows that fit in L2; per chunk, the rows of `X` 6 at a
+/// time, and per 6 rows every tile of the chunk.
 #[inline(always)]
 fn fill_band<L: Lanes>(x: &[L::Value], w: &[L::Value], rows: usize, k: usize, band: &mut ColumnBand<'_>) {
     let columns = band.columns();
     assert!(x.len() >= rows * k, "x is shorter than [rows, k]");
     assert!(w.len() >= columns.end * k, "w is shorter than the band's weight rows");
-    for first in columns.clone().step_by(TILE_COLUMNS) {
-        let valid = (columns.end - first).min(TILE_COLUMNS);
-        // A group with fewer than 4 columns left repeats its last weight row in the missing
-        // places (read from cache, results dropped), so every tile has the same shape.
-        let w_rows: [*const L::Value; TILE_COLUMNS] =
-            std::array::from_fn(|c| w[(first + c.min(valid - 1)) * k..].as_ptr());
-        let placement = TilePlacement { band_column: first - columns.start, valid };
+    let quarter = columns.len().div_ceil(TILE_COLUMNS);
+    let tiles_per_chunk = (CHUNK_BYTES / (TILE_COLUMNS * k.max(1) * size_of::<L::Value>())).max(1);
+    let band_weights = &w[columns.start * k..columns.end * k];
+    for first_offset in (0..quarter).step_by(tiles_per_chunk) {
+        let chunk = Chunk {
+            offsets: first_offset..(first_offset + tiles_per_chunk).min(quarter),
+            quarter,
+            width: columns.len(),
+        };
         let mut row = 0;
         while row < rows {
             let x_rows = x[row * k..].as_ptr();
-            // SAFETY (every arm): rows `row..row + R` of `x` and the 4 weight rows hold `k`
+            // SAFETY (every arm): rows `row..row + R` of `x` and the band's weight rows hold `k`
             // values each (asserted above), and the entry points enable the CPU features.
             match rows - row {
-                1 => unsafe { tile::<L, 1>(x_rows, w_rows, k, band, row, placement) },
-                2 => unsafe { tile::<L, 2>(x_rows, w_rows, k, band, row, placement) },
-                3 => unsafe { tile::<L, 3>(x_rows, w_rows, k, band, row, placement) },
-                4 => unsafe { tile::<L, 4>(x_rows, w_rows, k, band, row, placement) },
-                5 => unsafe { tile::<L, 5>(x_rows, w_rows, k, band, row, placement) },
-                _ => unsafe { tile::<L, TILE_ROWS>(x_rows, w_rows, k, band, row, placement) },
+                1 => unsafe { row_block::<L, 1>(x_rows, band_weights, k, &chunk, band, row) },
+                2 => unsafe { row_block::<L, 2>(x_rows, band_weights, k, &chunk, band, row) },
+                3 => unsafe { row_block::<L, 3>(x_rows, band_weights, k, &chunk, band, row) },
+                4 => unsafe { row_block::<L, 4>(x_rows, band_weights, k, &chunk, band, row) },
+                5 => unsafe { row_block::<L, 5>(x_rows, band_weights, k, &chunk, band, row) },
+                _ => unsafe { row_block::<L, TILE_ROWS>(x_rows, band_weights, k, &chunk, band, row) },
             }
             row += TILE_ROWS;
         }
     }
 }
 
-/// Where a tile's 4 columns land in its band.
+/// Weight bytes per chunk: the chunk's rows leave memory during its first row block and are
+/// read from L2 (1 MiB per core here) by the others, next to the rows of `X`.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// The tiles of one chunk: offsets into each quarter of the band.
+struct Chunk {
+    offsets: Range<usize>,
+    /// Columns per quarter of the band.
+    quarter: usize,
+    /// The band's width.
+    width: usize,
+}
+
+/// Runs every tile of `chunk` for `R` rows of `X` starting at `x_rows` (output row `first_row`).
+///
+/// # Safety
+/// `x_rows` starts `R` rows of `k` values; `band_weights` holds the band's weight rows; the CPU
+/// features of the entry point present.
+#[inline(always)]
+unsafe fn row_block<L: Lanes, const R: usize>(
+    x_rows: *const L::Value,
+    band_weights: &[L::Value],
+    k: usize,
+    chunk: &Chunk,
+    band: &mut ColumnBand<'_>,
+    first_row: usize,
+) {
+    for offset in chunk.offsets.clone() {
+        let placement = TilePlacement {
+            band_columns: std::array::from_fn(|c| c * chunk.quarter + offset),
+            width: chunk.width,
+        };
+        // Quarters that end short (when the width is not a multiple of 4) repeat column
+        // `offset` in their missing places (read from cache, results dropped).
+        let w_rows: [*const L::Value; TILE_COLUMNS] = std::array::from_fn(|c| {
+            let column = placement.band_columns[c];
+            band_weights[if column < chunk.width { column } else { offset } * k..].as_ptr()
+        });
+        // SAFETY: as the caller guarantees; each `w_rows[c]` starts a weight row of the band.
+        unsafe { tile::<L, R>(x_rows, w_rows, k, band, first_row, placement) };
+    }
+}
+
+/// Where a tile's 4 columns land in its band: one in each quarter, at the same offset, so that
+/// each of the tile's weight streams runs through consecutive rows of `W` (contiguous memory,
+/// which the hardware prefetchers follow) rather than jumping 4 rows at every tile.
 #[derive(Clone, Copy)]
 struct TilePlacement {
-    /// The band column of the tile's first column.
-    band_column: usize,
-    /// How many of the 4 columns are real (the rest repeat the last one).
-    valid: usize,
+    /// The band columns of the tile's 4 columns.
+    band_columns: [usize; TILE_COLUMNS],
+    /// The band's width: columns at or past it are repeats whose results are dropped.
+    width: usize,
 }
 
 /// Computes `R` rows × 4 columns of the output and stores them in `band` from row `first_row`.
@@ -190,11 +240,15 @@ unsafe fn tile<L: Lanes, const R: usize>(
         if i < k {
             multiply_add_slice::<L, R>(&mut acc, x_rows, w_rows, k, i, k - i);
         }
-        let TilePlacement { band_column, valid } = placement;
         for (r, acc) in acc.iter().enumerate() {
             let mut sums = [0f32; TILE_COLUMNS];
             _mm_storeu_ps(sums.as_mut_ptr(), sum_each_of_four(*acc));
-            band.row(first_row + r)[band_column..band_column + valid].copy_from_slice(&sums[..valid]);
+            let out = band.row(first_row + r);
+            for (&band_column, sum) in placement.band_columns.iter().zip(sums) {
+                if band_column < placement.width {
+                    out[band_column] = sum;
+                }
+            }
         }
     }
 }
