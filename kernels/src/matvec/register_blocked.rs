@@ -1,7 +1,7 @@
 //! The AVX-512 kernel for decoding batches: micro-tiles of 4 output columns × up to 6 rows of
 //! `X`, whose 24 accumulators stay in registers while the tile's 4 weight rows stream past.
 //!
-//! A band goes through its weights in chunks of 256 KiB, and each chunk runs all its tiles for 6
+//! A band goes through its weights in chunks of 96 KiB, and each chunk runs all its tiles for 6
 //! rows of `X` at a time: the first row block pulls the chunk's weights from memory, the later
 //! ones find them in L2 while their 6 rows of `X` (18 KiB at k = 768) stay in L1. So every weight
 //! leaves memory once per call however many rows there are, and each loaded weight vector feeds
@@ -136,6 +136,10 @@ fn fill_band<L: Lanes>(x: &[L::Value], w: &[L::Value], rows: usize, k: usize, ba
     let quarter = columns.len().div_ceil(TILE_COLUMNS);
     let tiles_per_chunk = (CHUNK_BYTES / (TILE_COLUMNS * k.max(1) * size_of::<L::Value>())).max(1);
     let band_weights = &w[columns.start * k..columns.end * k];
+    // The tiles write a packed `[rows, width]` copy of the band, copied out at the end: rows of
+    // the output itself can lie a multiple of 4 KiB apart (n = 4096 or 100352 f32), and their
+    // lines would then all compete for the same few L1 sets as the weights and `X`.
+    let mut packed = vec![0f32; rows * columns.len()];
     for first_offset in (0..quarter).step_by(tiles_per_chunk) {
         let chunk = Chunk {
             offsets: first_offset..(first_offset + tiles_per_chunk).min(quarter),
@@ -148,21 +152,25 @@ fn fill_band<L: Lanes>(x: &[L::Value], w: &[L::Value], rows: usize, k: usize, ba
             // SAFETY (every arm): rows `row..row + R` of `x` and the band's weight rows hold `k`
             // values each (asserted above), and the entry points enable the CPU features.
             match rows - row {
-                1 => unsafe { row_block::<L, 1>(x_rows, band_weights, k, &chunk, band, row) },
-                2 => unsafe { row_block::<L, 2>(x_rows, band_weights, k, &chunk, band, row) },
-                3 => unsafe { row_block::<L, 3>(x_rows, band_weights, k, &chunk, band, row) },
-                4 => unsafe { row_block::<L, 4>(x_rows, band_weights, k, &chunk, band, row) },
-                5 => unsafe { row_block::<L, 5>(x_rows, band_weights, k, &chunk, band, row) },
-                _ => unsafe { row_block::<L, TILE_ROWS>(x_rows, band_weights, k, &chunk, band, row) },
+                1 => unsafe { row_block::<L, 1>(x_rows, band_weights, k, &chunk, &mut packed, row) },
+                2 => unsafe { row_block::<L, 2>(x_rows, band_weights, k, &chunk, &mut packed, row) },
+                3 => unsafe { row_block::<L, 3>(x_rows, band_weights, k, &chunk, &mut packed, row) },
+                4 => unsafe { row_block::<L, 4>(x_rows, band_weights, k, &chunk, &mut packed, row) },
+                5 => unsafe { row_block::<L, 5>(x_rows, band_weights, k, &chunk, &mut packed, row) },
+                _ => unsafe { row_block::<L, TILE_ROWS>(x_rows, band_weights, k, &chunk, &mut packed, row) },
             }
             row += TILE_ROWS;
         }
     }
+    for (r, packed_row) in packed.chunks_exact(columns.len()).enumerate() {
+        band.row(r).copy_from_slice(packed_row);
+    }
 }
 
 /// Weight bytes per chunk: the chunk's rows leave memory during its first row block and are
-/// read from L2 (1 MiB per core here) by the others, next to the rows of `X`.
-const CHUNK_BYTES: usize = 256 << 10;
+/// read from L2 (1 MiB per core here) by the others, next to the rows of `X`. At 64 rows, 96 KiB
+/// ran the bench preset's f32 gate|up and `lm_head` weights 2× and 1.4× faster than 256 KiB.
+const CHUNK_BYTES: usize = 96 << 10;
 
 /// The tiles of one chunk: offsets into each quarter of the band.
 struct Chunk {
@@ -184,7 +192,7 @@ unsafe fn row_block<L: Lanes, const R: usize>(
     band_weights: &[L::Value],
     k: usize,
     chunk: &Chunk,
-    band: &mut ColumnBand<'_>,
+    packed: &mut [f32],
     first_row: usize,
 ) {
     for offset in chunk.offsets.clone() {
@@ -199,7 +207,7 @@ unsafe fn row_block<L: Lanes, const R: usize>(
             band_weights[if column < chunk.width { column } else { offset } * k..].as_ptr()
         });
         // SAFETY: as the caller guarantees; each `w_rows[c]` starts a weight row of the band.
-        unsafe { tile::<L, R>(x_rows, w_rows, k, band, first_row, placement) };
+        unsafe { tile::<L, R>(x_rows, w_rows, k, packed, first_row, placement) };
     }
 }
 
@@ -214,7 +222,8 @@ struct TilePlacement {
     width: usize,
 }
 
-/// Computes `R` rows × 4 columns of the output and stores them in `band` from row `first_row`.
+/// Computes `R` rows × 4 columns of the output and stores them in `packed` (the band's output,
+/// `[rows, width]`) from row `first_row`.
 ///
 /// # Safety
 /// `x_rows` starts `R` consecutive rows of `k` values, each `w_rows[c]` a row of `k` values; the
@@ -224,7 +233,7 @@ unsafe fn tile<L: Lanes, const R: usize>(
     x_rows: *const L::Value,
     w_rows: [*const L::Value; TILE_COLUMNS],
     k: usize,
-    band: &mut ColumnBand<'_>,
+    packed: &mut [f32],
     first_row: usize,
     placement: TilePlacement,
 ) {
@@ -243,7 +252,7 @@ unsafe fn tile<L: Lanes, const R: usize>(
         for (r, acc) in acc.iter().enumerate() {
             let mut sums = [0f32; TILE_COLUMNS];
             _mm_storeu_ps(sums.as_mut_ptr(), sum_each_of_four(*acc));
-            let out = band.row(first_row + r);
+            let out = &mut packed[(first_row + r) * placement.width..][..placement.width];
             for (&band_column, sum) in placement.band_columns.iter().zip(sums) {
                 if band_column < placement.width {
                     out[band_column] = sum;
