@@ -5,8 +5,8 @@
 //! General GEMM libraries pack `W` into tiles first, a second pass over memory that costs more
 //! than the whole product when `X` has a few rows. With AVX-512 the register-blocked kernel
 //! (`register_blocked`) reuses each loaded weight vector for 6 rows of `X` from registers, so the
-//! product stays at memory speed up to about 16 rows and at the processor's multiply-add rate
-//! beyond; without it, one dot product per output (`row_dots`).
+//! product is bound by memory up to about 8–12 rows and by the multiply-add rate beyond; without
+//! it, one dot product per output (`row_dots`).
 
 mod column_bands;
 #[cfg(target_arch = "x86_64")]
