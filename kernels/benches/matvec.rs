@@ -44,11 +44,36 @@ struct Weight {
 }
 
 const WEIGHTS: [Weight; 5] = [
-    Weight { name: "qkv_proj", n: 768 + 2 * 256, k: 768, per_step: DECODER_LAYERS },
-    Weight { name: "o_proj", n: 768, k: 768, per_step: DECODER_LAYERS },
-    Weight { name: "gate_up_proj", n: 2 * 2048, k: 768, per_step: DECODER_LAYERS },
-    Weight { name: "down_proj", n: 768, k: 2048, per_step: DECODER_LAYERS },
-    Weight { name: "lm_head", n: 100_352, k: 768, per_step: 1 },
+    Weight {
+        name: "qkv_proj",
+        n: 768 + 2 * 256,
+        k: 768,
+        per_step: DECODER_LAYERS,
+    },
+    Weight {
+        name: "o_proj",
+        n: 768,
+        k: 768,
+        per_step: DECODER_LAYERS,
+    },
+    Weight {
+        name: "gate_up_proj",
+        n: 2 * 2048,
+        k: 768,
+        per_step: DECODER_LAYERS,
+    },
+    Weight {
+        name: "down_proj",
+        n: 768,
+        k: 2048,
+        per_step: DECODER_LAYERS,
+    },
+    Weight {
+        name: "lm_head",
+        n: 100_352,
+        k: 768,
+        per_step: 1,
+    },
 ];
 
 #[derive(Clone, Copy, PartialEq)]
@@ -76,19 +101,32 @@ fn main() {
     // `cargo bench -p fovea-kernels --bench matvec -- lm_head` measures only the weights whose
     // names contain one of the arguments (the step totals then cover only those).
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let selected: Vec<&Weight> =
-        WEIGHTS.iter().filter(|w| filters.is_empty() || filters.iter().any(|f| w.name.contains(f.as_str()))).collect();
+    let selected: Vec<&Weight> = WEIGHTS
+        .iter()
+        .filter(|w| filters.is_empty() || filters.iter().any(|f| w.name.contains(f.as_str())))
+        .collect();
     for weight_type in [WeightType::F32, WeightType::Bf16] {
         let label = if weight_type == WeightType::F32 { "f32" } else { "bf16" };
         println!("\n{label} weights: time per call, new kernel vs old path (row dots <= 8 rows, candle GEMM above)");
-        let timings: Vec<Vec<Timing>> = selected.iter().map(|weight| measure_weight(weight, weight_type)).collect();
+        let timings: Vec<Vec<Timing>> = selected
+            .iter()
+            .map(|weight| measure_weight(weight, weight_type))
+            .collect();
         let bytes = step_bytes(&selected, weight_type);
-        let what = if selected.len() == WEIGHTS.len() { "decoding step (12 layers + lm_head" } else { "selected weights (per step" };
+        let what = if selected.len() == WEIGHTS.len() {
+            "decoding step (12 layers + lm_head"
+        } else {
+            "selected weights (per step"
+        };
         println!("\n{label} {what}, {:.0} MB of weights):", bytes / 1e6);
         let floor = bytes / (MACHINE_GB_PER_S * 1e9);
         for (index, rows) in ROW_COUNTS.into_iter().enumerate() {
             let step = |time: fn(&Timing) -> f64| -> f64 {
-                selected.iter().zip(&timings).map(|(w, t)| w.per_step as f64 * time(&t[index])).sum()
+                selected
+                    .iter()
+                    .zip(&timings)
+                    .map(|(w, t)| w.per_step as f64 * time(&t[index]))
+                    .sum()
             };
             let (new, old) = (step(|t| t.new), step(|t| t.old));
             println!(
@@ -104,7 +142,10 @@ fn main() {
 }
 
 fn step_bytes(weights: &[&Weight], weight_type: WeightType) -> f64 {
-    weights.iter().map(|w| (w.per_step * w.n * w.k * weight_type.bytes()) as f64).sum()
+    weights
+        .iter()
+        .map(|w| (w.per_step * w.n * w.k * weight_type.bytes()) as f64)
+        .sum()
 }
 
 fn measure_weight(weight: &Weight, weight_type: WeightType) -> Vec<Timing> {
@@ -164,7 +205,10 @@ fn alternate<A, B>(mut new: impl FnMut() -> A, mut old: impl FnMut() -> B) -> Ti
         new_times.push(seconds(&mut new));
         old_times.push(seconds(&mut old));
     }
-    Timing { new: median(new_times), old: median(old_times) }
+    Timing {
+        new: median(new_times),
+        old: median(old_times),
+    }
 }
 
 fn seconds<R>(f: &mut impl FnMut() -> R) -> f64 {
@@ -207,7 +251,11 @@ fn old_path_bf16(x: &[f32], w: &[u16], rows: usize, k: usize, n: usize) -> Vec<f
 fn candle_gemm(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; rows * n];
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: `out` is `[rows, n]` (row stride n), `x` `[rows, k]` (row stride k), and `w` `[n, k]`
     // read as the `[k, n]` matrix `wᵀ` (row stride 1, column stride k): every index in bounds.
     unsafe {

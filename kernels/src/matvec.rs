@@ -82,7 +82,9 @@ pub fn matmul_transposed_bf16_row_dots(x: &[f32], w: &[u16], rows: usize, k: usi
     check_shapes(x.len(), w.len(), out.len(), rows, k, n);
     let x_bf16 = to_bf16(x);
     let dot = row_dots::best_bf16_dot();
-    for_each_column_band(rows, n, 1, out, |band| row_dots::fill_band(&x_bf16, w, rows, k, band, dot));
+    for_each_column_band(rows, n, 1, out, |band| {
+        row_dots::fill_band(&x_bf16, w, rows, k, band, dot)
+    });
 }
 
 fn check_shapes(x_len: usize, w_len: usize, out_len: usize, rows: usize, k: usize, n: usize) {
@@ -131,7 +133,8 @@ mod tests {
 
     /// `(k, n)` pairs with `k` off the 16- and 32-value vector widths and `n` below, at and off the
     /// 4-column tile, and one layer wide enough for several column bands.
-    const AWKWARD_SHAPES: [(usize, usize); 8] = [(1, 1), (5, 3), (16, 4), (17, 5), (32, 7), (33, 8), (100, 257), (775, 6)];
+    const AWKWARD_SHAPES: [(usize, usize); 8] =
+        [(1, 1), (5, 3), (16, 4), (17, 5), (32, 7), (33, 8), (100, 257), (775, 6)];
 
     fn assert_close(got: &[f32], expected: &[f32], what: &str) {
         for (j, (got, expected)) in got.iter().zip(expected).enumerate() {

@@ -24,7 +24,11 @@ pub(super) fn for_each_column_band(
 ) {
     assert_eq!(out.len(), rows * n, "out is not [rows, n]");
     let width = band_width(n, column_multiple);
-    let output = SharedOutput { start: out.as_mut_ptr(), rows, n };
+    let output = SharedOutput {
+        start: out.as_mut_ptr(),
+        rows,
+        n,
+    };
     (0..n.div_ceil(width)).into_par_iter().for_each(|band| {
         let columns = band * width..((band + 1) * width).min(n);
         // SAFETY: the bands `band * width..(band + 1) * width` are disjoint, so no two tasks touch
@@ -38,7 +42,10 @@ pub(super) fn for_each_column_band(
 /// at most `MAX_COLUMNS_PER_BAND` (or `column_multiple` if that is larger).
 fn band_width(n: usize, column_multiple: usize) -> usize {
     let wanted = n.div_ceil(rayon::current_num_threads() * BANDS_PER_THREAD);
-    wanted.next_multiple_of(column_multiple).min(MAX_COLUMNS_PER_BAND.max(column_multiple)).max(column_multiple)
+    wanted
+        .next_multiple_of(column_multiple)
+        .min(MAX_COLUMNS_PER_BAND.max(column_multiple))
+        .max(column_multiple)
 }
 
 /// The output matrix, shared by tasks that write disjoint column bands.
@@ -105,7 +112,10 @@ mod tests {
             let mut out = vec![0f32; rows * n];
             for_each_column_band(rows, n, multiple, &mut out, |band| {
                 let columns = band.columns();
-                assert!(columns.start.is_multiple_of(multiple), "{columns:?} starts off the tile grid");
+                assert!(
+                    columns.start.is_multiple_of(multiple),
+                    "{columns:?} starts off the tile grid"
+                );
                 assert!(columns.len() <= MAX_COLUMNS_PER_BAND.max(multiple));
                 for r in 0..rows {
                     for (value, column) in band.row(r).iter_mut().zip(columns.clone()) {

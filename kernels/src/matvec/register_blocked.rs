@@ -344,7 +344,9 @@ mod tests {
         if !std::arch::is_x86_feature_detected!("avx512f") {
             return;
         }
-        let vectors: Vec<[f32; 16]> = (0..4).map(|v| std::array::from_fn(|i| (v * 100 + i * i) as f32)).collect();
+        let vectors: Vec<[f32; 16]> = (0..4)
+            .map(|v| std::array::from_fn(|i| (v * 100 + i * i) as f32))
+            .collect();
         let mut sums = [0f32; 4];
         // SAFETY: AVX-512F detected above; each array holds 16 floats.
         unsafe {
