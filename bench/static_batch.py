@@ -82,6 +82,8 @@ def load_workload(directory: Path) -> list[WorkloadRequest]:
             messages.append({"role": message["role"], "content": content})
         requests.append(WorkloadRequest(messages, raw["mode"], raw["max_tokens"], raw["ignore_eos"],
                                         raw["prompt_token_ids"]))
+    if len({r.ignore_eos for r in requests}) > 1:
+        sys.exit("requests disagree on ignore_eos; one generate() call per batch needs one setting for all")
     return requests
 
 
@@ -183,7 +185,7 @@ class StaticBatchServer:
             check_prompt_ids(first_index + offset, ids, request.fovea_prompt_ids)
             embeds.append(self.model.embed(torch.tensor(ids), images)[0])
         inputs_embeds, attention_mask = self.left_pad(embeds)
-        stop_at_eos = not all(r.ignore_eos for r in batch)
+        stop_at_eos = not batch[0].ignore_eos  # the same for every request (load_workload)
         clock = StepClock()
         out = self.model.decoder.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, streamer=clock,
