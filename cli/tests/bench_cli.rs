@@ -114,7 +114,7 @@ fn bench_and_dump(port: u16, dir: &std::path::Path, seed: &str) -> serde_json::V
 
 /// The prompt ids `fovea generate` makes of a user message (`<image>` where `image` goes).
 fn generate_prompt_ids(prompt: &str, image: Option<&std::path::Path>) -> serde_json::Value {
-    let model = support::golden_dir().join("model");
+    let model = fovea_model::testing::golden_model_dir();
     let mut command = Command::new(env!("CARGO_BIN_EXE_fovea"));
     command
         .args(["generate", "--model", model.to_str().unwrap(), "--prompt", prompt])
