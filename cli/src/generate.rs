@@ -4,13 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::{Args, ValueEnum};
 use fovea_model::generate::{GenerationRequest, generate};
 use fovea_model::input::RequestPreparer;
 use fovea_model::sampling::SamplingParams;
 use fovea_model::text::{ChatMessage, Detokenizer, IMAGE_MARKER, Mode};
-use fovea_model::Phi4VisionModel;
+use fovea_model::{DeviceSpec, Phi4VisionModel};
 use serde_json::json;
 
 /// Compute precision.
@@ -64,6 +64,9 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: ComputeDtype,
+    /// Where the model runs: cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -93,6 +96,7 @@ fn messages(args: &GenerateArgs) -> Result<Vec<ChatMessage>, String> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<(), String> {
+    let device = args.device.open().map_err(|e| e.to_string())?;
     let messages = messages(&args)?;
     let images = args
         .images
@@ -103,7 +107,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     let request = preparer.prepare(&messages, &images, args.mode).map_err(|e| e.to_string())?;
 
     let started = Instant::now();
-    let model = Phi4VisionModel::load(&args.model, args.dtype.into(), &Device::Cpu).map_err(|e| e.to_string())?;
+    let model = Phi4VisionModel::load(&args.model, args.dtype.into(), &device).map_err(|e| e.to_string())?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let generation_request = GenerationRequest {

@@ -8,11 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::Device;
 use clap::Args;
 use fovea_coordinator::admission::AdmissionLimits;
 use fovea_coordinator::{CoordinatorConfig, Listeners, serve};
-use fovea_model::Phi4VisionModel;
+use fovea_model::{DeviceSpec, Phi4VisionModel};
 use fovea_model::demo::{DemoPreset, write_demo_checkpoint};
 use fovea_model::input::RequestPreparer;
 use fovea_model::preprocess::PreprocessConfig;
@@ -42,6 +41,10 @@ pub struct ServeArgs {
     worker_addr: SocketAddr,
     #[arg(long, env = "FOVEA_DTYPE", value_enum, default_value = "f32")]
     dtype: ComputeDtype,
+    /// Where the model runs: cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`; the
+    /// KV cache stays in host memory).
+    #[arg(long, env = "FOVEA_DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
     /// KV cache blocks of 16 tokens.
     #[arg(long, env = "FOVEA_KV_BLOCKS", default_value_t = 4096)]
     kv_blocks: usize,
@@ -116,8 +119,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
 }
 
 async fn serve_all(args: ServeArgs) -> Result<(), String> {
+    let device = args.device.open().map_err(|e| e.to_string())?;
     let dir = model_dir(&args)?;
-    let model = Phi4VisionModel::load(&dir, args.dtype.into(), &Device::Cpu).map_err(|e| e.to_string())?;
+    let model = Phi4VisionModel::load(&dir, args.dtype.into(), &device).map_err(|e| e.to_string())?;
     let preparer = RequestPreparer::from_model_dir(&dir).map_err(|e| e.to_string())?;
     let preprocess = PreprocessConfig::from_file(dir.join("preprocessor_config.json")).map_err(|e| e.to_string())?;
     let context_length = model.config().text.max_position_embeddings;
