@@ -107,6 +107,7 @@ fn unsupported_inputs_are_errors_that_leave_the_group_usable() {
         );
         assert!(comm.broadcast(&filled(1.0, (1, 1), device), 1).is_err());
         assert!(comm.all_gather(&filled(1.0, (1, 1), device), 2).is_err());
+        assert!(comm.all_gather(&cpu_tensor, 0).unwrap_err().to_string().contains("CUDA tensors"));
         comm.barrier().unwrap();
     });
 }

@@ -147,16 +147,29 @@ impl NcclCommunicator {
         Ok(())
     }
 
+    /// Refuses, before any collective starts, a tensor this rank cannot hand to NCCL.
+    fn check_input(&self, t: &Tensor) -> Result<()> {
+        if !matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+            return Err(ModelError::BadInput(format!(
+                "NCCL collectives take f32, bf16 or f16 tensors, not {:?}",
+                t.dtype()
+            )));
+        }
+        match t.device() {
+            Device::Cuda(device) if device.id() == self.device.id() => Ok(()),
+            Device::Cuda(_) => Err(ModelError::BadInput("the tensor is on another GPU than this rank's".into())),
+            _ => Err(ModelError::BadInput("NCCL collectives need CUDA tensors".into())),
+        }
+    }
+
     /// Runs `op` from the packed device buffer of `t` (f32, bf16 or f16, on this rank's device)
     /// into a fresh buffer, returned as a tensor of `out_shape` and `t`'s dtype.
     fn map_buffer(&self, t: &Tensor, out_shape: Shape, op: impl TypedOp) -> Result<Tensor> {
+        self.check_input(t)?;
         match t.dtype() {
-            DType::F32 => self.map_typed::<f32>(t, out_shape, op),
             DType::BF16 => self.map_typed::<bf16>(t, out_shape, op),
             DType::F16 => self.map_typed::<f16>(t, out_shape, op),
-            other => Err(ModelError::BadInput(format!(
-                "NCCL collectives take f32, bf16 or f16 tensors, not {other:?}"
-            ))),
+            _ => self.map_typed::<f32>(t, out_shape, op),
         }
     }
 
@@ -171,11 +184,6 @@ impl NcclCommunicator {
         let Storage::Cuda(cuda) = &*storage else {
             return Err(ModelError::BadInput("NCCL collectives need CUDA tensors".into()));
         };
-        if cuda.device.id() != self.device.id() {
-            return Err(ModelError::BadInput(
-                "the tensor is on another GPU than this rank's".into(),
-            ));
-        }
         let start = layout.start_offset();
         let input = cuda.as_cuda_slice::<T>()?.slice(start..start + t.elem_count());
         // SAFETY: every collective below writes its whole output buffer.
@@ -286,6 +294,7 @@ impl Communicator for NcclCommunicator {
     }
 
     fn all_gather(&self, t: &Tensor, dim: usize) -> Result<Tensor> {
+        self.check_input(t)?;
         let dims = t.dims();
         if dim >= dims.len() {
             return Err(ModelError::BadInput(format!(
