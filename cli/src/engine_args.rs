@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::Device;
 use clap::Args;
 use fovea_membership::WorkerCapacity;
+use fovea_model::DeviceSpec;
 use fovea_model::input::RequestPreparer;
 use fovea_model::preprocess::PreprocessConfig;
 use fovea_proto::worker::v1::{WorkerInfo, WorkerRole};
@@ -22,6 +22,10 @@ use crate::tensor_parallel::TensorParallelArgs;
 pub struct EngineArgs {
     #[arg(long, env = "FOVEA_DTYPE", value_enum, default_value = "f32")]
     dtype: ComputeDtype,
+    /// Where the model runs: cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`; the
+    /// KV cache stays in host memory).
+    #[arg(long, env = "FOVEA_DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
     /// KV cache blocks of 16 tokens.
     #[arg(long, env = "FOVEA_KV_BLOCKS", default_value_t = 4096)]
     kv_blocks: usize,
@@ -59,8 +63,9 @@ impl EngineArgs {
             max_prefill_tokens_while_decoding: self.max_prefill_tokens_while_decoding,
             ..EngineConfig::new(self.kv_blocks)
         };
+        let device = self.device.open().map_err(|e| e.to_string())?;
         let options = self.tensor_parallel.options()?;
-        let ranks = load_ranks(dir, self.dtype.into(), &Device::Cpu, options, &engine_config).map_err(|e| e.to_string())?;
+        let ranks = load_ranks(dir, self.dtype.into(), &device, options, &engine_config).map_err(|e| e.to_string())?;
         let context_length = ranks.local().model().config().text.max_position_embeddings;
         let engine = Engine::start_on_ranks(ranks, Arc::clone(preparer.tokenizer()), engine_config)
             .map_err(|e| e.to_string())?;
