@@ -12,5 +12,5 @@ pub mod ranks;
 pub mod shard;
 
 pub use communicator::{Communicator, SoloCommunicator};
-pub use ranks::{Fault, RankGroup, RankOptions};
+pub use ranks::{Fault, RankGroup, RankOptions, Transport};
 pub use shard::TpRank;
