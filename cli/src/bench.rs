@@ -2,6 +2,7 @@
 //! and image requests through the client SDK, at a fixed concurrency or at Poisson-distributed
 //! arrivals, and reports throughput, latency percentiles and goodput as vLLM's benchmark does.
 
+mod dump;
 mod metrics;
 mod runner;
 mod workload;
@@ -14,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use dump::DumpError;
 use metrics::{Slo, Summary};
 use runner::Pace;
 use workload::{ImageSource, Mix, WorkloadError, WorkloadSpec};
@@ -64,6 +66,10 @@ pub struct BenchArgs {
     /// Seed of the prompts, images and arrival times.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Before sending, write the requests (and the server's prompt ids for each) to this
+    /// directory as workload.json plus image files, for other clients to replay.
+    #[arg(long)]
+    dump_workload: Option<PathBuf>,
 }
 
 /// Why a benchmark could not run or report.
@@ -77,6 +83,8 @@ pub enum BenchError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    #[error(transparent)]
+    Dump(#[from] DumpError),
     #[error("cannot write {path}: {source}")]
     Json { path: PathBuf, source: std::io::Error },
     #[error("no request succeeded")]
@@ -136,6 +144,9 @@ async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
     };
     let requests = workload::build(&spec, &mut rng)?;
     let client = Client::connect(args.addr.clone()).await?;
+    if let Some(dir) = &args.dump_workload {
+        dump::write(&client, &requests, dir).await?;
+    }
     let progress = ProgressBar::new(requests.len() as u64);
     if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} requests [{elapsed_precise}]") {
         progress.set_style(style);

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::Device;
 use clap::Args;
 use fovea_membership::WorkerCapacity;
+use fovea_model::DeviceSpec;
 use fovea_model::input::RequestPreparer;
 use fovea_model::preprocess::PreprocessConfig;
 use fovea_proto::worker::v1::{WorkerInfo, WorkerRole};
@@ -25,6 +25,10 @@ use crate::tensor_parallel::TensorParallelArgs;
 pub struct EngineArgs {
     #[arg(long, env = "FOVEA_DTYPE", value_enum, default_value = "f32")]
     dtype: ComputeDtype,
+    /// Where the model runs: cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`; the
+    /// KV cache stays in host memory).
+    #[arg(long, env = "FOVEA_DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
     /// KV cache blocks of 16 tokens.
     #[arg(long, env = "FOVEA_KV_BLOCKS", default_value_t = 4096)]
     kv_blocks: usize,
@@ -75,6 +79,7 @@ impl EngineArgs {
             .map_err(|e| e.to_string())?
             .text
             .max_position_embeddings;
+        let device = self.device.open().map_err(|e| e.to_string())?;
         let info = WorkerInfo {
             worker_id: identity.id.to_string(),
             role: identity.role as i32,
@@ -86,12 +91,12 @@ impl EngineArgs {
         };
         let tokenizer = Arc::clone(preparer.tokenizer());
         let node = if identity.role == WorkerRole::Vision {
-            let model = Phi4VisionModel::load(dir, self.dtype.into(), &Device::Cpu).map_err(|e| e.to_string())?;
+            let model = Phi4VisionModel::load(dir, self.dtype.into(), &device).map_err(|e| e.to_string())?;
             WorkerNode::start(Arc::new(model), tokenizer, preprocess, engine_config, info)
         } else {
             let options = self.tensor_parallel.options()?;
             let ranks =
-                load_ranks(dir, self.dtype.into(), &Device::Cpu, options, &engine_config).map_err(|e| e.to_string())?;
+                load_ranks(dir, self.dtype.into(), &device, options, &engine_config).map_err(|e| e.to_string())?;
             WorkerNode::start_on_ranks(ranks, tokenizer, preprocess, engine_config, info)
         }
         .map_err(|e| e.to_string())?;

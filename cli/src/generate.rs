@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::{Args, ValueEnum};
 use fovea_model::generate::{GenerationRequest, SequenceRank, generate};
 use fovea_model::input::RequestPreparer;
 use fovea_model::sampling::SamplingParams;
 use fovea_model::text::{ChatMessage, Detokenizer, IMAGE_MARKER, Mode};
-use fovea_model::Phi4VisionModel;
+use fovea_model::{DeviceSpec, Phi4VisionModel};
 use serde_json::json;
 
 use crate::tensor_parallel::TensorParallelArgs;
@@ -69,6 +69,9 @@ pub struct GenerateArgs {
     dtype: ComputeDtype,
     #[command(flatten)]
     tensor_parallel: TensorParallelArgs,
+    /// Where the model runs: cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -98,6 +101,7 @@ fn messages(args: &GenerateArgs) -> Result<Vec<ChatMessage>, String> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<(), String> {
+    let device = args.device.open().map_err(|e| e.to_string())?;
     let messages = messages(&args)?;
     let images = args
         .images
@@ -109,7 +113,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
 
     let started = Instant::now();
     let options = args.tensor_parallel.options()?;
-    let mut ranks = Phi4VisionModel::load_ranks(&args.model, args.dtype.into(), &Device::Cpu, options, |model| {
+    let mut ranks = Phi4VisionModel::load_ranks(&args.model, args.dtype.into(), &device, options, |model| {
         Ok(SequenceRank::new(Arc::new(model)))
     })
     .map_err(|e| e.to_string())?;

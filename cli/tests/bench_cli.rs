@@ -93,3 +93,81 @@ fn bench_reports_every_request_of_a_mixed_run_as_json() {
         "generous SLOs: every request is good"
     );
 }
+
+/// Runs `fovea bench` on a small mixed workload, dumping it into `dir`; returns workload.json.
+fn bench_and_dump(port: u16, dir: &std::path::Path, seed: &str) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_fovea"))
+        .args(["bench", "--addr", &address(port), "--requests", "4", "--concurrency", "2"])
+        .args(["--max-tokens", "3", "--mix", "mixed", "--image-size", "320x240"])
+        .args(["--prompt-tokens", "16", "--seed", seed, "--dump-workload"])
+        .arg(dir)
+        .output()
+        .expect("fovea bench runs");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(dir.join("workload.json")).unwrap()).unwrap()
+}
+
+/// The prompt ids `fovea generate` makes of a user message (`<image>` where `image` goes).
+fn generate_prompt_ids(prompt: &str, image: Option<&std::path::Path>) -> serde_json::Value {
+    let model = fovea_model::testing::golden_model_dir();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fovea"));
+    command
+        .args(["generate", "--model", model.to_str().unwrap(), "--prompt", prompt])
+        .args(["--mode", "nothink", "--max-new-tokens", "1", "--json"]);
+    if let Some(image) = image {
+        command.arg("--image").arg(image);
+    }
+    let output = command.output().expect("fovea generate runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    out["prompt_token_ids"].clone()
+}
+
+#[test]
+fn dumped_workload_replays_the_sent_requests_with_the_servers_prompt_ids() {
+    let port = free_port();
+    let server = Server::start_on(port);
+    server.wait_until_listening();
+    let root = std::env::temp_dir().join(format!("fovea-bench-dump-{}-{port}", std::process::id()));
+    let (first, again, other) = (root.join("first"), root.join("again"), root.join("other"));
+    let workload = bench_and_dump(port, &first, "7");
+
+    let requests = workload["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 4, "{workload}");
+    for (index, request) in requests.iter().enumerate() {
+        assert_eq!(request["mode"], "nothink");
+        assert_eq!(request["max_tokens"], 3);
+        assert_eq!(request["temperature"], 0.0);
+        assert_eq!(request["ignore_eos"], true);
+        let content = request["messages"][0]["content"].as_array().unwrap();
+        assert_eq!(request["messages"][0]["role"], "user");
+        // `--mix mixed`: text, then an image question, taking turns.
+        let (prompt, image) = if index % 2 == 0 {
+            assert_eq!(content.len(), 1, "{request}");
+            (content[0]["text"].as_str().unwrap().to_string(), None)
+        } else {
+            assert_eq!(content[0]["type"], "image", "{request}");
+            let file = first.join(content[0]["file"].as_str().unwrap());
+            let decoded = image::open(&file).expect("the dumped image decodes");
+            assert_eq!((decoded.width(), decoded.height()), (320, 240));
+            (format!("<image>{}", content[1]["text"].as_str().unwrap()), Some(file))
+        };
+        assert_eq!(
+            request["prompt_token_ids"],
+            generate_prompt_ids(&prompt, image.as_deref()),
+            "request {index}: the dumped ids are those of the dumped messages"
+        );
+    }
+
+    assert_eq!(bench_and_dump(port, &again, "7"), workload, "same seed, same workload");
+    for file in ["request-0001-image-0.png", "request-0003-image-0.png"] {
+        assert_eq!(std::fs::read(first.join(file)).unwrap(), std::fs::read(again.join(file)).unwrap());
+    }
+    assert_ne!(bench_and_dump(port, &other, "8"), workload, "another seed, other prompts");
+    let _ = std::fs::remove_dir_all(&root);
+}

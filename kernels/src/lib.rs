@@ -2,10 +2,13 @@
 //!
 //! The CPU kernels pick the widest SIMD the processor has (AVX-512, AVX2+FMA, or portable code) at
 //! run time, so one binary runs everywhere. Kernels work on plain slices: they know nothing of
-//! tensors, models or scheduling.
+//! tensors, models or scheduling. With feature `cuda`, [`cuda`] holds the GPU versions of the
+//! kernels candle has no CUDA equivalent for, on device buffers.
 
 pub mod activation;
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod exp;
 pub mod matvec;
 

@@ -3,6 +3,7 @@
 //!
 //! Grouped-query heads read their shared KV head in place, and keys may be a view into a larger
 //! cache buffer (heads a fixed stride apart), so a decoding step copies nothing but its own query.
+//! Tensors on a GPU are copied to host memory for the kernel and the output copied back.
 
 use candle_core::{DType, Device, Tensor};
 use fovea_kernels::attention::{AttentionShape, Mask, attention as fused_attention};
@@ -34,7 +35,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, groups: HeadGroups, visibil
             v.dims()
         )));
     }
-    let q32 = q.to_dtype(DType::F32)?.contiguous()?;
+    let q32 = q.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?;
     let (k32, k_stride) = heads_with_stride(k)?;
     let (v32, v_stride) = heads_with_stride(v)?;
     // Both views come from buffers of the same layout; fall back to packed copies if not.
@@ -63,13 +64,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, groups: HeadGroups, visibil
         })
     })???;
     let out = Tensor::from_vec(out, (q_heads, q_len, head_dim), &Device::Cpu)?;
-    Ok(out.transpose(0, 1)?.reshape((q_len, q_heads * head_dim))?.to_dtype(q.dtype())?)
+    let out = out.transpose(0, 1)?.reshape((q_len, q_heads * head_dim))?.to_dtype(q.dtype())?;
+    Ok(out.to_device(q.device())?)
 }
 
-/// `t` `[heads, S, D]` as f32 whose rows are packed within each head, and the element distance
-/// between consecutive heads (a cache view keeps its buffer's stride instead of being copied).
+/// `t` `[heads, S, D]` as f32 in host memory whose rows are packed within each head, and the
+/// element distance between consecutive heads (a cache view keeps its buffer's stride instead of
+/// being copied).
 fn heads_with_stride(t: &Tensor) -> Result<(Tensor, usize)> {
-    let t = t.to_dtype(DType::F32)?;
+    let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
     let (_, rows, head_dim) = t.dims3()?;
     let stride = t.stride();
     if stride[2] == 1 && stride[1] == head_dim {

@@ -17,11 +17,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use fovea_kernels::activation;
-
 use crate::batch::BatchLayout;
 use crate::config::TextConfig;
-use crate::cpu::map_f32;
+use crate::activation::silu_mul;
 use crate::error::{ModelError, Result};
 use crate::attention::HeadGroups;
 use crate::kv_cache::{AttentionHeads, KvCache};
@@ -121,11 +119,7 @@ impl GatedMlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate_up = self.gate_up_proj.forward(x)?;
-        let inter = self.intermediate_size;
-        let gated = map_f32(&gate_up, (gate_up.dim(0)?, inter), |gate_up, out| {
-            activation::silu_mul(gate_up, inter, out)
-        })?;
+        let gated = silu_mul(&self.gate_up_proj.forward(x)?, self.intermediate_size)?;
         self.down_proj.forward(&gated)
     }
 }

@@ -31,6 +31,13 @@ pub enum ModelError {
     /// A tensor is stored in a dtype the loader does not convert.
     #[error("tensor `{name}` is stored as {dtype}; only bf16, f16 and f32 are supported")]
     TensorDtype { name: String, dtype: String },
+    /// The device asked for cannot be used: a build without CUDA support, no CUDA driver or GPU,
+    /// or no GPU of that index.
+    #[error("{0}")]
+    DeviceUnavailable(String),
+    /// A CUDA kernel or an NCCL collective failed on the GPU.
+    #[error("GPU operation failed: {0}")]
+    Gpu(String),
     /// The inputs to a forward pass do not fit the network.
     #[error("invalid model input: {0}")]
     BadInput(String),

@@ -87,8 +87,9 @@ impl Linear {
         })
     }
 
-    /// `x · Wᵀ` for a few rows (decoding steps) with the streaming kernel, which reads each
-    /// weight once at memory bandwidth; f32 or bf16 weights.
+    /// `x · Wᵀ` for up to `matvec::MAX_ROWS` rows (decoding steps over up to 64 sequences) with
+    /// the streaming kernel, which reads each weight from memory once per call; f32 or bf16
+    /// weights. Longer inputs (prefill) go to the GEMM, whose packing pass pays off there.
     fn stream_weights(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, k) = x.dims2()?;
         let n = self.weight.dim(0)?;
@@ -175,4 +176,43 @@ pub fn split_heads(fused: &Tensor, first_head: usize, count: usize, head_dim: us
 pub fn softmax_f32(x: &Tensor, dtype: DType) -> Result<Tensor> {
     let probs = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?;
     Ok(probs.to_dtype(dtype)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(rows: usize, columns: usize, seed: usize, dtype: DType) -> Tensor {
+        let values: Vec<f32> = (0..rows * columns).map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
+        Tensor::from_vec(values, (rows, columns), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    }
+
+    /// Every row count of a decoding step streams the weights and agrees with the GEMM that
+    /// longer inputs take (the first 64 of 65 rows), for f32 and bf16 weights, with the bias.
+    #[test]
+    fn streamed_rows_agree_with_the_gemm_for_every_decoding_batch_size() {
+        let (k, n) = (70, 301);
+        for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+            let layer = Linear {
+                weight: pseudo_random(n, k, 1, dtype),
+                bias: Some(pseudo_random(1, n, 2, dtype).squeeze(0).unwrap()),
+            };
+            let x = pseudo_random(matvec::MAX_ROWS + 1, k, 3, dtype);
+            let by_gemm = layer.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
+            for rows in 1..=matvec::MAX_ROWS {
+                let streamed = layer.forward(&x.narrow(0, 0, rows).unwrap()).unwrap();
+                assert_eq!(streamed.dtype(), dtype);
+                let expected = by_gemm.narrow(0, 0, rows).unwrap();
+                let difference = (streamed.to_dtype(DType::F32).unwrap() - &expected).unwrap().abs().unwrap();
+                let scale = expected.abs().unwrap().max_keepdim(1).unwrap().max_keepdim(0).unwrap();
+                let relative = (difference.max_keepdim(1).unwrap().max_keepdim(0).unwrap() / scale)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()[0];
+                assert!(relative <= tolerance, "{dtype:?}, {rows} rows: relative difference {relative}");
+            }
+        }
+    }
 }

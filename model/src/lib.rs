@@ -8,14 +8,18 @@
 // The demo checkpoint's config.json is one `json!` literal with the real model's 40 keys.
 #![recursion_limit = "256"]
 
+pub mod activation;
 pub mod attention;
 pub mod batch;
 pub mod config;
 pub mod cpu;
 pub mod decoder;
 pub mod demo;
+pub mod device;
 pub mod error;
 pub mod generate;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod input;
 pub mod kv_cache;
 pub mod layers;
@@ -33,5 +37,6 @@ pub mod vision;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use device::DeviceSpec;
 pub use error::{ModelError, Result};
 pub use model::{ImagePlacement, Phi4VisionModel};

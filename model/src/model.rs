@@ -18,7 +18,7 @@ use crate::decoder::Phi4Decoder;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::preprocess::PreparedImage;
-use crate::tp::{Communicator, RankGroup, RankOptions, SoloCommunicator, TpRank};
+use crate::tp::{Communicator, RankGroup, RankOptions, SoloCommunicator, TpRank, Transport};
 use crate::vision::{Projector, VisionTower};
 use crate::weights::Checkpoint;
 
@@ -29,6 +29,17 @@ pub struct ImagePlacement {
     pub start: usize,
     /// Number of tokens (patches) of the image.
     pub len: usize,
+}
+
+/// How ranks on `device` talk: NCCL, one rank per GPU from `device` on, for a CUDA device under
+/// tensor parallelism (feature `cuda`); shared memory otherwise.
+fn transport_for(device: &Device, world: usize) -> Transport {
+    #[cfg(feature = "cuda")]
+    if let (candle_core::DeviceLocation::Cuda { gpu_id }, true) = (device.location(), world > 1) {
+        return Transport::Nccl { first_gpu: gpu_id };
+    }
+    let _ = (device, world);
+    Transport::SharedMemory
 }
 
 /// The loaded Phi-4-reasoning-vision network (or one tensor-parallel rank of it).
@@ -56,7 +67,9 @@ impl Phi4VisionModel {
     }
 
     /// Loads every rank of the tensor-parallel group `options` describes, each on its own
-    /// thread, and wraps each rank's part in the state `wrap` makes of it.
+    /// thread, and wraps each rank's part in the state `wrap` makes of it. On a CUDA `device`
+    /// (feature `cuda`) rank `r` runs on the `r`-th GPU from it and the ranks talk through NCCL;
+    /// otherwise they share `device` and talk through shared memory.
     pub fn load_ranks<S: Send + 'static>(
         dir: &Path,
         dtype: DType,
@@ -65,8 +78,17 @@ impl Phi4VisionModel {
         wrap: impl Fn(Phi4VisionModel) -> Result<S> + Send + Sync + 'static,
     ) -> Result<RankGroup<S>> {
         TpRank::check_world(options.world, &ModelConfig::from_dir(dir)?.text)?;
+        let transport = transport_for(device, options.world);
+        let options = RankOptions { transport, ..options };
         let (dir, device) = (dir.to_path_buf(), device.clone());
-        RankGroup::start(options, move |comm| wrap(Self::load_rank(&dir, dtype, &device, comm)?))
+        RankGroup::start(options, move |comm| {
+            let device = match transport {
+                Transport::SharedMemory => device.clone(),
+                #[cfg(feature = "cuda")]
+                Transport::Nccl { first_gpu } => Device::new_cuda(first_gpu + comm.rank())?,
+            };
+            wrap(Self::load_rank(&dir, dtype, &device, comm)?)
+        })
     }
 
     fn from_checkpoint(config: ModelConfig, checkpoint: &Checkpoint, comm: Arc<dyn Communicator>) -> Result<Self> {

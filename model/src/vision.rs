@@ -6,11 +6,10 @@
 //! post-layernorm and no pooling head, as the model was trained; the projector maps them to tokens.
 
 use candle_core::{DType, Tensor};
-use fovea_kernels::activation;
 
+use crate::activation::gelu_tanh;
 use crate::attention::{HeadGroups, Visibility, attention};
 use crate::config::{ModelConfig, VisionConfig};
-use crate::cpu::map_f32;
 use crate::error::{ModelError, Result};
 use crate::layers::{LayerNorm, Linear, split_heads};
 use crate::preprocess::resize_position_grid;
@@ -67,7 +66,7 @@ impl EncoderLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
         let hidden = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
-        let activated = map_f32(&hidden, hidden.shape(), activation::gelu_tanh)?;
+        let activated = gelu_tanh(&hidden)?;
         let mlp = self.fc2.forward(&activated)?;
         Ok((x + mlp)?)
     }

@@ -85,9 +85,9 @@ impl<'a> PagedKvCache<'a> {
     }
 }
 
-/// `t` as packed f32.
+/// `t` as packed f32 in host memory, where the pool lives (a model on a GPU hands its tensors over).
 fn packed_f32(t: &Tensor) -> Result<Tensor> {
-    Ok(t.to_dtype(DType::F32)?.contiguous()?)
+    Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?)
 }
 
 impl KvCache for PagedKvCache<'_> {
@@ -145,6 +145,7 @@ impl KvCache for PagedKvCache<'_> {
                 }
             }
         })?;
-        Ok(Tensor::from_vec(out, (rows, q_heads * head_dim), &Device::Cpu)?.to_dtype(q.dtype())?)
+        let out = Tensor::from_vec(out, (rows, q_heads * head_dim), &Device::Cpu)?;
+        Ok(out.to_dtype(q.dtype())?.to_device(q.device())?)
     }
 }

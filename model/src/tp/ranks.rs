@@ -34,6 +34,52 @@ pub struct RankOptions {
     pub timeout: Duration,
     /// A fault to inject, for tests.
     pub fault: Option<Fault>,
+    /// How the ranks' collectives travel.
+    pub transport: Transport,
+}
+
+/// How a group's ranks exchange their partial results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Shared memory between threads of this process (CPU ranks).
+    SharedMemory,
+    /// NCCL, rank `r` on GPU `first_gpu + r` (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    Nccl { first_gpu: usize },
+}
+
+/// Makes one rank's communicator on that rank's own thread (NCCL ranks must join together).
+type Connector = Box<dyn FnOnce() -> Result<Arc<dyn Communicator>> + Send>;
+
+/// Each rank's connector, with the group's clock and abort handle where the transport has them.
+fn connectors(options: &RankOptions) -> Result<(Vec<Connector>, Option<CollectiveClock>, Option<GroupAbort>)> {
+    match options.transport {
+        Transport::SharedMemory => {
+            let (communicators, clock, abort) = LocalCommunicator::group(options.world, options.timeout);
+            let connectors = communicators
+                .into_iter()
+                .map(|comm| Box::new(move || Ok(Arc::new(comm) as Arc<dyn Communicator>)) as Connector)
+                .collect();
+            Ok((connectors, Some(clock), Some(abort)))
+        }
+        #[cfg(feature = "cuda")]
+        Transport::Nccl { first_gpu } => {
+            use crate::tp::nccl::{NcclCommunicator, NcclUniqueId};
+            // The launcher here is this process: rank 0's id goes to every rank thread.
+            let id = Arc::new(NcclUniqueId::new()?);
+            let (world, timeout) = (options.world, options.timeout);
+            let connectors = (0..world)
+                .map(|rank| {
+                    let id = Arc::clone(&id);
+                    Box::new(move || {
+                        let device = candle_core::Device::new_cuda(first_gpu + rank)?;
+                        Ok(Arc::new(NcclCommunicator::new(&device, rank, world, &id, timeout)?) as Arc<dyn Communicator>)
+                    }) as Connector
+                })
+                .collect();
+            Ok((connectors, None, None))
+        }
+    }
 }
 
 impl RankOptions {
@@ -45,6 +91,7 @@ impl RankOptions {
             threads_per_rank: (cores / world.max(1)).max(1),
             timeout: Duration::from_secs(300),
             fault: None,
+            transport: Transport::SharedMemory,
         }
     }
 }
@@ -153,16 +200,16 @@ impl<S: Send + 'static> RankGroup<S> {
             group.options.fault = options.fault;
             return Ok(group);
         }
-        let (communicators, clock, abort) = LocalCommunicator::group(options.world, options.timeout);
+        let (connectors, clock, abort) = connectors(&options)?;
         let init = Arc::new(init);
-        let mut communicators = communicators.into_iter();
-        let local_comm = communicators.next().expect("a group has a rank 0");
+        let mut connectors = connectors.into_iter();
+        let local_connector = connectors.next().expect("a group has a rank 0");
         let mut peers = Vec::new();
-        for comm in communicators {
-            peers.push(Self::spawn_peer(comm, &options, Arc::clone(&init), abort.clone())?);
+        for (index, connector) in connectors.enumerate() {
+            peers.push(Self::spawn_peer(index + 1, connector, &options, Arc::clone(&init), abort.clone())?);
         }
         let local_pool = rank_pool(0, options.threads_per_rank)?;
-        let local = contained(0, || local_pool.install(|| init(Arc::new(local_comm))));
+        let local = contained(0, || local_pool.install(|| init(local_connector()?)));
         let mut failure = local.as_ref().err().map(ToString::to_string);
         for (index, peer) in peers.iter().enumerate() {
             match peer.done.recv() {
@@ -172,15 +219,17 @@ impl<S: Send + 'static> RankGroup<S> {
             }
         }
         if let Some(reason) = failure {
-            abort.abort(&reason);
+            if let Some(abort) = &abort {
+                abort.abort(&reason);
+            }
             return Err(ModelError::RankFailed(reason));
         }
         Ok(RankGroup {
             local: local?,
             local_pool: Some(local_pool),
             peers,
-            abort: Some(abort),
-            clock: Some(clock),
+            abort,
+            clock,
             options,
             steps_run: 0,
             failed: None,
@@ -202,22 +251,22 @@ impl<S: Send + 'static> RankGroup<S> {
         }
     }
 
-    /// Starts rank `comm.rank()` on its own thread: it builds its state, reports, then runs steps
+    /// Starts `rank` on its own thread: it connects, builds its state, reports, then runs steps
     /// until its channel closes.
     fn spawn_peer(
-        comm: LocalCommunicator,
+        rank: usize,
+        connect: Connector,
         options: &RankOptions,
         init: Arc<impl Fn(Arc<dyn Communicator>) -> Result<S> + Send + Sync + 'static>,
-        abort: GroupAbort,
+        abort: Option<GroupAbort>,
     ) -> Result<Peer<S>> {
-        let rank = comm.rank();
         let pool = rank_pool(rank, options.threads_per_rank)?;
         let (steps, step_receiver) = channel::<Step<S>>();
         let (done_sender, done) = channel();
         let thread = std::thread::Builder::new()
             .name(format!("fovea-rank{rank}"))
             .spawn(move || {
-                let state = contained(rank, || pool.install(|| init(Arc::new(comm))));
+                let state = contained(rank, || pool.install(|| init(connect()?)));
                 let mut state = match state {
                     Ok(state) => {
                         let _ = done_sender.send(Ok(()));
@@ -230,7 +279,7 @@ impl<S: Send + 'static> RankGroup<S> {
                 };
                 while let Ok(step) = step_receiver.recv() {
                     let result = contained(rank, || pool.install(|| step(&mut state)));
-                    if let Err(e) = &result {
+                    if let (Err(e), Some(abort)) = (&result, &abort) {
                         abort.abort(&e.to_string());
                     }
                     if done_sender.send(result).is_err() {
