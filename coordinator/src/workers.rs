@@ -122,11 +122,6 @@ impl WorkerPool {
         WorkerPool { shared }
     }
 
-    /// The least-loaded ready worker of `role`, or UNAVAILABLE saying why there is none.
-    pub fn pick(&self, role: WorkerRole) -> Result<WorkerLease, Status> {
-        self.pick_except(&[role], &[])
-    }
-
     /// The least-loaded ready worker of one of `roles` whose address is not in `excluded`
     /// (workers that failed this request), or UNAVAILABLE saying why there is none.
     pub fn pick_except(&self, roles: &[WorkerRole], excluded: &[String]) -> Result<WorkerLease, Status> {
