@@ -130,16 +130,58 @@ impl Phi4VisionModel {
 
     /// Decoder-space features `[patches, text_hidden]` of one prepared image (on rank 0).
     pub fn encode_image(&self, image: &PreparedImage) -> Result<Tensor> {
+        let mut features = self.encode_images(&[image])?;
+        Ok(features.remove(0))
+    }
+
+    /// Decoder-space features of each of `images`, encoded together in one packed batch (on
+    /// rank 0): the same values as one [`Phi4VisionModel::encode_image`] each, in fewer, larger
+    /// matrix products.
+    pub fn encode_images(&self, images: &[&PreparedImage]) -> Result<Vec<Tensor>> {
         let Some((vision, projector)) = &self.vision else {
             return Err(ModelError::BadInput("only tensor-parallel rank 0 holds the vision tower".into()));
         };
-        let patches = Tensor::from_slice(
-            &image.patches,
-            (image.grid_h * image.grid_w, self.config.vision.patch_dim()),
-            self.decoder.device(),
-        )?;
-        let features = vision.encode(&patches, image.grid_h, image.grid_w)?;
-        projector.forward(&features)
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let patch_dim = self.config.vision.patch_dim();
+        let patches = images
+            .iter()
+            .map(|image| {
+                let count = image.grid_h * image.grid_w;
+                if image.patches.len() != count * patch_dim {
+                    return Err(ModelError::BadInput(format!(
+                        "a {}x{} image has {} patch values, expected {}",
+                        image.grid_h,
+                        image.grid_w,
+                        image.patches.len(),
+                        count * patch_dim
+                    )));
+                }
+                Ok(Tensor::from_slice(&image.patches, (count, patch_dim), self.decoder.device())?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch: Vec<_> = patches
+            .iter()
+            .zip(images)
+            .map(|(patches, image)| (patches, image.grid_h, image.grid_w))
+            .collect();
+        let features = projector.forward(&vision.encode_batch(&batch)?)?;
+        if images.len() == 1 {
+            return Ok(vec![features]);
+        }
+        // Each image's rows get their own storage, so a cache keeping one image's features does
+        // not keep the whole batch's alive.
+        let mut start = 0;
+        images
+            .iter()
+            .map(|image| {
+                let count = image.grid_h * image.grid_w;
+                let rows = features.narrow(0, start, count)?.copy()?;
+                start += count;
+                Ok(rows)
+            })
+            .collect()
     }
 
     /// Prompt embeddings `[L, hidden]`: token embeddings with each image's features written over

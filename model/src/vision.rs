@@ -1,9 +1,13 @@
 //! The SigLIP-2 NaFlex vision tower and the MLP projector into the decoder's embedding space.
 //!
-//! Each image is encoded on its own (attention never crosses images): patches go through a linear
-//! patch embedding, plus the learned 16×16 position grid resized to the image's patch grid, then
-//! through the pre-norm encoder layers. Features come from the second-to-last layer with no
+//! Images are encoded in packed batches: the patches of every image in a batch are stacked into
+//! one sequence, so each linear layer is one GEMM over all of them, while attention runs per image
+//! (it never crosses images). Each image's patches go through a linear patch embedding, plus the
+//! learned 16×16 position grid resized to the image's patch grid, then through the pre-norm
+//! encoder layers. Features come from the second-to-last layer with no
 //! post-layernorm and no pooling head, as the model was trained; the projector maps them to tokens.
+
+use std::ops::Range;
 
 use candle_core::{DType, Tensor};
 
@@ -35,11 +39,19 @@ impl EncoderAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Self-attention of packed images `x`, each image's rows (`images`) attending only to
+    /// themselves.
+    fn forward(&self, x: &Tensor, images: &[Range<usize>]) -> Result<Tensor> {
         let qkv = self.qkv_proj.forward(x)?;
-        let heads = |part: usize| split_heads(&qkv, part * self.num_heads, self.num_heads, self.head_dim);
-        let attended = attention(&heads(0)?, &heads(1)?, &heads(2)?, HeadGroups::even(1, 1), Visibility::Full)?;
-        self.out_proj.forward(&attended)
+        let attended = images
+            .iter()
+            .map(|rows| {
+                let qkv = qkv.narrow(0, rows.start, rows.len())?;
+                let heads = |part: usize| split_heads(&qkv, part * self.num_heads, self.num_heads, self.head_dim);
+                attention(&heads(0)?, &heads(1)?, &heads(2)?, HeadGroups::even(1, 1), Visibility::Full)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.out_proj.forward(&Tensor::cat(&attended, 0)?)
     }
 }
 
@@ -63,8 +75,8 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
+    fn forward(&self, x: &Tensor, images: &[Range<usize>]) -> Result<Tensor> {
+        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, images)?)?;
         let hidden = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         let activated = gelu_tanh(&hidden)?;
         let mlp = self.fc2.forward(&activated)?;
@@ -105,24 +117,34 @@ impl VisionTower {
         })
     }
 
-    /// Encodes one image's patches `[grid_h · grid_w, patch_dim]` into features `[grid_h · grid_w, hidden]`.
-    pub fn encode(&self, patches: &Tensor, grid_h: usize, grid_w: usize) -> Result<Tensor> {
-        let (count, dim) = patches.dims2()?;
-        if count != grid_h * grid_w || dim != self.config.patch_dim() {
-            return Err(ModelError::BadInput(format!(
-                "image patches are [{count}, {dim}], expected [{}, {}] for a {grid_h}x{grid_w} grid",
-                grid_h * grid_w,
-                self.config.patch_dim()
-            )));
-        }
+    /// Encodes a batch of images, each given as its patches `[grid_h · grid_w, patch_dim]` and
+    /// grid, into features `[patches, hidden]` stacked in batch order: `[Σ patches, hidden]`.
+    pub fn encode_batch(&self, images: &[(&Tensor, usize, usize)]) -> Result<Tensor> {
         let side = self.config.position_grid_side;
         let hidden = self.config.hidden_size;
-        let resized = resize_position_grid(&self.position_grid, hidden, side, side, grid_h, grid_w);
         let dtype = self.patch_embedding.dtype();
-        let positions = Tensor::from_vec(resized, (count, hidden), patches.device())?.to_dtype(dtype)?;
-        let mut x = (self.patch_embedding.forward(&patches.to_dtype(dtype)?)? + positions)?;
+        let mut rows = Vec::with_capacity(images.len());
+        let mut positions = Vec::with_capacity(images.len());
+        for &(patches, grid_h, grid_w) in images {
+            let (count, dim) = patches.dims2()?;
+            if count != grid_h * grid_w || dim != self.config.patch_dim() {
+                return Err(ModelError::BadInput(format!(
+                    "image patches are [{count}, {dim}], expected [{}, {}] for a {grid_h}x{grid_w} grid",
+                    grid_h * grid_w,
+                    self.config.patch_dim()
+                )));
+            }
+            let start = rows.last().map_or(0, |previous: &Range<usize>| previous.end);
+            rows.push(start..start + count);
+            let resized = resize_position_grid(&self.position_grid, hidden, side, side, grid_h, grid_w);
+            positions.push(Tensor::from_vec(resized, (count, hidden), patches.device())?);
+        }
+        let patches: Vec<Tensor> = images.iter().map(|(patches, _, _)| (*patches).clone()).collect();
+        let patches = Tensor::cat(&patches, 0)?.to_dtype(dtype)?;
+        let positions = Tensor::cat(&positions, 0)?.to_dtype(dtype)?;
+        let mut x = (self.patch_embedding.forward(&patches)? + positions)?;
         for layer in &self.layers {
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, &rows)?;
         }
         Ok(x)
     }

@@ -109,3 +109,33 @@ fn bf16_compute_stays_close_to_the_reference() {
         assert!(diff < 0.15, "{name}: bf16 logits differ by {diff}");
     }
 }
+
+/// Every golden image, of every case, encoded in one packed batch: each image's features are
+/// those it gets encoded alone (attention never crosses images), and match the reference.
+#[test]
+fn golden_images_encoded_in_one_batch_match_their_lone_encodings() {
+    let golden = GoldenTensors::load();
+    let preparer = golden_preparer();
+    let model = golden_model(DType::F32);
+    let mut images = Vec::new();
+    for case in &golden_cases() {
+        let request = case.prepare(&preparer);
+        for (i, (_, image)) in request.images.into_iter().enumerate() {
+            images.push((case.name.clone(), i, image));
+        }
+    }
+    assert!(images.len() >= 2, "the golden cases hold {} images; a batch needs two", images.len());
+    let batch: Vec<_> = images.iter().map(|(_, _, image)| image).collect();
+    let batched = model.encode_images(&batch).unwrap();
+    assert_eq!(batched.len(), images.len());
+    for ((name, i, image), got) in images.iter().zip(batched) {
+        let alone = logits(model.encode_image(image).unwrap());
+        let got = logits(got);
+        let scale = alone.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let relative = max_abs_diff(&got, &alone) / scale;
+        println!("{name}: image {i} batched vs alone max relative diff {relative:e}");
+        assert!(relative < 1e-6, "{name}: image {i} batched differs from alone by {relative} relative");
+        let expected = golden.image_features(name, *i);
+        assert!(max_abs_diff(&got, &expected) / scale < 1e-4, "{name}: image {i} batched features differ from the reference");
+    }
+}

@@ -3,8 +3,9 @@
 //! over everything the scheduler picked, on every tensor-parallel rank at once.
 //!
 //! A step: apply the pending commands (submissions, cancellations), drop sequences nobody listens
-//! to, schedule (reusing cached prefixes), build each chunk's embeddings (encoding images the first time a chunk reaches
-//! them), run the flat batch through the model on the paged cache, then sample every sequence
+//! to, schedule (reusing cached prefixes), encode the images the scheduled chunks reach (one packed
+//! vision batch over all sequences, see [`crate::image_encoding`]), build each chunk's embeddings,
+//! run the flat batch through the model on the paged cache, then sample every sequence
 //! whose chunk reached its last known token. A sequence's blocks are freed before its final event
 //! is sent, and the stats are published in between, so a caller that saw the final event sees the
 //! blocks free.
@@ -24,6 +25,7 @@ use crate::error::{EngineError, RequestError};
 use crate::event::FinishReason;
 use crate::handle::{EngineHandle, EngineStats};
 use crate::image_cache::ImageFeatureCache;
+use crate::image_encoding::provide_image_features;
 use crate::kv_handoff::{KvBlockRun, KvHandoff, LayerKv, PromptKv};
 use crate::request::{RequestId, RequestLimits};
 use crate::scheduler::{Chunk, Scheduler, SchedulerLimits};
@@ -52,6 +54,8 @@ pub struct Engine {
     stats: Arc<Mutex<EngineStats>>,
     /// Forward passes run so far.
     steps: u64,
+    /// Vision-tower batches run so far.
+    image_batches: u64,
 }
 
 impl Engine {
@@ -116,6 +120,7 @@ impl Engine {
             sequences: HashMap::new(),
             stats: Arc::new(Mutex::new(EngineStats::default())),
             steps: 0,
+            image_batches: 0,
             ranks,
         };
         engine.publish_stats();
@@ -292,14 +297,22 @@ impl Engine {
                 sequence.reused_prefix(*tokens);
             }
         }
+        let model = Arc::clone(self.ranks.local().model());
+        let vision = provide_image_features(&model, &mut self.images, &mut self.sequences, &schedule.chunks);
+        self.image_batches += u64::from(vision.encoded_batch);
+        if let Some((ids, error)) = vision.failed {
+            tracing::warn!("encoding the images of {} sequences failed: {error}", ids.len());
+            for id in ids {
+                self.finish(id, model_failure(&error));
+            }
+        }
         let mut chunks = Vec::with_capacity(schedule.chunks.len());
         let mut inputs = Vec::with_capacity(schedule.chunks.len());
-        let model = Arc::clone(self.ranks.local().model());
         for chunk in schedule.chunks {
             let Some(sequence) = self.sequences.get_mut(&chunk.id) else {
                 continue;
             };
-            match sequence.chunk_input(&model, &mut self.images, chunk.positions.clone()) {
+            match sequence.chunk_input(chunk.positions.clone()) {
                 Ok(input) => {
                     inputs.push(input);
                     chunks.push(chunk);
@@ -402,6 +415,7 @@ impl Engine {
             image_cache_bytes: self.images.used_bytes(),
             images_encoded: self.images.encoded(),
             image_cache_hits: self.images.hits(),
+            image_batches: self.image_batches,
             steps: self.steps,
         };
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;

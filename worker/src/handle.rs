@@ -43,6 +43,9 @@ pub struct EngineStats {
     pub images_encoded: u64,
     /// Images whose features came from the cache.
     pub image_cache_hits: u64,
+    /// Vision-tower runs so far, each encoding every image one step needed (so fewer than
+    /// `images_encoded` when steps batch images of several requests).
+    pub image_batches: u64,
     /// Forward passes run so far: rises while the engine makes progress.
     pub steps: u64,
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod event;
 pub mod handle;
 pub mod image_cache;
+mod image_encoding;
 pub mod job;
 pub mod kv_handoff;
 pub mod kv_pool;
@@ -31,6 +32,7 @@ mod scheduler;
 mod sequence;
 pub mod service;
 pub mod vision_client;
+pub mod vision_batcher;
 pub mod vision_service;
 
 pub use config::EngineConfig;

@@ -70,7 +70,7 @@ impl WorkerNode {
         info: WorkerInfo,
     ) -> Result<Self, EngineError> {
         if info.role() == WorkerRole::Vision {
-            return Ok(Self::vision_only(model, preprocess, &config));
+            return Self::vision_only(model, preprocess, &config);
         }
         let ranks = single_rank(model, &config)?;
         Self::start_on_ranks(ranks, tokenizer, preprocess, config, info)
@@ -88,14 +88,16 @@ impl WorkerNode {
         let role = info.role();
         let model = Arc::clone(ranks.local().model());
         if role == WorkerRole::Vision {
-            return Ok(Self::vision_only(model, preprocess, &config));
+            return Self::vision_only(model, preprocess, &config);
         }
         if role == WorkerRole::Unspecified {
             return Err(EngineError::Config("a worker needs a role".into()));
         }
         let preprocess = Arc::new(preprocess);
         let vision = (role == WorkerRole::Full)
-            .then(|| VisionEncoderService::new(Arc::clone(&model), Arc::clone(&preprocess), config.image_cache_bytes));
+            .then(|| VisionEncoderService::new(Arc::clone(&model), Arc::clone(&preprocess), config.image_cache_bytes))
+            .transpose()
+            .map_err(EngineError::Spawn)?;
         let layout = kv_cache_layout(&model.config().text, config.block_size);
         info.kv_cache = Some(layout);
         let jobs = JobContext {
@@ -119,14 +121,20 @@ impl WorkerNode {
     }
 
     /// The vision role's node: the encoder alone, no engine and no KV cache.
-    fn vision_only(model: Arc<Phi4VisionModel>, preprocess: PreprocessConfig, config: &EngineConfig) -> Self {
-        WorkerNode {
+    fn vision_only(
+        model: Arc<Phi4VisionModel>,
+        preprocess: PreprocessConfig,
+        config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let vision = VisionEncoderService::new(model, Arc::new(preprocess), config.image_cache_bytes)
+            .map_err(EngineError::Spawn)?;
+        Ok(WorkerNode {
             engine: None,
             worker: None,
-            vision: Some(VisionEncoderService::new(model, Arc::new(preprocess), config.image_cache_bytes)),
+            vision: Some(vision),
             prefill: None,
             kv: None,
-        }
+        })
     }
 
     /// The engine (none in the vision role), for load and block counts.

@@ -13,13 +13,14 @@ use candle_core::Tensor;
 use fovea_model::logprobs::TokenLogprobs;
 use fovea_model::sampling::Sampler;
 use fovea_model::text::{TextStream, TextTokenizer};
+use fovea_model::preprocess::PreparedImage;
 use fovea_model::{ImagePlacement, Phi4VisionModel};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::block_hash::{BlockHash, extend_block_hashes};
 use crate::error::RequestError;
 use crate::event::{Completion, Event, FinishReason, Timings, Usage};
-use crate::image_cache::{ImageFeatureCache, ImageKey};
+use crate::image_cache::ImageKey;
 use crate::kv_handoff::{KvHandoff, PromptKv};
 use crate::request::{ImageSource, RequestId, ValidRequest};
 
@@ -147,28 +148,48 @@ impl Sequence {
         }
     }
 
+    /// The images among tokens `range` that have to be run through the vision tower (or found in
+    /// the feature cache) before the range can be computed: `(image index, key, patches)`.
+    pub fn images_to_encode(&self, range: Range<usize>) -> impl Iterator<Item = (usize, ImageKey, &PreparedImage)> {
+        self.request
+            .images
+            .iter()
+            .zip(&self.features)
+            .enumerate()
+            .filter(move |(_, (image, features))| features.is_none() && overlaps(image.placement, &range))
+            .filter_map(|(index, (image, _))| match &image.source {
+                ImageSource::Pixels(pixels) => Some((index, image.key, pixels)),
+                ImageSource::Features { .. } | ImageSource::KeyOnly { .. } => None,
+            })
+    }
+
+    /// Gives image `index` its features (see [`Sequence::images_to_encode`]).
+    pub fn set_features(&mut self, index: usize, features: Tensor) {
+        self.features[index] = Some(features);
+    }
+
     /// Decoder input for tokens `range`, which were just scheduled: their ids, and the image
-    /// features (from `images`, or encoded now by `model`) that go over the image positions among
-    /// them. The first call ends the request's time in the queue.
-    pub fn chunk_input(
-        &mut self,
-        model: &Phi4VisionModel,
-        images: &mut ImageFeatureCache,
-        range: Range<usize>,
-    ) -> fovea_model::Result<ChunkInput> {
+    /// features that go over the image positions among them (encoded images must have been given
+    /// their features by [`Sequence::set_features`]). The first call ends the request's time in
+    /// the queue.
+    pub fn chunk_input(&mut self, range: Range<usize>) -> fovea_model::Result<ChunkInput> {
         self.first_scheduled.get_or_insert_with(Instant::now);
         let mut pieces = Vec::new();
         for (image, features) in self.request.images.iter().zip(&mut self.features) {
-            let (start, end) = (image.placement.start, image.placement.start + image.placement.len);
-            let overlap = start.max(range.start)..end.min(range.end);
-            if overlap.is_empty() {
+            if !overlaps(image.placement, &range) {
                 continue;
             }
+            let start = image.placement.start;
+            let overlap = start.max(range.start)..(start + image.placement.len).min(range.end);
             let features = match features {
                 Some(features) => features,
                 None => features.insert(match &image.source {
-                    ImageSource::Pixels(pixels) => images.get_or_encode(image.key, || model.encode_image(pixels))?,
                     ImageSource::Features { features, .. } => features.clone(),
+                    ImageSource::Pixels(_) => {
+                        return Err(fovea_model::ModelError::BadInput(
+                            "an image was scheduled before it was encoded".into(),
+                        ));
+                    }
                     ImageSource::KeyOnly { .. } => {
                         return Err(fovea_model::ModelError::BadInput(
                             "the sequence was preempted after its prompt's keys and values came from a prefill \
@@ -271,4 +292,9 @@ impl Sequence {
         };
         let _ = self.events.send(Event::Finished(completion));
     }
+}
+
+/// Whether any of an image's tokens lie in `range`.
+fn overlaps(placement: ImagePlacement, range: &Range<usize>) -> bool {
+    placement.start < range.end && range.start < placement.start + placement.len
 }

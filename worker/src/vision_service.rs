@@ -1,11 +1,12 @@
 //! The vision role's service (`fovea.worker.v1.VisionEncoder`): encodes an image with SigLIP-2
 //! and the projector, or takes its features from the cache by content hash, and streams them as
-//! f32 rows. Encodings run one at a time off the async threads; a vision worker is scaled out by
-//! running more of them (data parallel).
+//! f32 rows. Images are decoded on blocking threads, then encoded by the [`VisionBatcher`], which
+//! runs every image waiting in one packed batch; a vision worker is scaled out by running more of
+//! them (data parallel).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use fovea_model::Phi4VisionModel;
 use fovea_model::preprocess::{PreprocessConfig, prepare_image};
 use fovea_proto::worker::v1::vision_encoder_server::VisionEncoder;
@@ -13,15 +14,19 @@ use fovea_proto::worker::v1::{
     DType as WireDType, EncodedImage, FeatureRows, ImageFeaturesChunk, ImageFeaturesHeader, VisionJob,
     image_features_chunk,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::image_cache::{ImageFeatureCache, ImageKey};
 use crate::job::content_hash;
+use crate::vision_batcher::VisionBatcher;
 
 /// Bytes of feature rows per stream message, at most.
 const ROWS_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Patches per vision-tower batch: a few full-size (3600-patch) images.
+const MAX_BATCH_PATCHES: usize = 16384;
 
 /// Counts of what the encoder did, for load reports and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,29 +35,33 @@ pub struct VisionStats {
     pub encoded: u64,
     /// Images answered from the cache.
     pub cache_hits: u64,
+    /// Vision-tower batches run (each encoding every image that was waiting).
+    pub batches: u64,
 }
 
 /// The `VisionEncoder` service.
 #[derive(Clone)]
 pub struct VisionEncoderService {
-    model: Arc<Phi4VisionModel>,
     preprocess: Arc<PreprocessConfig>,
     /// Features by image key, each `[grid_h, grid_w, hidden]` so a hit knows its grid.
     cache: Arc<Mutex<ImageFeatureCache>>,
-    /// One encoding at a time: the vision tower uses every core.
-    encoder: Arc<Semaphore>,
+    encoder: VisionBatcher,
 }
 
 impl VisionEncoderService {
     /// Encodes with `model`'s vision tower and projector, decoding images with `preprocess`,
     /// keeping up to `cache_bytes` of features.
-    pub fn new(model: Arc<Phi4VisionModel>, preprocess: Arc<PreprocessConfig>, cache_bytes: usize) -> Self {
-        VisionEncoderService {
-            model,
+    pub fn new(
+        model: Arc<Phi4VisionModel>,
+        preprocess: Arc<PreprocessConfig>,
+        cache_bytes: usize,
+    ) -> std::io::Result<Self> {
+        let cache = Arc::new(Mutex::new(ImageFeatureCache::new(cache_bytes)));
+        Ok(VisionEncoderService {
+            encoder: VisionBatcher::start(model, Arc::clone(&cache), MAX_BATCH_PATCHES)?,
             preprocess,
-            cache: Arc::new(Mutex::new(ImageFeatureCache::new(cache_bytes))),
-            encoder: Arc::new(Semaphore::new(1)),
-        }
+            cache,
+        })
     }
 
     /// What the encoder did so far.
@@ -61,6 +70,7 @@ impl VisionEncoderService {
         VisionStats {
             encoded: cache.encoded(),
             cache_hits: cache.hits(),
+            batches: self.encoder.batches(),
         }
     }
 
@@ -68,16 +78,12 @@ impl VisionEncoderService {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(key)
     }
 
-    /// Decodes and encodes `image`, checking its planned grid; `[grid_h, grid_w, hidden]` f32.
-    async fn encode(&self, image: EncodedImage) -> Result<Tensor, Status> {
+    /// Decodes `image`, checking its planned grid, and encodes it in the next batch;
+    /// `[grid_h, grid_w, hidden]` f32.
+    async fn encode(&self, key: ImageKey, image: EncodedImage) -> Result<Tensor, Status> {
         let planned = (image.grid_rows, image.grid_cols);
-        let _turn = self
-            .encoder
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("the vision worker is stopping"))?;
-        let (model, preprocess) = (Arc::clone(&self.model), Arc::clone(&self.preprocess));
-        tokio::task::spawn_blocking(move || {
+        let preprocess = Arc::clone(&self.preprocess);
+        let image = tokio::task::spawn_blocking(move || {
             let image =
                 prepare_image(&image.data, &preprocess).map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
             let grid = (image.grid_h, image.grid_w);
@@ -87,14 +93,11 @@ impl VisionEncoderService {
                     grid.0, grid.1, planned.0, planned.1
                 )));
             }
-            let features = model
-                .encode_image(&image)
-                .and_then(|f| Ok(f.to_dtype(DType::F32)?.reshape((grid.0, grid.1, ()))?))
-                .map_err(|e| Status::internal(format!("encoding the image failed: {e}")))?;
-            Ok(features)
+            Ok(image)
         })
         .await
-        .map_err(|e| Status::internal(format!("encoding the image failed: {e}")))?
+        .map_err(|e| Status::internal(format!("decoding the image failed: {e}")))??;
+        self.encoder.encode(key, image).await.map_err(Status::internal)
     }
 }
 
@@ -151,14 +154,7 @@ impl VisionEncoder for VisionEncoderService {
                     job.request_id
                 )));
             }
-            None => {
-                let features = self.encode(image).await?;
-                self.cache
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key, features.clone());
-                (features, false)
-            }
+            None => (self.encode(key, image).await?, false),
         };
         let messages = feature_messages(hash, &features, cached)?;
         let (tx, rx) = mpsc::channel(4);

@@ -1,0 +1,195 @@
+//! The vision stage of an engine step: before the forward pass, every image that the step's
+//! chunks reach gets its features, from the feature cache when it holds them, else from one packed
+//! vision-tower batch over all the step's sequences, each distinct image encoded once however
+//! many sequences show it.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::Tensor;
+use fovea_model::preprocess::PreparedImage;
+use fovea_model::{ModelError, Phi4VisionModel};
+
+use crate::image_cache::{ImageFeatureCache, ImageKey};
+use crate::request::RequestId;
+use crate::scheduler::Chunk;
+use crate::sequence::Sequence;
+
+/// What the vision stage of one step did.
+#[derive(Debug)]
+pub(crate) struct StageOutcome {
+    /// Whether the vision tower ran (once, over every image it had to encode).
+    pub encoded_batch: bool,
+    /// Sequences whose images could not be encoded, and why.
+    pub failed: Option<(Vec<RequestId>, ModelError)>,
+}
+
+/// Gives every image that `chunks` reach its features, using and filling `cache`.
+pub(crate) fn provide_image_features(
+    model: &Phi4VisionModel,
+    cache: &mut ImageFeatureCache,
+    sequences: &mut HashMap<RequestId, Sequence>,
+    chunks: &[Chunk],
+) -> StageOutcome {
+    // Which sequence image needs which key, and the distinct keys to encode with their patches.
+    let mut needs: Vec<(RequestId, usize, ImageKey)> = Vec::new();
+    let mut found: Vec<(RequestId, usize, Tensor)> = Vec::new();
+    let mut batch: Vec<(ImageKey, &PreparedImage)> = Vec::new();
+    for chunk in chunks {
+        let Some(sequence) = sequences.get(&chunk.id) else {
+            continue;
+        };
+        for (index, key, pixels) in sequence.images_to_encode(chunk.positions.clone()) {
+            if batch.iter().any(|(queued, _)| *queued == key) {
+                needs.push((chunk.id, index, key));
+            } else if let Some(features) = cache.get(key) {
+                found.push((chunk.id, index, features));
+            } else {
+                batch.push((key, pixels));
+                needs.push((chunk.id, index, key));
+            }
+        }
+    }
+    let keys: Vec<ImageKey> = batch.iter().map(|(key, _)| *key).collect();
+    let encoded = if batch.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let images: Vec<&PreparedImage> = batch.iter().map(|(_, pixels)| *pixels).collect();
+        model.encode_images(&images)
+    };
+    for (id, index, features) in found {
+        if let Some(sequence) = sequences.get_mut(&id) {
+            sequence.set_features(index, features);
+        }
+    }
+    let encoded = match encoded {
+        Ok(encoded) => encoded,
+        Err(error) => {
+            let mut ids: Vec<RequestId> = needs.iter().map(|(id, _, _)| *id).collect();
+            ids.dedup();
+            return StageOutcome {
+                encoded_batch: true,
+                failed: Some((ids, error)),
+            };
+        }
+    };
+    let by_key: HashMap<ImageKey, Tensor> = keys.into_iter().zip(encoded).collect();
+    for (key, features) in &by_key {
+        cache.insert(*key, features.clone());
+    }
+    let mut delivered = HashSet::new();
+    for (id, index, key) in needs {
+        // The first sequence showing an image gets what was just encoded; later ones in the same
+        // step take it from the cache, counted as the hit it is.
+        let features = if delivered.insert(key) {
+            by_key[&key].clone()
+        } else {
+            cache.get(key).unwrap_or_else(|| by_key[&key].clone())
+        };
+        if let Some(sequence) = sequences.get_mut(&id) {
+            sequence.set_features(index, features);
+        }
+    }
+    StageOutcome {
+        encoded_batch: !by_key.is_empty(),
+        failed: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use candle_core::DType;
+    use fovea_model::sampling::SamplingParams;
+    use fovea_model::testing::{golden_model, golden_preparer, prepared_golden_cases};
+
+    use super::*;
+    use crate::kv_handoff::KvHandoff;
+    use crate::request::{GenerateRequest, ImageSource, RequestLimits};
+
+    /// Sequences of the golden cases named by `names`, each scheduled whole in one chunk.
+    fn scheduled(model: &Phi4VisionModel, names: &[&str]) -> (HashMap<RequestId, Sequence>, Vec<Chunk>) {
+        let preparer = golden_preparer();
+        let cases = prepared_golden_cases(&preparer);
+        let config = model.config();
+        let limits = RequestLimits {
+            vocab_size: config.text.vocab_size,
+            context_len: config.text.max_position_embeddings,
+            patch_dim: config.vision.patch_dim(),
+            hidden_size: config.text.hidden_size,
+            eos_token_ids: config.eos_token_ids.clone(),
+            kv_capacity_tokens: 1 << 20,
+        };
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let mut sequences = HashMap::new();
+        let mut chunks = Vec::new();
+        for (n, name) in names.iter().enumerate() {
+            let case = cases.iter().find(|case| case.golden.name == *name).unwrap();
+            let request = GenerateRequest {
+                prompt_ids: case.request.prompt_ids.clone(),
+                images: ImageSource::pixels(case.request.images.clone()),
+                sampling: SamplingParams::default(),
+                max_new_tokens: 1,
+                stop_token_ids: Vec::new(),
+                ignore_eos: true,
+                stop_strings: Vec::new(),
+                skip_special_tokens: false,
+                replayed_tokens: 0,
+            };
+            let request = limits.validate(request).unwrap();
+            let id = RequestId(n as u64);
+            let tokenizer = Arc::clone(preparer.tokenizer());
+            let sequence = Sequence::new(id, request, tokenizer, events.clone(), Instant::now(), 16, KvHandoff::Local);
+            chunks.push(Chunk {
+                id,
+                positions: 0..case.request.prompt_ids.len(),
+            });
+            sequences.insert(id, sequence.unwrap());
+        }
+        (sequences, chunks)
+    }
+
+    /// The features each sequence got, in chunk order, flattened.
+    fn features_of(sequences: &mut HashMap<RequestId, Sequence>, chunks: &[Chunk]) -> Vec<Vec<f32>> {
+        let mut all = Vec::new();
+        for chunk in chunks {
+            let input = sequences.get_mut(&chunk.id).unwrap().chunk_input(chunk.positions.clone()).unwrap();
+            for (_, features) in input.images {
+                all.push(features.flatten_all().unwrap().to_vec1().unwrap());
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn one_batch_encodes_each_distinct_image_of_every_sequence_once() {
+        let model = golden_model(DType::F32);
+        let names = ["chart_nothink", "two_images_compare", "chart_nothink", "screen_grounding"];
+        let mut cache = ImageFeatureCache::new(256 << 20);
+        let (mut sequences, chunks) = scheduled(&model, &names);
+        let outcome = provide_image_features(&model, &mut cache, &mut sequences, &chunks);
+        assert!(outcome.encoded_batch && outcome.failed.is_none(), "{outcome:?}");
+        // chart, the two of the comparison and the screenshot; the second chart is a hit.
+        assert_eq!((cache.encoded(), cache.hits()), (4, 1));
+        let batched = features_of(&mut sequences, &chunks);
+
+        // Each image alone gives the same features.
+        let mut alone = ImageFeatureCache::new(0);
+        let mut lone = Vec::new();
+        for name in names {
+            let (mut sequences, chunks) = scheduled(&model, &[name]);
+            provide_image_features(&model, &mut alone, &mut sequences, &chunks);
+            lone.extend(features_of(&mut sequences, &chunks));
+        }
+        assert_eq!(batched.len(), 5);
+        assert_eq!(batched, lone);
+
+        // The same images again come from the cache, with no vision batch.
+        let (mut sequences, chunks) = scheduled(&model, &names);
+        let outcome = provide_image_features(&model, &mut cache, &mut sequences, &chunks);
+        assert!(!outcome.encoded_batch, "{outcome:?}");
+        assert_eq!((cache.encoded(), cache.hits()), (4, 6));
+        assert_eq!(features_of(&mut sequences, &chunks), batched);
+    }
+}
