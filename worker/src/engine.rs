@@ -25,7 +25,7 @@ use crate::error::{EngineError, RequestError};
 use crate::event::FinishReason;
 use crate::handle::{EngineHandle, EngineStats};
 use crate::image_cache::ImageFeatureCache;
-use crate::image_encoding::provide_image_features;
+use crate::image_encoding::{EncodingCost, StepContent, provide_image_features};
 use crate::kv_handoff::{KvBlockRun, KvHandoff, LayerKv, PromptKv};
 use crate::request::{RequestId, RequestLimits};
 use crate::scheduler::{Chunk, Scheduler, SchedulerLimits};
@@ -56,6 +56,7 @@ pub struct Engine {
     steps: u64,
     /// Vision-tower batches run so far.
     image_batches: u64,
+    encoding_cost: EncodingCost,
 }
 
 impl Engine {
@@ -121,6 +122,7 @@ impl Engine {
             stats: Arc::new(Mutex::new(EngineStats::default())),
             steps: 0,
             image_batches: 0,
+            encoding_cost: EncodingCost::for_model(&model_config),
             ranks,
         };
         engine.publish_stats();
@@ -282,10 +284,12 @@ impl Engine {
 
     /// One scheduling decision and one forward pass.
     fn step(&mut self) {
-        let sequences = &self.sequences;
-        let schedule = self
-            .scheduler
-            .schedule(|id| sequences.get(&id).map_or(&[][..], Sequence::block_hashes));
+        let content = StepContent {
+            sequences: &self.sequences,
+            cache: &self.images,
+            cost: self.encoding_cost,
+        };
+        let schedule = self.scheduler.schedule(&content);
         for id in &schedule.preempted {
             if let Some(sequence) = self.sequences.get_mut(id) {
                 sequence.preempted();

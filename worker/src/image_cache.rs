@@ -96,6 +96,11 @@ impl ImageFeatureCache {
         Some(entry.features.clone())
     }
 
+    /// Whether the cache holds `key`'s features (not counted as a lookup).
+    pub fn contains(&self, key: ImageKey) -> bool {
+        self.entries.contains_key(&key)
+    }
+
     /// Keeps `features`, just encoded for `key`, evicting the least recently used entries to make
     /// room (features larger than the whole cache are counted but not kept).
     pub fn insert(&mut self, key: ImageKey, features: Tensor) {

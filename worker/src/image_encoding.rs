@@ -1,18 +1,83 @@
 //! The vision stage of an engine step: before the forward pass, every image that the step's
 //! chunks reach gets its features, from the feature cache when it holds them, else from one packed
 //! vision-tower batch over all the step's sequences, each distinct image encoded once however
-//! many sequences show it.
+//! many sequences show it. Before that, the scheduler sizes the chunks knowing what encoding
+//! their images will cost ([`EncodingCost`], [`StepContent`]).
 
 use std::collections::{HashMap, HashSet};
 
 use candle_core::Tensor;
+use fovea_model::config::ModelConfig;
 use fovea_model::preprocess::PreparedImage;
 use fovea_model::{ModelError, Phi4VisionModel};
 
+use crate::block_hash::BlockHash;
 use crate::image_cache::{ImageFeatureCache, ImageKey};
 use crate::request::RequestId;
-use crate::scheduler::Chunk;
+use crate::scheduler::{Chunk, ImageCost, SequenceContent};
 use crate::sequence::Sequence;
+
+/// What encoding an image costs a step, in prompt tokens' worth of compute: the vision tower's and
+/// projector's multiply-adds for its patches over the decoder's per prompt token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EncodingCost {
+    /// Per patch: patch embedding, the encoder layers' projections and MLP, the projector.
+    per_patch: f64,
+    /// Per patch and per patch of the same image: encoder attention (scores and values).
+    per_patch_pair: f64,
+    per_token: f64,
+}
+
+impl EncodingCost {
+    pub fn for_model(config: &ModelConfig) -> Self {
+        let (vision, text) = (&config.vision, &config.text);
+        let (hv, iv, ht) = (vision.hidden_size as f64, vision.intermediate_size as f64, text.hidden_size as f64);
+        let layers = vision.used_layers() as f64;
+        let per_patch = vision.patch_dim() as f64 * hv + layers * (4.0 * hv * hv + 2.0 * hv * iv) + hv * ht + ht * ht;
+        let qkv = (text.num_heads + 2 * text.num_kv_heads) * text.head_dim;
+        let attention_projections = ht * qkv as f64 + (text.num_heads * text.head_dim) as f64 * ht;
+        let per_token = text.num_layers as f64 * (attention_projections + 3.0 * ht * text.intermediate_size as f64);
+        EncodingCost {
+            per_patch,
+            per_patch_pair: layers * 2.0 * hv,
+            per_token,
+        }
+    }
+
+    /// The cost of encoding an image of `patches` patches.
+    pub fn of(&self, patches: usize) -> usize {
+        let n = patches as f64;
+        (n * (self.per_patch + n * self.per_patch_pair) / self.per_token).ceil() as usize
+    }
+}
+
+/// The engine's sequences as the scheduler sees them: their block hashes, and the images a chunk
+/// would have to encode (those the feature cache holds cost nothing).
+pub(crate) struct StepContent<'a> {
+    pub sequences: &'a HashMap<RequestId, Sequence>,
+    pub cache: &'a ImageFeatureCache,
+    pub cost: EncodingCost,
+}
+
+impl SequenceContent for StepContent<'_> {
+    fn block_hashes(&self, id: RequestId) -> &[BlockHash] {
+        self.sequences.get(&id).map_or(&[][..], Sequence::block_hashes)
+    }
+
+    fn images_to_encode(&self, id: RequestId, range: std::ops::Range<usize>) -> Vec<ImageCost> {
+        let Some(sequence) = self.sequences.get(&id) else {
+            return Vec::new();
+        };
+        sequence
+            .images_to_encode(range)
+            .filter(|image| !self.cache.contains(image.key))
+            .map(|image| ImageCost {
+                start: image.start,
+                tokens: self.cost.of(image.pixels.grid_h * image.pixels.grid_w),
+            })
+            .collect()
+    }
+}
 
 /// What the vision stage of one step did.
 #[derive(Debug)]
@@ -38,13 +103,14 @@ pub(crate) fn provide_image_features(
         let Some(sequence) = sequences.get(&chunk.id) else {
             continue;
         };
-        for (index, key, pixels) in sequence.images_to_encode(chunk.positions.clone()) {
+        for image in sequence.images_to_encode(chunk.positions.clone()) {
+            let (index, key) = (image.index, image.key);
             if batch.iter().any(|(queued, _)| *queued == key) {
                 needs.push((chunk.id, index, key));
             } else if let Some(features) = cache.get(key) {
                 found.push((chunk.id, index, features));
             } else {
-                batch.push((key, pixels));
+                batch.push((key, image.pixels));
                 needs.push((chunk.id, index, key));
             }
         }

@@ -6,6 +6,11 @@
 //! While any sequence is decoding, prompt chunks together take at most a smaller budget of their
 //! own, so that a step carrying a long image prompt stays short and the decoding sequences' time
 //! between tokens stays close to a pure decoding step's.
+//! Encoding an image costs step budget too: a chunk that reaches an image not yet encoded pays the
+//! image's cost (in prompt tokens' worth of compute) on top of its tokens, and ends right before
+//! the image when that does not fit. A chunk that would then be empty takes the image anyway when
+//! no other prompt chunk is in the step, so every sequence makes progress and a step carries at
+//! most one image beyond its budget.
 //! When a sequence needs a block and none is free, the latest-admitted running sequence not yet
 //! served this step is preempted: its blocks are freed and it waits to be recomputed from scratch
 //! (prompt plus generated tokens). If no preemption happened, waiting sequences are admitted in
@@ -28,6 +33,50 @@ use std::ops::Range;
 use crate::block_allocator::{BlockAllocator, KvBlockTable, OutOfBlocks};
 use crate::block_hash::BlockHash;
 use crate::request::RequestId;
+
+/// What the scheduler asks of the engine's sequences.
+pub trait SequenceContent {
+    /// Hashes of sequence `id`'s full blocks of known tokens.
+    fn block_hashes(&self, id: RequestId) -> &[BlockHash];
+
+    /// The images among tokens `range` of sequence `id` that still have to be encoded, in prompt
+    /// order.
+    fn images_to_encode(&self, id: RequestId, range: Range<usize>) -> Vec<ImageCost>;
+}
+
+/// An image a chunk would have to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageCost {
+    /// Position of the image's first token.
+    pub start: usize,
+    /// Step budget its encoding takes, in prompt tokens' worth.
+    pub tokens: usize,
+}
+
+/// How many of `wanted` prompt tokens from `start` fit in `room` tokens of step budget once the
+/// encoding of `images` (those the tokens reach, in order) is paid for: the chunk ends before the
+/// first image that does not fit, unless that leaves it empty while the chunk is `alone` (no
+/// other prompt chunk in the step), when it takes the image and what room is left after it (at
+/// least one token).
+fn fit_images(images: &[ImageCost], start: usize, wanted: usize, room: usize, alone: bool) -> usize {
+    let mut spent = 0;
+    for image in images {
+        let before = image.start.saturating_sub(start);
+        if before + spent + image.tokens > room {
+            if before > 0 || !alone {
+                return before.min(room.saturating_sub(spent));
+            }
+            return wanted.min(room.saturating_sub(image.tokens).max(1));
+        }
+        spent += image.tokens;
+    }
+    wanted.min(room.saturating_sub(spent))
+}
+
+/// The step budget that encoding the images among tokens `range` of sequence `id` takes.
+fn encoding_cost(content: &impl SequenceContent, id: RequestId, range: Range<usize>) -> usize {
+    content.images_to_encode(id, range).iter().map(|image| image.tokens).sum()
+}
 
 /// Step-size limits.
 #[derive(Debug, Clone, Copy)]
@@ -170,9 +219,9 @@ impl Scheduler {
     }
 
     /// Chooses the next step's chunks, growing block tables and preempting as needed.
-    /// `block_hashes(id)` gives the hashes of sequence `id`'s full blocks of known tokens.
-    pub fn schedule<'h>(&mut self, block_hashes: impl Fn(RequestId) -> &'h [BlockHash]) -> Schedule {
+    pub fn schedule(&mut self, content: &impl SequenceContent) -> Schedule {
         let mut schedule = Schedule::default();
+        let mut prompt_chunks = 0;
         let mut budget = self.limits.max_batch_tokens;
         let mut decodes_behind = self.running.iter().filter(|e| e.pending() == 1).count();
         let mut prefill_budget = match decodes_behind {
@@ -188,7 +237,11 @@ impl Scheduler {
             }
             let mut wanted = pending.min(budget.saturating_sub(decodes_behind));
             if !decoding {
-                wanted = wanted.min(prefill_budget);
+                let entry = &self.running[next];
+                let room = wanted.min(prefill_budget);
+                let start = entry.computed;
+                let images = content.images_to_encode(entry.id, start..start + room);
+                wanted = fit_images(&images, start, room, room, prompt_chunks == 0);
             }
             if wanted == 0 {
                 next += 1;
@@ -201,9 +254,13 @@ impl Scheduler {
                         id: entry.id,
                         positions: entry.computed..entry.computed + tokens,
                     });
-                    budget -= tokens;
-                    if !decoding {
-                        prefill_budget -= tokens;
+                    if decoding {
+                        budget -= tokens;
+                    } else {
+                        let spent = tokens + encoding_cost(content, entry.id, entry.computed..entry.computed + tokens);
+                        budget = budget.saturating_sub(spent);
+                        prefill_budget = prefill_budget.saturating_sub(spent);
+                        prompt_chunks += 1;
                     }
                     next += 1;
                     break;
@@ -223,7 +280,7 @@ impl Scheduler {
         }
         if schedule.preempted.is_empty() {
             budget = budget.min(prefill_budget);
-            self.admit(&mut budget, &mut schedule, block_hashes);
+            self.admit(&mut budget, &mut schedule, content, prompt_chunks);
         }
         schedule
     }
@@ -256,11 +313,12 @@ impl Scheduler {
     /// Moves waiting sequences to running, each with its cached prefix and a first chunk, while
     /// the budget and the free blocks last. Blocks for one more token of every decoding sequence
     /// are kept free, so that a newcomer does not cause a preemption at the next step.
-    fn admit<'h>(
+    fn admit(
         &mut self,
         budget: &mut usize,
         schedule: &mut Schedule,
-        block_hashes: impl Fn(RequestId) -> &'h [BlockHash],
+        content: &impl SequenceContent,
+        mut prompt_chunks: usize,
     ) {
         let reserve = self.running.iter().filter(|e| e.pending() <= 1).count();
         let block_size = self.allocator.block_size();
@@ -269,13 +327,16 @@ impl Scheduler {
                 break;
             }
             if self.limits.prefix_caching {
-                let hashes = block_hashes(entry.id);
+                let hashes = content.block_hashes(entry.id);
                 let reusable = hashes.len().min((entry.len - 1) / block_size);
                 entry.registered = self.allocator.share_prefix(&mut entry.table, &hashes[..reusable]);
                 entry.computed = entry.registered * block_size;
             }
             let spare_blocks = self.allocator.free_blocks().saturating_sub(reserve);
-            let tokens = entry.pending().min(*budget).min(spare_blocks * block_size);
+            let room = entry.pending().min(*budget).min(spare_blocks * block_size);
+            let start = entry.computed;
+            let images = content.images_to_encode(entry.id, start..start + room);
+            let tokens = fit_images(&images, start, room, room, prompt_chunks == 0);
             if tokens == 0 {
                 self.allocator.release(&mut entry.table);
                 (entry.computed, entry.registered) = (0, 0);
@@ -287,11 +348,10 @@ impl Scheduler {
             if entry.computed > 0 {
                 schedule.reused.push((entry.id, entry.computed));
             }
-            schedule.chunks.push(Chunk {
-                id: entry.id,
-                positions: entry.computed..entry.computed + tokens,
-            });
-            *budget -= tokens;
+            let positions = entry.computed..entry.computed + tokens;
+            *budget = budget.saturating_sub(tokens + encoding_cost(content, entry.id, positions.clone()));
+            schedule.chunks.push(Chunk { id: entry.id, positions });
+            prompt_chunks += 1;
             let entry = self.waiting.pop_front().expect("front exists");
             self.running.push(entry);
         }
@@ -381,9 +441,32 @@ mod tests {
         Scheduler::new(BlockAllocator::new(blocks, block_size), limits)
     }
 
-    fn no_hashes(_: RequestId) -> &'static [BlockHash] {
-        &[]
+    /// Sequences that all show the same tokens (`hashes`), and images not encoded yet, each
+    /// `(sequence, start, len, cost)`.
+    #[derive(Default)]
+    struct Content {
+        hashes: Vec<BlockHash>,
+        images: Vec<(u64, usize, usize, usize)>,
     }
+
+    impl SequenceContent for Content {
+        fn block_hashes(&self, _: RequestId) -> &[BlockHash] {
+            &self.hashes
+        }
+
+        fn images_to_encode(&self, id: RequestId, range: Range<usize>) -> Vec<ImageCost> {
+            self.images
+                .iter()
+                .filter(|(of, start, len, _)| *of == id.0 && *start < range.end && range.start < start + len)
+                .map(|&(_, start, _, tokens)| ImageCost { start, tokens })
+                .collect()
+        }
+    }
+
+    const NO_CONTENT: Content = Content {
+        hashes: Vec::new(),
+        images: Vec::new(),
+    };
 
     fn chunk(id: u64, positions: Range<usize>) -> Chunk {
         Chunk {
@@ -406,22 +489,22 @@ mod tests {
         s.add(RequestId(0), 25);
         s.add(RequestId(1), 3);
         let lens = [25, 3];
-        let first = s.schedule(no_hashes);
+        let first = s.schedule(&NO_CONTENT);
         assert_eq!(first.chunks, vec![chunk(0, 0..10)]);
         run(&mut s, &first, &lens);
-        let second = s.schedule(no_hashes);
+        let second = s.schedule(&NO_CONTENT);
         assert_eq!(second.chunks, vec![chunk(0, 10..20)], "request 1 waits: budget spent");
         run(&mut s, &second, &lens);
-        let third = s.schedule(no_hashes);
+        let third = s.schedule(&NO_CONTENT);
         assert_eq!(third.chunks, vec![chunk(0, 20..25), chunk(1, 0..3)]);
         run(&mut s, &third, &lens);
         // Both decode now: one token each.
-        let fourth = s.schedule(no_hashes);
+        let fourth = s.schedule(&NO_CONTENT);
         assert_eq!(fourth.chunks, vec![chunk(0, 25..26), chunk(1, 3..4)]);
         run(&mut s, &fourth, &[26, 4]);
         // A new long prompt takes what the decodes leave.
         s.add(RequestId(2), 30);
-        let fifth = s.schedule(no_hashes);
+        let fifth = s.schedule(&NO_CONTENT);
         assert_eq!(fifth.chunks, vec![chunk(0, 26..27), chunk(1, 4..5), chunk(2, 0..8)]);
         assert_eq!(s.queued_tokens(), 2 + 30);
     }
@@ -432,19 +515,63 @@ mod tests {
         s.limits.max_prefill_tokens_while_decoding = 5;
         s.add(RequestId(0), 3);
         let lens = [3, 30, 30];
-        let first = s.schedule(no_hashes);
+        let first = s.schedule(&NO_CONTENT);
         assert_eq!(first.chunks, vec![chunk(0, 0..3)], "nobody decodes yet: the whole budget");
         run(&mut s, &first, &lens);
         s.add(RequestId(1), 30);
         s.add(RequestId(2), 30);
-        let second = s.schedule(no_hashes);
+        let second = s.schedule(&NO_CONTENT);
         assert_eq!(second.chunks, vec![chunk(0, 3..4), chunk(1, 0..5)], "5 prompt tokens, then the budget is spent");
         run(&mut s, &second, &[4, 30, 30]);
-        let third = s.schedule(no_hashes);
+        let third = s.schedule(&NO_CONTENT);
         assert_eq!(third.chunks, vec![chunk(0, 4..5), chunk(1, 5..10)]);
         s.remove(RequestId(0));
-        let alone = s.schedule(no_hashes);
+        let alone = s.schedule(&NO_CONTENT);
         assert_eq!(alone.chunks, vec![chunk(1, 5..21)], "no decode left: the whole budget again");
+    }
+
+    #[test]
+    fn encoding_an_image_takes_prompt_budget_and_a_chunk_stops_before_an_image_that_does_not_fit() {
+        let mut s = scheduler(100, 4, 16);
+        s.limits.max_prefill_tokens_while_decoding = 6;
+        let mut content = Content {
+            images: vec![(1, 4, 10, 5), (2, 0, 10, 20)],
+            ..Content::default()
+        };
+        s.add(RequestId(0), 3);
+        let first = s.schedule(&content);
+        run(&mut s, &first, &[3, 30, 30]);
+        s.add(RequestId(1), 30);
+        s.add(RequestId(2), 30);
+        let second = s.schedule(&content);
+        assert_eq!(
+            second.chunks,
+            vec![chunk(0, 3..4), chunk(1, 0..4)],
+            "1 stops before its image (4 tokens + 5 to encode > 6); 2's image needs a step of its own"
+        );
+        run(&mut s, &second, &[4, 30, 30]);
+        let third = s.schedule(&content);
+        assert_eq!(third.chunks, vec![chunk(0, 4..5), chunk(1, 4..5)], "the image (5) and one token");
+        run(&mut s, &third, &[5, 30, 30]);
+        content.images.retain(|(of, ..)| *of != 1);
+        let fourth = s.schedule(&content);
+        assert_eq!(fourth.chunks, vec![chunk(0, 5..6), chunk(1, 5..11)], "encoded: tokens only");
+        s.remove(RequestId(0));
+        s.remove(RequestId(1));
+        let alone = s.schedule(&content);
+        assert_eq!(alone.chunks, vec![chunk(2, 0..1)], "an image over the whole budget goes alone");
+    }
+
+    #[test]
+    fn fitting_images_into_the_budget() {
+        let image = |start, tokens| ImageCost { start, tokens };
+        assert_eq!(fit_images(&[], 0, 8, 8, false), 8);
+        assert_eq!(fit_images(&[image(2, 3)], 0, 8, 8, false), 5, "3 of 8 go to encoding");
+        assert_eq!(fit_images(&[image(6, 3)], 0, 8, 8, false), 6, "stops before the image");
+        assert_eq!(fit_images(&[image(0, 9)], 0, 8, 8, false), 0, "waits for a step of its own");
+        assert_eq!(fit_images(&[image(0, 9)], 0, 8, 8, true), 1, "alone: the image and one token");
+        assert_eq!(fit_images(&[image(0, 3), image(5, 3)], 0, 8, 8, true), 5, "the second does not fit");
+        assert_eq!(fit_images(&[image(0, 2)], 10, 4, 4, false), 2, "an image begun before the chunk");
     }
 
     #[test]
@@ -463,7 +590,7 @@ mod tests {
                 registered: 0,
             });
         }
-        let schedule = s.schedule(no_hashes);
+        let schedule = s.schedule(&NO_CONTENT);
         assert_eq!(schedule.chunks, vec![chunk(0, 4..10), chunk(1, 2..3), chunk(2, 2..3)]);
     }
 
@@ -474,16 +601,16 @@ mod tests {
         s.add(RequestId(0), 7);
         s.add(RequestId(1), 7);
         let lens = [7, 7];
-        let schedule = s.schedule(no_hashes);
+        let schedule = s.schedule(&NO_CONTENT);
         assert_eq!(schedule.chunks, vec![chunk(0, 0..7), chunk(1, 0..7)]);
         run(&mut s, &schedule, &lens);
         // Both generated a token (len 8): position 7 still fits the second blocks.
-        let schedule = s.schedule(no_hashes);
+        let schedule = s.schedule(&NO_CONTENT);
         assert_eq!(schedule.chunks, vec![chunk(0, 7..8), chunk(1, 7..8)]);
         run(&mut s, &schedule, &[8, 8]);
         assert_eq!(s.allocator().free_blocks(), 0);
         // Position 8 needs a third block: 1 is preempted so that 0 continues.
-        let schedule = s.schedule(no_hashes);
+        let schedule = s.schedule(&NO_CONTENT);
         assert_eq!(schedule.chunks, vec![chunk(0, 8..9)]);
         assert_eq!(schedule.preempted, vec![RequestId(1)]);
         assert_eq!((s.running(), s.waiting()), (1, 1));
@@ -494,7 +621,7 @@ mod tests {
             "1 recomputes its 9 tokens; 0's scheduled one is not computed yet"
         );
         s.remove(RequestId(0));
-        let schedule = s.schedule(no_hashes);
+        let schedule = s.schedule(&NO_CONTENT);
         assert_eq!(schedule.chunks, vec![chunk(1, 0..9)], "recomputed from scratch");
     }
 
@@ -504,11 +631,11 @@ mod tests {
         s.reserve(RequestId(0), 10).unwrap();
         assert_eq!(s.allocator().free_blocks(), 5, "ceil(10 / 4) blocks reserved");
         assert!(!s.has_work());
-        assert_eq!(s.schedule(no_hashes), Schedule::default());
+        assert_eq!(s.schedule(&NO_CONTENT), Schedule::default());
         assert!(s.reserve(RequestId(1), 30).is_err(), "30 tokens need 8 blocks, 5 are free");
         assert!(s.received(RequestId(0), &[]));
         // The transferred prompt is computed; the first token is fed back next.
-        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 10..11)]);
+        assert_eq!(s.schedule(&NO_CONTENT).chunks, vec![chunk(0, 10..11)]);
         assert!(s.remove(RequestId(0)));
         assert_eq!(s.allocator().free_blocks(), 8);
         s.reserve(RequestId(2), 4).unwrap();
@@ -520,20 +647,20 @@ mod tests {
     fn newcomers_leave_a_block_per_decode_and_a_sequence_with_nobody_behind_it_preempts_itself() {
         let mut s = scheduler(4, 4, 64);
         s.add(RequestId(0), 5);
-        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 0..5)]);
+        assert_eq!(s.schedule(&NO_CONTENT).chunks, vec![chunk(0, 0..5)]);
         s.computed(RequestId(0), 5, true, &[]);
         s.add(RequestId(1), 8);
         // 1 gets one block of its prompt: the last free block stays for 0's decoding.
-        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 5..6), chunk(1, 0..4)]);
+        assert_eq!(s.schedule(&NO_CONTENT).chunks, vec![chunk(0, 5..6), chunk(1, 0..4)]);
         s.computed(RequestId(0), 1, true, &[]);
         s.computed(RequestId(1), 4, false, &[]);
-        assert_eq!(s.schedule(no_hashes).chunks, vec![chunk(0, 6..7), chunk(1, 4..8)]);
+        assert_eq!(s.schedule(&NO_CONTENT).chunks, vec![chunk(0, 6..7), chunk(1, 4..8)]);
         s.computed(RequestId(0), 1, true, &[]);
         s.computed(RequestId(1), 4, true, &[]);
         assert_eq!(s.allocator().free_blocks(), 0);
         // 0's next position fits its blocks; 1's needs a new block, and only 0, ahead of it,
         // holds any: 1 gives its own blocks up.
-        let schedule = s.schedule(no_hashes);
+        let schedule = s.schedule(&NO_CONTENT);
         assert_eq!(schedule.chunks, vec![chunk(0, 7..8)]);
         assert_eq!(schedule.preempted, vec![RequestId(1)]);
         assert_eq!(s.allocator().free_blocks(), 2);
@@ -545,7 +672,7 @@ mod tests {
         for id in 0..4 {
             s.add(RequestId(id), 9);
         }
-        let schedule = s.schedule(no_hashes);
+        let schedule = s.schedule(&NO_CONTENT);
         assert_eq!(schedule.chunks.len(), 2, "budget of 16 admits 9 + 7");
         assert!(s.allocator().free_blocks() < 10);
         for id in 0..4 {
@@ -564,8 +691,12 @@ mod tests {
         let mut hashes = Vec::new();
         crate::block_hash::extend_block_hashes(&mut hashes, &tokens, &[], 4);
         assert_eq!(hashes.len(), 3);
+        let content = Content {
+            hashes: hashes.clone(),
+            ..Content::default()
+        };
         s.add(RequestId(0), 14);
-        let schedule = s.schedule(|_| &hashes[..]);
+        let schedule = s.schedule(&content);
         assert_eq!(schedule.chunks, vec![chunk(0, 0..14)]);
         assert!(schedule.reused.is_empty());
         s.computed(RequestId(0), 14, true, &hashes);
@@ -573,13 +704,13 @@ mod tests {
         assert_eq!(s.allocator().cached_blocks(), 3);
         // The same 14 tokens: three cached blocks, two tokens to compute.
         s.add(RequestId(1), 14);
-        let schedule = s.schedule(|_| &hashes[..]);
+        let schedule = s.schedule(&content);
         assert_eq!(schedule.chunks, vec![chunk(1, 12..14)]);
         assert_eq!(schedule.reused, vec![(RequestId(1), 12)]);
         // Its first 12 tokens alone: the last block is computed again, for its logits (1, not
         // computed yet, is scheduled again too).
         s.add(RequestId(2), 12);
-        let schedule = s.schedule(|_| &hashes[..]);
+        let schedule = s.schedule(&content);
         assert_eq!(schedule.chunks, vec![chunk(1, 12..14), chunk(2, 8..12)]);
         s.remove(RequestId(1));
         s.remove(RequestId(2));

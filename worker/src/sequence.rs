@@ -39,6 +39,16 @@ impl ChunkInput {
     }
 }
 
+/// An image of a sequence that has no features yet.
+pub struct UnencodedImage<'a> {
+    /// Which of the request's images it is.
+    pub index: usize,
+    pub key: ImageKey,
+    /// Position of its first token.
+    pub start: usize,
+    pub pixels: &'a PreparedImage,
+}
+
 /// Engine-side state of one request.
 pub struct Sequence {
     id: RequestId,
@@ -149,8 +159,8 @@ impl Sequence {
     }
 
     /// The images among tokens `range` that have to be run through the vision tower (or found in
-    /// the feature cache) before the range can be computed: `(image index, key, patches)`.
-    pub fn images_to_encode(&self, range: Range<usize>) -> impl Iterator<Item = (usize, ImageKey, &PreparedImage)> {
+    /// the feature cache) before the range can be computed, in prompt order.
+    pub fn images_to_encode(&self, range: Range<usize>) -> impl Iterator<Item = UnencodedImage<'_>> {
         self.request
             .images
             .iter()
@@ -158,7 +168,12 @@ impl Sequence {
             .enumerate()
             .filter(move |(_, (image, features))| features.is_none() && overlaps(image.placement, &range))
             .filter_map(|(index, (image, _))| match &image.source {
-                ImageSource::Pixels(pixels) => Some((index, image.key, pixels)),
+                ImageSource::Pixels(pixels) => Some(UnencodedImage {
+                    index,
+                    key: image.key,
+                    start: image.placement.start,
+                    pixels,
+                }),
                 ImageSource::Features { .. } | ImageSource::KeyOnly { .. } => None,
             })
     }
