@@ -207,6 +207,42 @@ fn every_golden_case_through_vision_prefill_and_decode_workers_gives_the_golden_
 }
 
 #[test]
+fn a_prompt_that_starts_like_an_earlier_one_goes_to_the_worker_that_cached_it() {
+    // Every request runs whole on one of the two decode workers.
+    let cluster = Cluster::start(policy(1 << 20, 0), str::to_string, true);
+    let cases = [golden_case("chart_nothink"), golden_case("screen_grounding")];
+    runtime().block_on(async {
+        let mut client = cluster.client().await;
+        // The first request is still generating when the second is routed, so the two go to
+        // different workers; then it is cancelled.
+        let mut first = client.generate(golden_request(&cases[0], 8000)).await.unwrap().into_inner();
+        assert!(first.message().await.unwrap().is_some(), "the first request streams");
+        let (tokens, _, _) = collect(&mut client.clone(), golden_request(&cases[1], 12)).await;
+        assert_eq!(tokens, cases[1].greedy_tokens);
+        drop(first);
+        cluster.wait_all_idle().await;
+        let served = |engine: usize| cluster.decode[engine].engine.as_ref().unwrap().stats().steps > 0;
+        assert!(served(0) && served(1), "each decode worker ran one of the two");
+        // Both workers are idle now; each prompt again goes where its blocks are cached: all
+        // but the block holding the last prompt token come from the cache.
+        for round in 0..2 {
+            for case in &cases {
+                let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
+                assert_eq!(tokens, case.greedy_tokens, "{}", case.name);
+                let usage = last.usage.unwrap();
+                let whole_blocks = (case.input_ids.len() - 1) / 16 * 16;
+                assert_eq!(
+                    usage.cached_tokens as usize, whole_blocks,
+                    "{} (round {round}): prompt of {} tokens",
+                    case.name, usage.prompt_tokens
+                );
+            }
+        }
+        cluster.wait_all_idle().await;
+    });
+}
+
+#[test]
 fn a_client_cancel_while_the_prompt_moves_leaves_every_worker_idle() {
     let cluster = Cluster::start(policy(0, 2), str::to_string, true);
     let cases = golden_cases();

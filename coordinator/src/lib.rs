@@ -13,6 +13,7 @@ pub mod health;
 mod load_watch;
 pub mod openai;
 pub mod output;
+pub mod prefix_affinity;
 pub mod replay;
 pub mod server;
 pub mod split;

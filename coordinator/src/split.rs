@@ -5,6 +5,9 @@
 //! decode worker that prefills itself. Features and keys and values move between workers
 //! directly: the job names the vision worker and the decode worker, never the coordinator.
 //!
+//! Prompts go preferably where their prefix is cached: routing counts the tokens each worker would
+//! still have to compute ([`crate::prefix_affinity`]).
+//!
 //! A vision, prefill or decode worker that fails before the first token is excluded and the
 //! attempt repeated on others, at most [`SplitPolicy::job_retries`] times; a worker's error that
 //! a peer caused names the peer (`FAILED_PEER_METADATA`), so the peer is the one excluded. With
@@ -22,6 +25,7 @@ use fovea_proto::worker::v1::{GenerateEvent, GenerateJob, PrefillJob, WorkerRole
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
+use crate::prefix_affinity::{PrefixAffinity, PromptBlocks};
 use crate::workers::{WorkerLease, WorkerPool};
 
 /// Workers that run whole jobs (and decode after a transfer): full and decode workers.
@@ -63,6 +67,8 @@ pub struct JobSplitter {
     policy: SplitPolicy,
     /// Which vision worker encoded which image content.
     affinity: Mutex<HashMap<[u8; 16], String>>,
+    /// Which prompt prefixes went to which worker.
+    prefixes: PrefixAffinity,
     prefillers: Mutex<HashMap<String, PrefillerClient<Channel>>>,
     next_transfer: AtomicU64,
 }
@@ -74,6 +80,7 @@ impl JobSplitter {
             workers,
             policy,
             affinity: Mutex::default(),
+            prefixes: PrefixAffinity::default(),
             prefillers: Mutex::default(),
             next_transfer: AtomicU64::new(1),
         }
@@ -114,18 +121,26 @@ impl JobSplitter {
         // A transfer carries the first token without its log probabilities: such requests stay whole.
         let wants_logprobs = job.sampling.as_ref().is_some_and(|s| s.logprobs.is_some());
         let long = job.prompt_token_ids.len() >= self.policy.disagg_min_prompt_tokens && !wants_logprobs;
+        let blocks = PromptBlocks::of(&job);
+        let prompt_tokens = job.prompt_token_ids.len();
+        let to_compute = |address: &str| (prompt_tokens - self.prefixes.cached_tokens(address, &blocks)) as u64;
         // Without a prefill worker left, the decode worker prefills itself.
         let prefill = if long && self.workers.has_role(WorkerRole::Decode) {
-            self.workers.pick_except(&[WorkerRole::Prefill], excluded).ok()
+            let roles = [WorkerRole::Prefill];
+            self.workers.pick_for(&roles, excluded, prompt_tokens as u64, to_compute).ok()
         } else {
             None
         };
         let Some(prefill) = prefill else {
-            let mut worker = self.workers.pick_except(&GENERATE_ROLES, excluded).map_err(Failure::Final)?;
+            let mut worker = self
+                .workers
+                .pick_for(&GENERATE_ROLES, excluded, prompt_tokens as u64, to_compute)
+                .map_err(Failure::Final)?;
             let events = match worker.generate(job).await {
                 Ok(response) => response.into_inner(),
                 Err(status) => return Err(Failure::of_lease(&worker, status)),
             };
+            self.prefixes.record(worker.address(), &blocks);
             return Ok(Started { events, worker });
         };
         let transfer_id = format!(
@@ -165,6 +180,10 @@ impl JobSplitter {
             decode.abort(&request_id).await;
             return Err(failure);
         }
+        // Both hold the prompt's blocks now: the prefill worker computed them, the decode worker
+        // received them.
+        self.prefixes.record(&prefill_address, &blocks);
+        self.prefixes.record(&decode_address, &blocks);
         Ok(Started { events, worker: decode })
     }
 

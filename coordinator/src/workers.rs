@@ -1,7 +1,8 @@
 //! The workers a coordinator routes to. The pool follows the registry's live records for its
 //! model (workers appear and disappear), keeps one gRPC client and one load stream per worker,
 //! and gives each job the least-loaded ready worker of the role it needs: fewest queued prompt
-//! tokens, then the largest free share of the KV cache (in sixteenths: reports come 100 ms apart,
+//! tokens (counting the job's own, less, on the workers with the fewest jobs in flight, the prefix
+//! the worker probably caches, see [`crate::prefix_affinity`]), then the largest free share of the KV cache (in sixteenths: reports come 100 ms apart,
 //! so finer differences are often stale), then fewest jobs in flight from this coordinator (known
 //! at once). With no ready worker of that role the job is refused with UNAVAILABLE, naming the role.
 //! The job splitter ([`crate::split`]) picks by role from this one pool, excluding the workers
@@ -125,10 +126,24 @@ impl WorkerPool {
     /// The least-loaded ready worker of one of `roles` whose address is not in `excluded`
     /// (workers that failed this request), or UNAVAILABLE saying why there is none.
     pub fn pick_except(&self, roles: &[WorkerRole], excluded: &[String]) -> Result<WorkerLease, Status> {
+        self.pick_for(roles, excluded, 0, |_| 0)
+    }
+
+    /// [`WorkerPool::pick_except`] for a job that leaves `to_compute(address)` of its `prompt_tokens`
+    /// to compute on the worker at `address` (less where the worker caches a prefix of it). The
+    /// saving counts among the workers with the fewest jobs in flight, so that a shared prefix
+    /// (every prompt starts with the same system prompt) does not pile jobs onto one worker.
+    pub fn pick_for(
+        &self,
+        roles: &[WorkerRole],
+        excluded: &[String],
+        prompt_tokens: u64,
+        to_compute: impl Fn(&str) -> u64,
+    ) -> Result<WorkerLease, Status> {
         let now = Instant::now();
         let workers = self.shared.workers.read().unwrap_or_else(PoisonError::into_inner);
         let mut not_ready = Vec::new();
-        let mut best = None;
+        let mut ready = Vec::new();
         let candidates = workers
             .values()
             .filter(|worker| roles.contains(&worker.record.role) && !excluded.contains(&worker.record.address));
@@ -141,17 +156,18 @@ impl WorkerPool {
             }
             // A worker yet to report ranks as if it had no free blocks: after every reporting one.
             let load = health.load().cloned().unwrap_or_default();
-            let free_sixteenths = u64::from(load.free_kv_blocks) * 16 / u64::from(load.total_kv_blocks.max(1));
-            let rank = (
-                load.queued_tokens,
-                Reverse(free_sixteenths),
-                worker.in_flight.load(Ordering::Relaxed),
-            );
-            if best.as_ref().is_none_or(|(best_rank, _)| rank < *best_rank) {
-                best = Some((rank, worker));
-            }
+            ready.push((worker, load, worker.in_flight.load(Ordering::Relaxed)));
         }
-        let Some((_, worker)) = best else {
+        let least_in_flight = ready.iter().map(|(_, _, in_flight)| *in_flight).min().unwrap_or(0);
+        let best = ready.into_iter().min_by_key(|(worker, load, in_flight)| {
+            let tokens = match *in_flight == least_in_flight {
+                true => to_compute(&worker.record.address),
+                false => prompt_tokens,
+            };
+            let free_sixteenths = u64::from(load.free_kv_blocks) * 16 / u64::from(load.total_kv_blocks.max(1));
+            (load.queued_tokens + tokens, Reverse(free_sixteenths), *in_flight)
+        });
+        let Some((worker, _, _)) = best else {
             let roles = roles.iter().map(|&role| role_name(role)).collect::<Vec<_>>().join(" or ");
             let model = &self.shared.model;
             let others = if excluded.is_empty() { "" } else { " other than those that failed this request" };
