@@ -228,6 +228,36 @@ mod tests {
         all
     }
 
+    /// A demo preset's config with `changes` to its text and vision sizes.
+    fn config(changes: &[(&str, usize)], vision_changes: &[(&str, usize)]) -> ModelConfig {
+        let mut json = fovea_model::demo::DemoPreset::Bench.config_json();
+        for (key, value) in changes {
+            json[*key] = (*value).into();
+        }
+        for (key, value) in vision_changes {
+            json["vision_config"][*key] = (*value).into();
+        }
+        ModelConfig::from_json_str(&json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn encoding_costs_follow_the_multiply_adds_of_vision_tower_and_decoder() {
+        // Bench checkpoint, a 448x448 image (28x28 patches): 13.04M multiply-adds per patch
+        // (10.03M in the patch embedding, projections and projector, 3.01M in attention over 784
+        // patches) against 75.50M per decoder token: 135.4.
+        let bench = EncodingCost::for_model(&config(&[], &[]));
+        assert_eq!(bench.of(784), 136);
+        // Phi-4-reasoning-vision-15B, a full 3600-patch image: ~644M per patch against ~13.6G
+        // per token.
+        let phi4 = config(
+            &[("hidden_size", 5120), ("num_hidden_layers", 40), ("num_attention_heads", 40), ("num_key_value_heads", 10), ("intermediate_size", 17920), ("mm_hidden_size", 1152)],
+            &[("hidden_size", 1152), ("num_hidden_layers", 27), ("num_attention_heads", 16), ("intermediate_size", 4304)],
+        );
+        let phi4 = EncodingCost::for_model(&phi4);
+        assert!((165..=175).contains(&phi4.of(3600)), "{}", phi4.of(3600));
+        assert!(phi4.of(256) < phi4.of(3600) / 14, "attention makes cost superlinear in patches");
+    }
+
     #[test]
     fn one_batch_encodes_each_distinct_image_of_every_sequence_once() {
         let model = golden_model(DType::F32);
