@@ -77,10 +77,12 @@ class FoveaServer:
 
 
 class Cell:
-    """One workload (mix, concurrency, request count) and where its files go."""
+    """One workload (mix, concurrency, request count, seed) and where its files go. Each cell has its own
+    seed, so no cell replays another's prompts and images (which would hit the caches)."""
 
-    def __init__(self, directory: Path, mix: str, concurrency: int, requests: int, max_tokens: int):
+    def __init__(self, directory: Path, mix: str, concurrency: int, requests: int, max_tokens: int, seed: int):
         self.mix, self.concurrency, self.requests, self.max_tokens = mix, concurrency, requests, max_tokens
+        self.seed = seed
         self.dir = directory
         self.workload = self.dir / "workload"
 
@@ -91,7 +93,7 @@ def run_fovea(args, server: FoveaServer, cell: Cell) -> dict:
     report = cell.dir / "fovea.json"
     cmd = [args.fovea, "bench", "--addr", server.address, "--requests", str(cell.requests),
            "--concurrency", str(cell.concurrency), "--mix", cell.mix, "--prompt-tokens", str(args.prompt_tokens),
-           "--max-tokens", str(cell.max_tokens), "--image-size", args.image_size, "--seed", str(args.seed),
+           "--max-tokens", str(cell.max_tokens), "--image-size", args.image_size, "--seed", str(cell.seed),
            "--json", str(report), "--dump-workload", str(cell.workload)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     (cell.dir / "fovea.txt").write_text(proc.stdout + proc.stderr)
@@ -174,7 +176,7 @@ def main() -> None:
         baseline = StaticBatchServer(args.model)
         server.wait_until_listening()
         print(f"fovea serve on {server.address}; baseline loaded ({time.monotonic() - started:.0f} s)", flush=True)
-        warm_up = Cell(args.out / "warm-up", "mixed", 2, 2, 4)
+        warm_up = Cell(args.out / "warm-up", "mixed", 2, 2, 4, args.seed + 999)
         run_fovea(args, server, warm_up)
         run_baseline(baseline, warm_up)
 
@@ -182,7 +184,7 @@ def main() -> None:
         for mix in args.mixes:
             for c in args.concurrency:
                 requests = max(args.min_requests, args.requests_per_stream * c)
-                cell = Cell(args.out / f"{mix}-c{c}", mix, c, requests, args.max_tokens)
+                cell = Cell(args.out / f"{mix}-c{c}", mix, c, requests, args.max_tokens, args.seed + c)
                 t0 = time.monotonic()
                 fovea = run_fovea(args, server, cell)
                 t1 = time.monotonic()
