@@ -20,6 +20,7 @@ pub mod handle;
 pub mod image_cache;
 pub mod job;
 pub mod kv_handoff;
+pub mod kv_heads;
 pub mod kv_pool;
 pub mod kv_receiver;
 pub mod node;
