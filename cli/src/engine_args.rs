@@ -11,7 +11,6 @@ use fovea_model::DeviceSpec;
 use fovea_model::input::RequestPreparer;
 use fovea_model::preprocess::PreprocessConfig;
 use fovea_proto::worker::v1::{WorkerInfo, WorkerRole};
-use fovea_membership::role_name;
 use fovea_model::{ModelConfig, Phi4VisionModel};
 use fovea_worker::EngineConfig;
 use fovea_worker::engine_rank::load_ranks;
@@ -51,14 +50,14 @@ pub struct WorkerIdentity<'a> {
 }
 
 impl EngineArgs {
-    /// Refuses, before anything is loaded, a role this engine setup cannot serve: KV transfer
-    /// (prefill and decode) and the engine-less vision role need a single rank.
+    /// Refuses, before anything is loaded, a role this engine setup cannot serve: the vision role
+    /// has no decoder to split, so it needs a single rank. Prefill and decode workers run at any
+    /// `--tp` and exchange KV with workers of any other.
     pub fn check_role(&self, role: WorkerRole) -> Result<(), String> {
-        if role != WorkerRole::Full && self.tensor_parallel.tp != 1 {
-            return Err(format!(
-                "the {} role needs --tp 1 (KV transfer and vision encoding run on one rank)",
-                role_name(role)
-            ));
+        if role == WorkerRole::Vision && self.tensor_parallel.tp != 1 {
+            return Err(
+                "the vision role needs --tp 1 (the vision tower runs on one rank; it has no decoder to split)".into(),
+            );
         }
         Ok(())
     }

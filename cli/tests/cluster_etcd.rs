@@ -270,8 +270,8 @@ fn roles_and_sizes_this_build_does_not_serve_fail_at_start_up_with_a_message() {
     let model = golden_model_dir();
     for (args, expected) in [
         (
-            &["--role", "prefill", "--tp", "2", "--addr", "127.0.0.1:0"][..],
-            "the prefill role needs --tp 1",
+            &["--role", "vision", "--tp", "2", "--addr", "127.0.0.1:0"][..],
+            "the vision role needs --tp 1",
         ),
         (
             &["--role", "full", "--tp", "3", "--addr", "127.0.0.1:0"][..],

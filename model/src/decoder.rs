@@ -174,7 +174,7 @@ pub struct Phi4Decoder {
     lm_head: Linear,
     rotary: RotaryEmbedding,
     config: TextConfig,
-    kv_heads: usize,
+    rank: TpRank,
     comm: Arc<dyn Communicator>,
 }
 
@@ -202,7 +202,7 @@ impl Phi4Decoder {
             norm: RmsNorm::load(&model.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             rotary: RotaryEmbedding::new(cfg, root.dtype(), root.device())?,
             config: cfg.clone(),
-            kv_heads: rank.heads(cfg).kv_heads.len(),
+            rank,
             comm,
         })
     }
@@ -214,7 +214,12 @@ impl Phi4Decoder {
 
     /// KV heads this rank stores per layer (all of them on a single rank).
     pub fn kv_heads(&self) -> usize {
-        self.kv_heads
+        self.rank.heads(&self.config).kv_heads.len()
+    }
+
+    /// This rank's place in its tensor-parallel group ([`TpRank::SINGLE`] for a whole model).
+    pub fn tp_rank(&self) -> TpRank {
+        self.rank
     }
 
     /// The compute dtype.

@@ -202,21 +202,17 @@ impl Engine {
         self.publish_stats();
     }
 
-    /// Copies a run of transferred blocks into `id`'s reserved table (ignored once `id` is gone:
-    /// it was cancelled).
+    /// Copies a run of transferred blocks into `id`'s reserved table, each rank taking the KV
+    /// heads it holds (ignored once `id` is gone: it was cancelled).
     fn write_kv(&mut self, id: RequestId, run: KvBlockRun) {
         let Some(table) = self.scheduler.receiving_table(id) else {
             return;
         };
-        if self.ranks.world() > 1 {
-            let why = "this worker splits its KV cache over tensor-parallel ranks, which cannot take transferred blocks yet";
-            return self.finish(id, FinishReason::Error(RequestError::KvTransfer(why.into())));
-        }
-        let pool = self.ranks.local_mut().pool_mut();
-        let shape = *pool.shape();
-        let blocks = run.keys.len() / shape.block_len();
-        let fits = run.layer < shape.layers
-            && run.keys.len() == blocks * shape.block_len()
+        let rank = self.ranks.local();
+        let (block_len, layers) = (rank.transfer_block_len(), rank.pool().shape().layers);
+        let blocks = run.keys.len() / block_len;
+        let fits = run.layer < layers
+            && run.keys.len() == blocks * block_len
             && run.values.len() == run.keys.len()
             && run.first_block + blocks <= table.blocks().len();
         if !fits {
@@ -226,12 +222,19 @@ impl Engine {
                 run.layer,
                 run.first_block,
                 table.blocks().len(),
-                shape.block_len(),
-                shape.layers
+                block_len,
+                layers
             );
             return self.finish(id, FinishReason::Error(RequestError::KvTransfer(why)));
         }
-        pool.write_blocks(run.layer, table, run.first_block, &run.keys, &run.values);
+        let (table, run) = (table.clone(), Arc::new(run));
+        let written = self.ranks.run(move |rank| {
+            rank.import_run(&table, &run);
+            Ok(())
+        });
+        if let Err(e) = written {
+            self.finish(id, model_failure(&e));
+        }
     }
 
     /// Starts decoding `id`, whose prompt has arrived, from the prefill's first token.
@@ -250,27 +253,30 @@ impl Engine {
         }
     }
 
-    /// The keys and values of `id`'s first `prompt_tokens` positions, in whole blocks.
-    fn export_prompt_kv(&self, id: RequestId, prompt_tokens: usize) -> Option<PromptKv> {
-        let table = self.scheduler.running_table(id)?;
-        if self.ranks.world() > 1 {
-            return None;
-        }
-        let pool = self.ranks.local().pool();
-        let shape = pool.shape();
+    /// The keys and values of `id`'s first `prompt_tokens` positions, in whole blocks of every
+    /// KV head, gathered from the ranks that hold them.
+    fn export_prompt_kv(&mut self, id: RequestId, prompt_tokens: usize) -> fovea_model::Result<PromptKv> {
+        let table = self
+            .scheduler
+            .running_table(id)
+            .ok_or_else(|| ModelError::BadInput(format!("{id} holds no blocks to export")))?
+            .clone();
+        let rank = self.ranks.local();
+        let (block_len, shape) = (rank.transfer_block_len(), *rank.pool().shape());
         let blocks = prompt_tokens.div_ceil(shape.block_size);
-        let layers = (0..shape.layers)
-            .map(|layer| {
-                let mut keys = Vec::with_capacity(blocks * shape.block_len());
-                let mut values = Vec::with_capacity(blocks * shape.block_len());
-                pool.read_prompt_blocks(layer, table, prompt_tokens, &mut keys, &mut values);
-                LayerKv { keys, values }
-            })
-            .collect();
-        Some(PromptKv {
+        let layers = Arc::new(Mutex::new(vec![LayerKv::zeroed(blocks * block_len); shape.layers]));
+        let filled = Arc::clone(&layers);
+        self.ranks.run(move |rank| {
+            let mut layers = filled.lock().unwrap_or_else(PoisonError::into_inner);
+            rank.export_prompt(&table, prompt_tokens, &mut layers);
+            Ok(())
+        })?;
+        // Peer ranks may still hold `filled` a moment after their step: take the layers out.
+        let layers = std::mem::take(&mut *layers.lock().unwrap_or_else(PoisonError::into_inner));
+        Ok(PromptKv {
             prompt_tokens,
             block_size: shape.block_size,
-            block_len: shape.block_len(),
+            block_len,
             layers,
         })
     }
@@ -379,16 +385,13 @@ impl Engine {
             let (tokens, hashes) = (chunk.positions.len(), sequence.block_hashes());
             self.scheduler.computed(chunk.id, tokens, generates, hashes);
             if generates && sequence.handoff() == KvHandoff::Export {
-                let sequence = &self.sequences[&chunk.id];
-                match self.export_prompt_kv(chunk.id, sequence.prompt_len()) {
-                    Some(kv) => {
-                        sequence.send_prompt_kv(kv);
+                let prompt_len = sequence.prompt_len();
+                match self.export_prompt_kv(chunk.id, prompt_len) {
+                    Ok(kv) => {
+                        self.sequences[&chunk.id].send_prompt_kv(kv);
                         finished = finished.or(Some(FinishReason::Length));
                     }
-                    None => {
-                        let why = "this worker splits its KV cache over tensor-parallel ranks, which cannot export blocks yet";
-                        finished = Some(FinishReason::Error(RequestError::KvTransfer(why.into())));
-                    }
+                    Err(e) => finished = Some(model_failure(&e)),
                 }
             }
             if let Some(reason) = finished {

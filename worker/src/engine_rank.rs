@@ -1,7 +1,8 @@
 //! One tensor-parallel rank of the engine: its part of the model and the matching part of the
 //! paged KV memory (the KV heads its query heads read). Block tables are the scheduler's and the
 //! same on every rank, so a step hands each rank the same chunks and tables and gets back rank 0's
-//! gathered logits.
+//! gathered logits; a transferred prompt's blocks go in and out the same way, each rank copying
+//! its own heads of every block.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use fovea_model::{ModelConfig, Phi4VisionModel};
 use crate::block_allocator::KvBlockTable;
 use crate::config::EngineConfig;
 use crate::error::EngineError;
+use crate::kv_handoff::{KvBlockRun, LayerKv};
+use crate::kv_heads::RankKvHeads;
 use crate::kv_pool::{KvBlockPool, KvPoolShape};
 use crate::paged_cache::PagedKvCache;
 use crate::sequence::ChunkInput;
@@ -22,6 +25,7 @@ use crate::sequence::ChunkInput;
 pub struct EngineRank {
     model: Arc<Phi4VisionModel>,
     pool: KvBlockPool,
+    heads: RankKvHeads,
 }
 
 /// The engine's ranks: one for a whole model, more under tensor parallelism.
@@ -42,9 +46,11 @@ impl EngineRank {
             kv_heads: model.decoder().kv_heads(),
             ..shape
         };
+        let heads = RankKvHeads::of_rank(model.decoder().tp_rank(), &model.config().text);
         EngineRank {
             model,
             pool: KvBlockPool::new(shape),
+            heads,
         }
     }
 
@@ -58,9 +64,27 @@ impl EngineRank {
         &self.pool
     }
 
-    /// The rank's KV memory, to fill it with transferred blocks.
-    pub fn pool_mut(&mut self) -> &mut KvBlockPool {
-        &mut self.pool
+    /// f32 values of one block of one layer's keys (or values) in the transfer layout, which holds
+    /// every KV head of the model.
+    pub fn transfer_block_len(&self) -> usize {
+        self.heads.total * self.pool.shape().head_len()
+    }
+
+    /// Copies this rank's share of the heads of positions `0..tokens` of `table`, every layer,
+    /// into `layers` (transfer layout; see [`crate::kv_handoff::PromptKv`]). Every rank of the
+    /// group copies into the same `layers`, which then hold each head once.
+    pub fn export_prompt(&self, table: &KvBlockTable, tokens: usize, layers: &mut [LayerKv]) {
+        for (layer, kv) in layers.iter_mut().enumerate() {
+            self.pool
+                .export_prompt_blocks(layer, table, tokens, &self.heads, &mut kv.keys, &mut kv.values);
+        }
+    }
+
+    /// Stores the heads this rank holds of a transferred `run` in `table`'s blocks (the engine
+    /// checked that the run fits them).
+    pub fn import_run(&mut self, table: &KvBlockTable, run: &KvBlockRun) {
+        self.pool
+            .import_blocks(run.layer, table, run.first_block, &self.heads, &run.keys, &run.values);
     }
 
     /// Runs `step` through this rank's part of the model: logits `[chunks, vocab]` (gathered

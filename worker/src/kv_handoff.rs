@@ -3,8 +3,10 @@
 //! block run ([`KvBlockRun`]) into blocks it reserved, then continues from that first token.
 //!
 //! Blocks are numbered within the sequence (block `i` holds positions `i · block_size` up to
-//! `(i + 1) · block_size - 1`), never by physical id, so the two pools need only the same geometry.
-//! The wire format lives in the services ([`crate::prefill_service`], [`crate::kv_receiver`]).
+//! `(i + 1) · block_size - 1`), never by physical id, and hold every KV head of the model in its
+//! order, whatever the engine's tensor-parallel size ([`crate::kv_heads`]): the two engines need
+//! only the same block size, layers, heads and head size, not the same number of ranks. The wire
+//! format lives in the services ([`crate::prefill_service`], [`crate::kv_receiver`]).
 
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -30,10 +32,12 @@ pub struct PromptKv {
     pub prompt_tokens: usize,
     /// Token slots per block.
     pub block_size: usize,
-    /// f32 values per block of one layer's keys (or values): `kv_heads · block_size · head_dim`.
+    /// f32 values per block of one layer's keys (or values):
+    /// `total_kv_heads · block_size · head_dim`.
     pub block_len: usize,
     /// Per decoder layer, keys and values of every block in sequence order, each block laid out
-    /// `[kv_heads, block_size, head_dim]`; slots past `prompt_tokens` are zeros.
+    /// `[total_kv_heads, block_size, head_dim]` with the model's KV heads in order (the transfer
+    /// layout); slots past `prompt_tokens` are zeros.
     pub layers: Vec<LayerKv>,
 }
 
@@ -42,6 +46,16 @@ pub struct PromptKv {
 pub struct LayerKv {
     pub keys: Vec<f32>,
     pub values: Vec<f32>,
+}
+
+impl LayerKv {
+    /// `len` zero keys and values, for the ranks to fill.
+    pub fn zeroed(len: usize) -> Self {
+        LayerKv {
+            keys: vec![0.0; len],
+            values: vec![0.0; len],
+        }
+    }
 }
 
 impl PromptKv {
@@ -57,7 +71,7 @@ pub struct KvBlockRun {
     pub layer: usize,
     /// Index of the first block within the sequence.
     pub first_block: usize,
-    /// `blocks · block_len` f32 values, blocks laid out as in [`PromptKv`].
+    /// `blocks · block_len` f32 values, blocks in the transfer layout of [`PromptKv`].
     pub keys: Vec<f32>,
     pub values: Vec<f32>,
     /// Held until the engine has written the run: the receiver's bound on runs in flight, so a

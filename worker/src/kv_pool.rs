@@ -4,10 +4,14 @@
 //! A block is laid out `[kv_heads, block_size, head_dim]`, so one head's run of consecutive
 //! positions inside a block is contiguous: writing new tokens and gathering a sequence's keys both
 //! copy whole runs. Keys are stored in f32 whatever the model's dtype (attention computes in f32).
+//!
+//! A tensor-parallel rank's pool holds only its KV heads ([`RankKvHeads`]); prompts leave and enter
+//! it in the transfer layout, blocks of every KV head of the model, each rank copying its heads.
 
 use fovea_model::config::TextConfig;
 
 use crate::block_allocator::{BlockId, KvBlockTable};
+use crate::kv_heads::RankKvHeads;
 
 /// Sizes of a [`KvBlockPool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,9 +36,14 @@ impl KvPoolShape {
         }
     }
 
+    /// f32 values of one head's slots in one block of one layer's keys (or values).
+    pub fn head_len(&self) -> usize {
+        self.block_size * self.head_dim
+    }
+
     /// f32 values of one block of one layer's keys (or values).
     pub fn block_len(&self) -> usize {
-        self.kv_heads * self.block_size * self.head_dim
+        self.kv_heads * self.head_len()
     }
 
     /// Bytes of the whole pool (keys and values of every layer), `None` on overflow.
@@ -128,52 +137,67 @@ impl KvBlockPool {
 }
 
 impl KvBlockPool {
-    /// Appends `layer`'s keys and values of the blocks holding positions `0..tokens` of `table`
-    /// to `keys` and `values`, whole blocks in table order, with the slots past `tokens` zeroed.
+    /// Copies `heads.exported` of `layer`'s keys and values in the blocks holding positions
+    /// `0..tokens` of `table` into `keys` and `values`, which hold those blocks in transfer layout
+    /// (see [`crate::kv_handoff::PromptKv`]: whole blocks in table order, each
+    /// `[heads.total, block_size, head_dim]`). Slots past `tokens` and the heads of other ranks
+    /// are left as they are.
     ///
     /// # Panics
-    /// If `table` does not cover `tokens` positions.
-    pub fn read_prompt_blocks(
+    /// If `heads` does not describe this pool, `table` does not cover `tokens` positions, or the
+    /// buffers are shorter than those blocks.
+    pub fn export_prompt_blocks(
         &self,
         layer: usize,
         table: &KvBlockTable,
         tokens: usize,
-        keys: &mut Vec<f32>,
-        values: &mut Vec<f32>,
+        heads: &RankKvHeads,
+        keys: &mut [f32],
+        values: &mut [f32],
     ) {
-        let (block_len, block_size, d) = (self.shape.block_len(), self.shape.block_size, self.shape.head_dim);
-        let blocks = tokens.div_ceil(block_size);
-        for (index, block) in table.blocks()[..blocks].iter().enumerate() {
-            let start = keys.len();
-            let src = self.offset(*block, 0, 0);
-            keys.extend_from_slice(&self.keys[layer][src..src + block_len]);
-            values.extend_from_slice(&self.values[layer][src..src + block_len]);
-            let filled = tokens - index * block_size;
-            if filled < block_size {
-                for head in 0..self.shape.kv_heads {
-                    let head_start = start + head * block_size * d;
-                    let tail = head_start + filled * d..head_start + block_size * d;
-                    keys[tail.clone()].fill(0.0);
-                    values[tail].fill(0.0);
-                }
+        assert_eq!(heads.held.len(), self.shape.kv_heads, "the pool holds the heads it exports");
+        let (block_size, head_len) = (self.shape.block_size, self.shape.head_len());
+        for (index, block) in table.blocks()[..tokens.div_ceil(block_size)].iter().enumerate() {
+            let filled = (tokens - index * block_size).min(block_size) * self.shape.head_dim;
+            for head in heads.exported.clone() {
+                let src = self.offset(*block, head - heads.held.start, 0);
+                let dst = (index * heads.total + head) * head_len;
+                keys[dst..dst + filled].copy_from_slice(&self.keys[layer][src..src + filled]);
+                values[dst..dst + filled].copy_from_slice(&self.values[layer][src..src + filled]);
             }
         }
     }
 
-    /// Overwrites `layer`'s keys and values of `table`'s blocks `first_block..` with `keys` and
-    /// `values`, whole blocks laid out as [`KvBlockPool::read_prompt_blocks`] gives them.
+    /// Overwrites `layer`'s keys and values of `table`'s blocks `first_block..` with the heads
+    /// this pool holds (`heads.held`) of `keys` and `values`: whole blocks in transfer layout, as
+    /// [`KvBlockPool::export_prompt_blocks`] fills them.
     ///
     /// # Panics
-    /// If the slices are not whole blocks of equal length or `table` has too few blocks.
-    pub fn write_blocks(&mut self, layer: usize, table: &KvBlockTable, first_block: usize, keys: &[f32], values: &[f32]) {
-        let block_len = self.shape.block_len();
-        assert!(keys.len() % block_len == 0 && keys.len() == values.len(), "whole blocks of keys and values");
-        let count = keys.len() / block_len;
+    /// If `heads` does not describe this pool, the slices are not whole transfer blocks of equal
+    /// length, or `table` has too few blocks.
+    pub fn import_blocks(
+        &mut self,
+        layer: usize,
+        table: &KvBlockTable,
+        first_block: usize,
+        heads: &RankKvHeads,
+        keys: &[f32],
+        values: &[f32],
+    ) {
+        assert_eq!(heads.held.len(), self.shape.kv_heads, "the pool holds the heads it imports");
+        let (block_len, head_len) = (self.shape.block_len(), self.shape.head_len());
+        let transfer_block_len = heads.total * head_len;
+        assert!(
+            keys.len().is_multiple_of(transfer_block_len) && keys.len() == values.len(),
+            "whole blocks of keys and values"
+        );
+        let count = keys.len() / transfer_block_len;
         for (index, block) in table.blocks()[first_block..first_block + count].iter().enumerate() {
+            // The held heads are consecutive, so they are one run of a transfer block.
+            let src = index * transfer_block_len + heads.held.start * head_len;
             let dst = self.offset(*block, 0, 0);
-            let src = index * block_len..(index + 1) * block_len;
-            self.keys[layer][dst..dst + block_len].copy_from_slice(&keys[src.clone()]);
-            self.values[layer][dst..dst + block_len].copy_from_slice(&values[src]);
+            self.keys[layer][dst..dst + block_len].copy_from_slice(&keys[src..src + block_len]);
+            self.values[layer][dst..dst + block_len].copy_from_slice(&values[src..src + block_len]);
         }
     }
 }
@@ -211,8 +235,43 @@ fn block_runs(block_size: usize, positions: std::ops::Range<usize>) -> impl Iter
 
 #[cfg(test)]
 mod tests {
+    use fovea_model::tp::TpRank;
+
     use super::*;
     use crate::block_allocator::BlockAllocator;
+
+    /// Writes `positions` of heads `first_head..` (as many as `pool` holds) of `table`'s sequence
+    /// into `layer`, from the middle of a larger batch: keys `value(head, position, dim)`, values
+    /// their negatives.
+    fn write_positions(
+        pool: &mut KvBlockPool,
+        layer: usize,
+        table: &KvBlockTable,
+        positions: std::ops::Range<usize>,
+        first_head: usize,
+        value: impl Fn(usize, usize, usize) -> f32,
+    ) {
+        let shape = *pool.shape();
+        let (count, first_row) = (positions.len(), 2);
+        let batch_rows = count + 3;
+        let mut keys = vec![0.0; shape.kv_heads * batch_rows * shape.head_dim];
+        for h in 0..shape.kv_heads {
+            for r in 0..count {
+                for i in 0..shape.head_dim {
+                    keys[(h * batch_rows + first_row + r) * shape.head_dim + i] =
+                        value(first_head + h, positions.start + r, i);
+                }
+            }
+        }
+        let values: Vec<f32> = keys.iter().map(|x| -x).collect();
+        let rows = NewRows {
+            batch_rows,
+            first_row,
+            first_position: positions.start,
+            count,
+        };
+        pool.write(layer, table, rows, &keys, &values);
+    }
 
     #[test]
     fn runs_split_at_block_boundaries() {
@@ -238,28 +297,10 @@ mod tests {
         allocator.grow(&mut other, 5).unwrap();
         let mut table = KvBlockTable::default();
         allocator.grow(&mut table, 11).unwrap();
-        // Value for (head, position, dim) of the sequence; keys and values differ by sign.
         let value = |h: usize, p: usize, i: usize| (100 * h + 10 * p + i) as f32;
-        // Write positions 0..7 then 7..11, each from the middle of a larger batch.
-        for (first, count) in [(0, 7), (7, 4)] {
-            let (batch_rows, first_row) = (count + 3, 2);
-            let mut keys = vec![0.0; shape.kv_heads * batch_rows * shape.head_dim];
-            for h in 0..shape.kv_heads {
-                for r in 0..count {
-                    for i in 0..shape.head_dim {
-                        keys[(h * batch_rows + first_row + r) * shape.head_dim + i] = value(h, first + r, i);
-                    }
-                }
-            }
-            let values: Vec<f32> = keys.iter().map(|x| -x).collect();
-            let rows = NewRows {
-                batch_rows,
-                first_row,
-                first_position: first,
-                count,
-            };
-            pool.write(1, &table, rows, &keys, &values);
-        }
+        // Positions 0..7 then 7..11.
+        write_positions(&mut pool, 1, &table, 0..7, 0, value);
+        write_positions(&mut pool, 1, &table, 7..11, 0, value);
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         pool.gather(1, &table, 11, &mut keys, &mut values);
         for h in 0..shape.kv_heads {
@@ -281,20 +322,92 @@ mod tests {
         );
 
         // Exported blocks written into another table of another pool gather the same positions.
-        let (mut block_keys, mut block_values) = (Vec::new(), Vec::new());
-        pool.read_prompt_blocks(1, &table, 10, &mut block_keys, &mut block_values);
-        assert_eq!(block_keys.len(), 3 * shape.block_len());
+        let whole = RankKvHeads {
+            total: shape.kv_heads,
+            held: 0..shape.kv_heads,
+            exported: 0..shape.kv_heads,
+        };
+        let (mut block_keys, mut block_values) = (vec![0.0; 3 * shape.block_len()], vec![0.0; 3 * shape.block_len()]);
+        pool.export_prompt_blocks(1, &table, 10, &whole, &mut block_keys, &mut block_values);
         let last_slot = (shape.kv_heads - 1) * shape.block_size * shape.head_dim + 2 * shape.head_dim;
-        assert_eq!(block_keys[2 * shape.block_len() + last_slot..], [0.0; 6], "slots past 10 are zeros");
+        assert_eq!(block_keys[2 * shape.block_len() + last_slot..], [0.0; 6], "slots past 10 are not sent");
         let mut receiver = KvBlockPool::new(shape);
         let mut received = KvBlockTable::default();
         allocator.grow(&mut received, 10).unwrap();
         let half = shape.block_len();
-        receiver.write_blocks(1, &received, 1, &block_keys[half..], &block_values[half..]);
-        receiver.write_blocks(1, &received, 0, &block_keys[..half], &block_values[..half]);
+        receiver.import_blocks(1, &received, 1, &whole, &block_keys[half..], &block_values[half..]);
+        receiver.import_blocks(1, &received, 0, &whole, &block_keys[..half], &block_values[..half]);
         let (mut expected_keys, mut expected_values) = (Vec::new(), Vec::new());
         pool.gather(1, &table, 10, &mut expected_keys, &mut expected_values);
         receiver.gather(1, &received, 10, &mut keys, &mut values);
         assert_eq!((keys, values), (expected_keys, expected_values));
+    }
+
+    #[test]
+    fn prompts_move_between_any_tp_sizes_head_by_head() {
+        // The golden decoder: 4 query heads over 2 KV heads, so at TP 4 ranks 0 and 1 share KV
+        // head 0 and ranks 2 and 3 share head 1.
+        let config = fovea_model::ModelConfig::from_dir(&fovea_model::testing::golden_model_dir())
+            .unwrap()
+            .text;
+        let (block_size, tokens, layer): (usize, usize, usize) = (4, 10, 1);
+        let blocks = tokens.div_ceil(block_size);
+        let value = |h: usize, p: usize, i: usize| (1000 * h + 10 * p + i) as f32 + 0.5;
+        // Rank `rank`'s pool and a table of `tokens` positions that does not start at block 0.
+        let rank_pool = |rank: TpRank| {
+            let heads = RankKvHeads::of_rank(rank, &config);
+            let shape = KvPoolShape {
+                kv_heads: heads.held.len(),
+                ..KvPoolShape::for_decoder(&config, 16, block_size)
+            };
+            let mut allocator = BlockAllocator::new(shape.blocks, block_size);
+            allocator.grow(&mut KvBlockTable::default(), (rank.rank + 1) * block_size).unwrap();
+            let mut table = KvBlockTable::default();
+            allocator.grow(&mut table, tokens).unwrap();
+            (KvBlockPool::new(shape), table, heads)
+        };
+        // The transfer layout, naively: block b, head h, slot s is position b · block_size + s.
+        let head_len = block_size * config.head_dim;
+        let expected_keys: Vec<f32> = (0..blocks * config.num_kv_heads * head_len)
+            .map(|at| {
+                let (block, head) = (at / (config.num_kv_heads * head_len), at / head_len % config.num_kv_heads);
+                let (slot, dim) = (at % head_len / config.head_dim, at % config.head_dim);
+                let position = block * block_size + slot;
+                if position < tokens { value(head, position, dim) } else { 0.0 }
+            })
+            .collect();
+        for from in [1, 2, 4] {
+            let (mut keys, mut values) = (vec![0.0; expected_keys.len()], vec![0.0; expected_keys.len()]);
+            for rank in 0..from {
+                let (mut pool, table, heads) = rank_pool(TpRank { rank, world: from });
+                write_positions(&mut pool, layer, &table, 0..tokens + 1, heads.held.start, value);
+                pool.export_prompt_blocks(layer, &table, tokens, &heads, &mut keys, &mut values);
+            }
+            assert_eq!(keys, expected_keys, "exported from TP {from}");
+            assert_eq!(values, expected_keys.iter().map(|x| -x).collect::<Vec<_>>(), "TP {from}");
+            for to in [1, 2, 4] {
+                for rank in 0..to {
+                    let (mut pool, table, heads) = rank_pool(TpRank { rank, world: to });
+                    let split = head_len * config.num_kv_heads;
+                    pool.import_blocks(layer, &table, 1, &heads, &keys[split..], &values[split..]);
+                    pool.import_blocks(layer, &table, 0, &heads, &keys[..split], &values[..split]);
+                    let (mut got_keys, mut got_values) = (Vec::new(), Vec::new());
+                    pool.gather(layer, &table, tokens, &mut got_keys, &mut got_values);
+                    for (local, head) in heads.held.clone().enumerate() {
+                        for position in 0..tokens {
+                            for dim in 0..config.head_dim {
+                                let at = (local * tokens + position) * config.head_dim + dim;
+                                let want = value(head, position, dim);
+                                assert_eq!(
+                                    (got_keys[at], got_values[at]),
+                                    (want, -want),
+                                    "TP {from} → rank {rank} of {to}: head {head} position {position}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -6,6 +6,10 @@
 //! that the stream is not read, so gRPC flow control slows the sender. Cancel safety: a transfer
 //! whose decode job ended is refused (CANCELLED) at its next message, and a transfer that breaks
 //! off or is malformed ends its decode job with an error, freeing its blocks.
+//!
+//! Blocks arrive with every KV head of the model ([`crate::kv_heads`]), so the sender may run at
+//! any tensor-parallel size; a header whose layout differs from this worker's (heads, head size,
+//! layers, block size) is refused with the fields that differ.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -234,6 +238,28 @@ impl Drop for BrokenOffGuard {
     }
 }
 
+/// The fields in which a sender's transfer layout differs from this worker's, as
+/// `name sent (here own)`; `None` when they are equal.
+fn layout_differences(sent: &KvCacheLayout, own: &KvCacheLayout) -> Option<String> {
+    let fields = [
+        ("block_size", sent.block_size, own.block_size),
+        ("num_layers", sent.num_layers, own.num_layers),
+        ("num_kv_heads", sent.num_kv_heads, own.num_kv_heads),
+        ("total_kv_heads", sent.total_kv_heads, own.total_kv_heads),
+        ("first_kv_head", sent.first_kv_head, own.first_kv_head),
+        ("head_dim", sent.head_dim, own.head_dim),
+    ];
+    let mut differences: Vec<String> = fields
+        .iter()
+        .filter(|(_, sent, own)| sent != own)
+        .map(|(name, sent, own)| format!("{name} {sent} (here {own})"))
+        .collect();
+    if sent.dtype != own.dtype {
+        differences.push(format!("dtype {:?} (here {:?})", sent.dtype(), own.dtype()));
+    }
+    (!differences.is_empty()).then(|| differences.join(", "))
+}
+
 /// Little-endian f32 bytes as values.
 fn f32_values(bytes: &[u8]) -> Vec<f32> {
     bytes
@@ -264,10 +290,11 @@ impl KvTransfer for KvReceiverService {
             status
         };
         let layout = header.layout.unwrap_or_default();
-        if layout != self.layout {
+        if let Some(differences) = layout_differences(&layout, &self.layout) {
             return Err(fail(Status::failed_precondition(format!(
-                "the sender's KV layout {layout:?} differs from this worker's {:?}",
-                self.layout
+                "the sender's KV layout differs from this worker's in {differences}; a transfer carries \
+                 every KV head of the model (num_kv_heads = total_kv_heads, first_kv_head = 0) whatever \
+                 either side's tensor-parallel size, so both must serve the same model with the same block size"
             ))));
         }
         if header.prompt_tokens as usize != awaited.prompt_tokens {

@@ -21,6 +21,7 @@ pub mod image_cache;
 mod image_encoding;
 pub mod job;
 pub mod kv_handoff;
+pub mod kv_heads;
 pub mod kv_pool;
 pub mod kv_receiver;
 pub mod node;

@@ -37,7 +37,8 @@ use crate::vision_service::VisionEncoderService;
 /// Largest message any worker service sends or takes (features of a 3600-patch image, KV chunks).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// The geometry of the KV cache an engine with `block_size` allocates for a decoder of `text`.
+/// The geometry of the KV blocks a worker with `block_size` sends and takes for a decoder of
+/// `text`: every KV head, whatever the worker's tensor-parallel size.
 pub fn kv_cache_layout(text: &TextConfig, block_size: usize) -> KvCacheLayout {
     KvCacheLayout {
         block_size: block_size as u32,
@@ -77,7 +78,7 @@ impl WorkerNode {
     }
 
     /// [`WorkerNode::start`] on (possibly tensor-parallel) engine `ranks`; rank 0's model encodes
-    /// images. KV transfer (prefill and decode roles) needs a single rank.
+    /// images. Prefill and decode workers of any TP sizes exchange KV with each other.
     pub fn start_on_ranks(
         ranks: EngineRanks,
         tokenizer: Arc<fovea_model::text::TextTokenizer>,

@@ -1,15 +1,16 @@
 //! The cluster roles over real gRPC on loopback, golden checkpoint, f32, greedy: a vision worker's
 //! features equal a local encoding bit for bit and give the golden tokens; every golden case
-//! prefilled on a prefill worker and decoded on a decode worker gives its golden tokens; a
-//! transfer cut off from either side, or a dead decode peer, leaves every block free and ends
-//! with a clear status.
+//! prefilled on a prefill worker and decoded on a decode worker gives its golden tokens, also
+//! when the two split the decoder over different numbers of tensor-parallel ranks; a transfer
+//! laid out for other KV heads is refused naming what differs; a transfer cut off from either
+//! side, or a dead decode peer, leaves every block free and ends with a clear status.
 
 mod common;
 
 use std::sync::Arc;
 
 use candle_core::DType;
-use fovea_model::Phi4VisionModel;
+use fovea_model::ModelConfig;
 use fovea_model::preprocess::PreprocessConfig;
 use fovea_proto::v1::FinishReason;
 use fovea_proto::worker::FAILED_PEER_METADATA;
@@ -17,7 +18,8 @@ use fovea_proto::worker::v1::kv_transfer_client::KvTransferClient;
 use fovea_proto::worker::v1::prefiller_client::PrefillerClient;
 use fovea_proto::worker::v1::worker_client::WorkerClient;
 use fovea_proto::worker::v1::{
-    EncodedImage, GenerateEvent, GenerateJob, KvChunk, KvTransferHeader, KvTransferMessage, PrefillJob, WorkerRole,
+    EncodedImage, GenerateEvent, GenerateJob, KvCacheLayout, KvChunk, KvTransferHeader, KvTransferMessage, PrefillJob,
+    WorkerRole,
     generate_event, kv_transfer_message,
 };
 use fovea_worker::job::JobContext;
@@ -26,6 +28,7 @@ use fovea_worker::peers::PeerChannels;
 use fovea_worker::vision_client::fetch_features;
 use tonic::{Code, Streaming};
 
+use common::GoldenCase;
 use common::nodes::{Node, golden_job, wait_idle};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -185,6 +188,18 @@ async fn prefill_then_decode(prefill: &Node, decode: &Node, mut job: GenerateJob
     (tokens, finished.finish_reason())
 }
 
+/// Runs every golden case prefilled on `prefill` and decoded on `decode` (`what` names the pair):
+/// golden tokens, and both workers' blocks all free afterwards.
+async fn golden_cases_through(prefill: &Node, decode: &Node, cases: &[GoldenCase], what: &str) {
+    for case in cases {
+        let (tokens, reason) = prefill_then_decode(prefill, decode, golden_job(case, &case.name, "")).await;
+        assert_eq!(tokens, case.greedy_tokens, "{what}: {}", case.name);
+        assert_eq!(reason, FinishReason::Length, "{what}: {}", case.name);
+    }
+    wait_idle(prefill.engine.as_ref().unwrap(), &format!("{what}: prefill worker")).await;
+    wait_idle(decode.engine.as_ref().unwrap(), &format!("{what}: decode worker")).await;
+}
+
 #[test]
 fn every_golden_case_prefilled_on_one_worker_and_decoded_on_another_gives_the_golden_tokens() {
     let model = common::load_model();
@@ -192,18 +207,12 @@ fn every_golden_case_prefilled_on_one_worker_and_decoded_on_another_gives_the_go
     let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
     let decode = Node::start(&model, WorkerRole::Decode, 1024);
     runtime().block_on(async {
-        for case in &cases {
-            let (tokens, reason) = prefill_then_decode(&prefill, &decode, golden_job(case, &case.name, "")).await;
-            assert_eq!(tokens, case.greedy_tokens, "{}", case.name);
-            assert_eq!(reason, FinishReason::Length, "{}", case.name);
-        }
+        golden_cases_through(&prefill, &decode, &cases, "TP 1 → TP 1").await;
         assert_eq!(
             decode.engine.as_ref().unwrap().stats().images_encoded,
             0,
             "the decode worker encodes nothing"
         );
-        wait_idle(prefill.engine.as_ref().unwrap(), "prefill worker").await;
-        wait_idle(decode.engine.as_ref().unwrap(), "decode worker").await;
         // A prefill worker takes no whole jobs.
         let case = &cases[0];
         let status = worker_client(&prefill.address)
@@ -215,9 +224,80 @@ fn every_golden_case_prefilled_on_one_worker_and_decoded_on_another_gives_the_go
     });
 }
 
-/// The header and first chunk of a transfer of `job` to `decode`, zeros for keys and values.
-fn partial_transfer(model: &Phi4VisionModel, job: &GenerateJob) -> Vec<KvTransferMessage> {
-    let layout = kv_cache_layout(&model.config().text, 16);
+#[test]
+fn prefill_and_decode_workers_of_different_tp_sizes_give_the_golden_tokens() {
+    // The golden decoder has 4 query heads over 2 KV heads: at TP 2 each rank holds one KV head,
+    // at TP 4 ranks 0 and 1 hold copies of head 0 and ranks 2 and 3 of head 1.
+    let cases = common::golden_cases(&common::preparer());
+    runtime().block_on(async {
+        for (prefill_tp, decode_tp) in [(2, 1), (1, 2), (2, 2), (4, 1), (1, 4)] {
+            let prefill = Node::start_tp(prefill_tp, WorkerRole::Prefill, 1024);
+            let decode = Node::start_tp(decode_tp, WorkerRole::Decode, 1024);
+            let what = format!("TP {prefill_tp} → TP {decode_tp}");
+            golden_cases_through(&prefill, &decode, &cases, &what).await;
+        }
+    });
+}
+
+#[test]
+fn a_transfer_laid_out_for_other_kv_heads_is_refused_naming_what_differs() {
+    let cases = common::golden_cases(&common::preparer());
+    let text = ModelConfig::from_dir(&common::model_dir()).unwrap().text;
+    let decode = Node::start_tp(2, WorkerRole::Decode, 1024);
+    let decode_engine = decode.engine.as_ref().unwrap();
+    let layout = kv_cache_layout(&text, 16);
+    let wrong_layouts = [
+        (
+            "total_kv_heads",
+            KvCacheLayout {
+                num_kv_heads: 3,
+                total_kv_heads: 3,
+                ..layout
+            },
+        ),
+        (
+            // One rank's share, as a sender that does not gather its ranks' heads would send it.
+            "first_kv_head",
+            KvCacheLayout {
+                num_kv_heads: 1,
+                first_kv_head: 1,
+                ..layout
+            },
+        ),
+        ("head_dim", KvCacheLayout { head_dim: 8, ..layout }),
+    ];
+    runtime().block_on(async {
+        let mut kv_client = KvTransferClient::connect(format!("http://{}", decode.address))
+            .await
+            .unwrap();
+        for (field, wrong) in wrong_layouts {
+            let mut job = golden_job(&cases[0], field, "");
+            job.kv_transfer_id = format!("{field}/kv");
+            let decode_job = worker_client(&decode.address)
+                .await
+                .generate(job.clone())
+                .await
+                .unwrap()
+                .into_inner();
+            let transfer = partial_transfer(wrong, &job);
+            let status = kv_client
+                .push_kv(tokio_stream::iter(transfer))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::FailedPrecondition, "{field}: {status:?}");
+            assert!(status.message().contains(field), "{field}: {}", status.message());
+            let (tokens, finished) = collect(decode_job).await;
+            assert!(tokens.is_empty(), "{field}");
+            assert_eq!(finished.finish_reason(), FinishReason::Error, "{field}");
+            assert!(finished.error.contains(field), "{field}: {}", finished.error);
+            wait_idle(decode_engine, field).await;
+        }
+    });
+}
+
+/// The header and first chunk of a transfer of `job` laid out as `layout`, zeros for keys and
+/// values.
+fn partial_transfer(layout: KvCacheLayout, job: &GenerateJob) -> Vec<KvTransferMessage> {
     let block_bytes = (layout.num_kv_heads * layout.block_size * layout.head_dim * 4) as usize;
     let header = kv_transfer_message::Part::Header(KvTransferHeader {
         transfer_id: job.kv_transfer_id.clone(),
@@ -245,6 +325,7 @@ fn cancel_mid_transfer_frees_blocks_on_both_sides() {
     let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
     let decode = Node::start(&model, WorkerRole::Decode, 1024);
     let decode_engine = decode.engine.as_ref().unwrap();
+    let layout = kv_cache_layout(&model.config().text, 16);
     runtime().block_on(async {
         let mut kv_client = KvTransferClient::connect(format!("http://{}", decode.address))
             .await
@@ -271,7 +352,7 @@ fn cancel_mid_transfer_frees_blocks_on_both_sides() {
             assert!(reserved, "{cut}: blocks reserved");
             // The transfer starts: header and one block run, then it stalls.
             let (tx, rx) = tokio::sync::mpsc::channel(8);
-            for message in partial_transfer(&model, &job) {
+            for message in partial_transfer(layout, &job) {
                 tx.send(message).await.unwrap();
             }
             let mut push = kv_client.clone();
@@ -282,7 +363,7 @@ fn cancel_mid_transfer_frees_blocks_on_both_sides() {
                 drop(decode_job);
                 wait_idle(decode_engine, cut).await;
                 // The next message finds the job gone: the sender is told to stop.
-                tx.send(partial_transfer(&model, &job).pop().unwrap()).await.unwrap();
+                tx.send(partial_transfer(layout, &job).pop().unwrap()).await.unwrap();
                 let status = pushing.await.unwrap().unwrap_err();
                 assert_eq!(status.code(), Code::Cancelled, "{status:?}");
             } else {

@@ -4,11 +4,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use candle_core::{DType, Device};
 use fovea_model::Phi4VisionModel;
 use fovea_model::preprocess::PreprocessConfig;
+use fovea_model::tp::RankOptions;
 use fovea_proto::worker::v1::{EncodedImage, GenerateJob, ImageInput, SamplingParams, WorkerInfo, WorkerRole};
 use fovea_worker::EngineConfig;
 use fovea_worker::EngineHandle;
+use fovea_worker::engine_rank::load_ranks;
 use fovea_worker::node::WorkerNode;
 use fovea_worker::vision_service::VisionEncoderService;
 
@@ -26,26 +29,38 @@ pub struct Node {
 impl Node {
     /// Starts a `role` worker of `model` with `kv_blocks` blocks of 16 tokens.
     pub fn start(model: &Arc<Phi4VisionModel>, role: WorkerRole, kv_blocks: usize) -> Node {
-        let preparer = super::preparer();
-        let preprocess = PreprocessConfig::from_file(model_dir().join("preprocessor_config.json")).unwrap();
-        let info = WorkerInfo {
-            worker_id: format!("{role:?}"),
-            role: role as i32,
-            ..Default::default()
+        let node = WorkerNode::start(
+            Arc::clone(model),
+            Arc::clone(super::preparer().tokenizer()),
+            preprocess(),
+            EngineConfig::new(kv_blocks),
+            info(role),
+        )
+        .unwrap();
+        Self::serve(node)
+    }
+
+    /// Starts a `role` worker of the golden checkpoint (f32) with its decoder split over `tp`
+    /// rank threads of one compute thread each, and `kv_blocks` blocks of 16 tokens.
+    pub fn start_tp(tp: usize, role: WorkerRole, kv_blocks: usize) -> Node {
+        let config = EngineConfig::new(kv_blocks);
+        let options = RankOptions {
+            threads_per_rank: 1,
+            ..RankOptions::new(tp)
         };
+        let ranks = load_ranks(&model_dir(), DType::F32, &Device::Cpu, options, &config).unwrap();
+        let tokenizer = Arc::clone(super::preparer().tokenizer());
+        let node = WorkerNode::start_on_ranks(ranks, tokenizer, preprocess(), config, info(role)).unwrap();
+        Self::serve(node)
+    }
+
+    /// Serves `node` on a loopback port, on a runtime of its own.
+    fn serve(node: WorkerNode) -> Node {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let node = WorkerNode::start(
-            Arc::clone(model),
-            Arc::clone(preparer.tokenizer()),
-            preprocess,
-            EngineConfig::new(kv_blocks),
-            info,
-        )
-        .unwrap();
         let (engine, vision) = (node.engine().cloned(), node.vision().cloned());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -74,6 +89,20 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The golden checkpoint's image preprocessing.
+fn preprocess() -> PreprocessConfig {
+    PreprocessConfig::from_file(model_dir().join("preprocessor_config.json")).unwrap()
+}
+
+/// What a `role` worker says of itself.
+fn info(role: WorkerRole) -> WorkerInfo {
+    WorkerInfo {
+        worker_id: format!("{role:?}"),
+        role: role as i32,
+        ..Default::default()
     }
 }
 
