@@ -33,9 +33,10 @@ async fn main() -> Result<(), ClientError> {
             }
             GenerationEvent::Delta { .. } => {}
             GenerationEvent::Finished(finished) => {
+                let usage = &finished.usage;
                 println!(
-                    "\n[{:?}, {} tokens]",
-                    finished.finish_reason, finished.usage.completion_tokens
+                    "\n[{:?}, {} tokens; prompt {} tokens, {} of them from the prefix cache]",
+                    finished.finish_reason, usage.completion_tokens, usage.prompt_tokens, usage.cached_tokens
                 );
             }
         }

@@ -2,7 +2,7 @@
 //! `cargo bench -p fovea-kernels --bench matvec`.
 //!
 //! For every weight a decoding step reads (bench preset: hidden 768, 12 query heads and 4 KV heads
-//! of 64, MLP 2048, 100352-token vocabulary) and 1, 4, 8, 16, 32 and 64 rows, times
+//! of 64, MLP 2048, 100352-token vocabulary) and 1 to 512 rows (a step of 512 tokens), times
 //! `matmul_transposed` (what `Linear::forward` runs up to `MAX_ROWS` rows) against what it ran
 //! before: the row-dot kernel up to 8 rows, candle's GEMM above (the `gemm` crate called with
 //! candle's arguments; bf16 weights widened to f32 first, as candle did). The two alternate call
@@ -26,7 +26,7 @@ const MACHINE_GB_PER_S: f64 = 28.3;
 /// Rows up to which the old path streamed the weights (the old `MAX_ROWS`).
 const OLD_STREAMING_ROWS: usize = 8;
 
-const ROW_COUNTS: [usize; 6] = [1, 4, 8, 16, 32, 64];
+const ROW_COUNTS: [usize; 9] = [1, 4, 8, 16, 32, 64, 128, 256, 512];
 
 const DECODER_LAYERS: usize = 12;
 

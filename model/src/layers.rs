@@ -87,9 +87,10 @@ impl Linear {
         })
     }
 
-    /// `x · Wᵀ` for up to `matvec::MAX_ROWS` rows (decoding steps over up to 64 sequences) with
-    /// the streaming kernel, which reads each weight from memory once per call; f32 or bf16
-    /// weights. Longer inputs (prefill) go to the GEMM, whose packing pass pays off there.
+    /// `x · Wᵀ` for up to `matvec::MAX_ROWS` rows (an engine step of up to 512 tokens) with the
+    /// streaming kernel, which reads each weight from memory once per call; f32 or bf16 weights.
+    /// Longer inputs (a whole long prompt, an image's patches) go to the GEMM, whose packing pass
+    /// pays off there.
     fn stream_weights(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, k) = x.dims2()?;
         let n = self.weight.dim(0)?;
@@ -187,8 +188,9 @@ mod tests {
         Tensor::from_vec(values, (rows, columns), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
     }
 
-    /// Every row count of a decoding step streams the weights and agrees with the GEMM that
-    /// longer inputs take (the first 64 of 65 rows), for f32 and bf16 weights, with the bias.
+    /// Every row count of an engine step streams the weights and agrees with the GEMM that
+    /// longer inputs take (the first rows of `MAX_ROWS + 1`), for f32 and bf16 weights, with the
+    /// bias.
     #[test]
     fn streamed_rows_agree_with_the_gemm_for_every_decoding_batch_size() {
         let (k, n) = (70, 301);
@@ -199,7 +201,7 @@ mod tests {
             };
             let x = pseudo_random(matvec::MAX_ROWS + 1, k, 3, dtype);
             let by_gemm = layer.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
-            for rows in 1..=matvec::MAX_ROWS {
+            for rows in (1..=64).chain([65, 200, matvec::MAX_ROWS]) {
                 let streamed = layer.forward(&x.narrow(0, 0, rows).unwrap()).unwrap();
                 assert_eq!(streamed.dtype(), dtype);
                 let expected = by_gemm.narrow(0, 0, rows).unwrap();

@@ -185,3 +185,11 @@ pub fn reference_log_softmax(logits: &[f32]) -> Vec<f64> {
     let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln() + max;
     logits.iter().map(|l| l - log_sum).collect()
 }
+
+/// The largest absolute difference between `got` and `expected`, relative to the largest
+/// magnitude in `expected`.
+pub fn max_relative_difference(got: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(got.len(), expected.len(), "lengths differ");
+    let scale = expected.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
+    got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+}

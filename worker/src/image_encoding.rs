@@ -168,7 +168,7 @@ mod tests {
 
     use candle_core::DType;
     use fovea_model::sampling::SamplingParams;
-    use fovea_model::testing::{golden_model, golden_preparer, prepared_golden_cases};
+    use fovea_model::testing::{golden_model, golden_preparer, max_relative_difference, prepared_golden_cases};
 
     use super::*;
     use crate::kv_handoff::KvHandoff;
@@ -279,7 +279,10 @@ mod tests {
             lone.extend(features_of(&mut sequences, &chunks));
         }
         assert_eq!(batched.len(), 5);
-        assert_eq!(batched, lone);
+        for (got, alone) in batched.iter().zip(&lone) {
+            // Batches of more than 512 patches take the GEMM, lone images the streaming kernel.
+            assert!(max_relative_difference(got, alone) < 1e-5);
+        }
 
         // The same images again come from the cache, with no vision batch.
         let (mut sequences, chunks) = scheduled(&model, &names);

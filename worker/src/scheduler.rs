@@ -18,7 +18,10 @@
 //!
 //! With prefix caching, a sequence being admitted first takes the cached blocks of the longest
 //! prefix of its tokens that the cache holds (always leaving at least one token to compute, whose
-//! logits give the next token), and every block a sequence fills is registered in the cache.
+//! logits give the next token), and every block a sequence fills is registered in the cache. A
+//! waiting sequence whose next block a running sequence is about to compute (a burst of requests
+//! sharing a system prompt) waits for it to be cached instead of computing it again; those behind
+//! it in the queue may go first meanwhile.
 //!
 //! A sequence whose prompt's keys and values come from a prefill worker is *receiving*: its
 //! blocks are reserved when it arrives, it is never scheduled or preempted while the transfer
@@ -71,6 +74,23 @@ fn fit_images(images: &[ImageCost], start: usize, wanted: usize, room: usize, al
         spent += image.tokens;
     }
     wanted.min(room.saturating_sub(spent))
+}
+
+/// Whether a running sequence has yet to compute block `block` of a prompt whose full blocks'
+/// hashes are `hashes` (the same hash there means the same tokens up to the block's end).
+fn will_compute(
+    running: &[Entry],
+    content: &impl SequenceContent,
+    hashes: &[BlockHash],
+    block: usize,
+    block_size: usize,
+) -> bool {
+    let Some(wanted) = hashes.get(block) else {
+        return false;
+    };
+    running
+        .iter()
+        .any(|e| e.computed < (block + 1) * block_size && content.block_hashes(e.id).get(block) == Some(wanted))
 }
 
 /// The step budget that encoding the images among tokens `range` of sequence `id` takes.
@@ -322,15 +342,25 @@ impl Scheduler {
     ) {
         let reserve = self.running.iter().filter(|e| e.pending() <= 1).count();
         let block_size = self.allocator.block_size();
-        while let Some(entry) = self.waiting.front_mut() {
+        let mut index = 0;
+        while index < self.waiting.len() {
             if self.running.len() >= self.limits.max_running || *budget == 0 {
                 break;
             }
+            let entry = &mut self.waiting[index];
             if self.limits.prefix_caching {
                 let hashes = content.block_hashes(entry.id);
                 let reusable = hashes.len().min((entry.len - 1) / block_size);
                 entry.registered = self.allocator.share_prefix(&mut entry.table, &hashes[..reusable]);
                 entry.computed = entry.registered * block_size;
+                if will_compute(&self.running, content, &hashes[..reusable], entry.registered, block_size) {
+                    // Its next block is in a running sequence's prompt: it is cached in a step
+                    // or two, instead of computed twice.
+                    self.allocator.release(&mut entry.table);
+                    (entry.computed, entry.registered) = (0, 0);
+                    index += 1;
+                    continue;
+                }
             }
             let spare_blocks = self.allocator.free_blocks().saturating_sub(reserve);
             let room = entry.pending().min(*budget).min(spare_blocks * block_size);
@@ -352,7 +382,7 @@ impl Scheduler {
             *budget = budget.saturating_sub(tokens + encoding_cost(content, entry.id, positions.clone()));
             schedule.chunks.push(Chunk { id: entry.id, positions });
             prompt_chunks += 1;
-            let entry = self.waiting.pop_front().expect("front exists");
+            let entry = self.waiting.remove(index).expect("index is in the queue");
             self.running.push(entry);
         }
     }
@@ -560,6 +590,29 @@ mod tests {
         s.remove(RequestId(1));
         let alone = s.schedule(&content);
         assert_eq!(alone.chunks, vec![chunk(2, 0..1)], "an image over the whole budget goes alone");
+    }
+
+    #[test]
+    fn a_prompt_whose_next_block_a_running_prompt_computes_waits_for_it_to_be_cached() {
+        let mut s = scheduler(100, 4, 64);
+        s.limits.prefix_caching = true;
+        let tokens: Vec<u32> = (0..40).collect();
+        let mut hashes = Vec::new();
+        crate::block_hash::extend_block_hashes(&mut hashes, &tokens, &[], 4);
+        let content = Content {
+            hashes: hashes.clone(),
+            ..Content::default()
+        };
+        for id in 0..3 {
+            s.add(RequestId(id), 40);
+        }
+        let first = s.schedule(&content);
+        assert_eq!(first.chunks, vec![chunk(0, 0..40)], "1 and 2 wait for 0's blocks");
+        assert_eq!((s.running(), s.waiting()), (1, 2));
+        s.computed(RequestId(0), 40, true, &hashes);
+        let second = s.schedule(&content);
+        assert_eq!(second.chunks, vec![chunk(0, 40..41), chunk(1, 36..40), chunk(2, 36..40)]);
+        assert_eq!(second.reused, vec![(RequestId(1), 36), (RequestId(2), 36)]);
     }
 
     #[test]

@@ -141,7 +141,7 @@ fn encode_batch(model: &Phi4VisionModel, cache: &Mutex<ImageFeatureCache>, batch
 
 #[cfg(test)]
 mod tests {
-    use fovea_model::testing::{golden_model, golden_preparer, prepared_golden_cases};
+    use fovea_model::testing::{golden_model, golden_preparer, max_relative_difference, prepared_golden_cases};
 
     use super::*;
 
@@ -189,7 +189,8 @@ mod tests {
             let image = &images[i];
             assert_eq!(got.dims(), [image.grid_h, image.grid_w, model.config().text.hidden_size]);
             let alone = model.encode_image(image).unwrap();
-            assert_eq!(values(&got), values(&alone), "image {i}");
+            let difference = max_relative_difference(&values(&got), &values(&alone));
+            assert!(difference < 1e-5, "image {i}: {difference}");
         }
 
         // Everything cached: the tower does not run.
