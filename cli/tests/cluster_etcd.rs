@@ -37,7 +37,7 @@ async fn golden_cases_through_a_coordinator_and_two_workers_give_golden_tokens()
         Worker::start(&scratch, &etcd.url(), "w1", &[]),
         Worker::start(&scratch, &etcd.url(), "w2", &["--tp", "2", "--threads-per-rank", "1"]),
     ];
-    let coordinator = Coordinator::start(&scratch, &etcd.url());
+    let coordinator = Coordinator::start(&scratch, &etcd.url(), &[]);
     etcd.wait_for_workers(PATIENCE, "both workers register", |ids| ids == ["w1", "w2"])
         .await;
     let mut client = coordinator.client().await;
@@ -90,7 +90,7 @@ async fn golden_cases_through_a_coordinator_and_two_workers_give_golden_tokens()
     drop(running);
 
     // Coordinators hold no state of their own: a second one serves the same workers.
-    let second = Coordinator::start(&scratch, &etcd.url());
+    let second = Coordinator::start(&scratch, &etcd.url(), &[]);
     golden_request_succeeds(&mut second.client().await).await;
 }
 
@@ -102,7 +102,7 @@ async fn a_killed_worker_drops_out_when_its_lease_expires_and_with_none_left_req
     let ttl = ["--lease-ttl-secs", "2"];
     let first = Worker::start(&scratch, &etcd.url(), "w1", &ttl);
     let second = Worker::start(&scratch, &etcd.url(), "w2", &ttl);
-    let coordinator = Coordinator::start(&scratch, &etcd.url());
+    let coordinator = Coordinator::start(&scratch, &etcd.url(), &[]);
     etcd.wait_for_workers(PATIENCE, "both workers register", |ids| ids.len() == 2)
         .await;
     let mut client = coordinator.client().await;
@@ -144,7 +144,7 @@ async fn restarting_etcd_under_load_loses_no_request_and_a_later_worker_is_picke
     etcd.start().await;
     let ttl = ["--lease-ttl-secs", "3"];
     let first = Worker::start(&scratch, &etcd.url(), "w1", &ttl);
-    let coordinator = Coordinator::start(&scratch, &etcd.url());
+    let coordinator = Coordinator::start(&scratch, &etcd.url(), &[]);
     etcd.wait_for_workers(PATIENCE, "the first worker registers", |ids| ids == ["w1"])
         .await;
     let client = coordinator.client().await;
@@ -200,7 +200,7 @@ async fn a_worker_started_before_etcd_registers_once_etcd_is_up() {
     etcd.start().await;
     etcd.wait_for_workers(PATIENCE, "the early worker registers", |ids| ids == ["early"])
         .await;
-    let coordinator = Coordinator::start(&scratch, &etcd.url());
+    let coordinator = Coordinator::start(&scratch, &etcd.url(), &[]);
     let mut client = coordinator.client().await;
     golden_request_succeeds(&mut client).await;
 }
@@ -213,7 +213,7 @@ async fn a_paused_worker_loses_its_lease_and_registers_again_when_resumed() {
     let ttl = ["--lease-ttl-secs", "2"];
     let paused = Worker::start(&scratch, &etcd.url(), "w1", &ttl);
     let _other = Worker::start(&scratch, &etcd.url(), "w2", &ttl);
-    let coordinator = Coordinator::start(&scratch, &etcd.url());
+    let coordinator = Coordinator::start(&scratch, &etcd.url(), &[]);
     etcd.wait_for_workers(PATIENCE, "both workers register", |ids| ids.len() == 2)
         .await;
     let mut client = coordinator.client().await;
@@ -237,7 +237,7 @@ async fn sigterm_deregisters_the_worker_at_once_and_its_running_request_finishes
     etcd.start().await;
     // A lease far longer than the test: the record can only go by being revoked.
     let mut worker = Worker::start(&scratch, &etcd.url(), "w1", &["--lease-ttl-secs", "600"]);
-    let coordinator = Coordinator::start(&scratch, &etcd.url());
+    let coordinator = Coordinator::start(&scratch, &etcd.url(), &[]);
     etcd.wait_for_workers(PATIENCE, "the worker registers", |ids| ids == ["w1"])
         .await;
     let mut client = coordinator.client().await;

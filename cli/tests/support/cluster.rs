@@ -1,17 +1,24 @@
 //! Separate-process clusters for the tests: a real etcd server (from `PATH` or /usr/bin/etcd,
 //! installed by `.ci/run`; a test fails loudly without it) on free loopback ports with a
-//! temporary data directory, `fovea coordinator` and `fovea worker` processes, and a look at
-//! the worker records etcd holds. Processes are killed when dropped; a failing test prints the
-//! tail of their logs.
+//! temporary data directory, `fovea coordinator` and `fovea worker` processes (of any role), a
+//! look at the worker records etcd holds, and at what a worker reports over its own API (load,
+//! cached image features). Processes are killed when dropped; a failing test prints the tail of
+//! their logs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
+use fovea_membership::role_name;
 use fovea_proto::v1::generation_client::GenerationClient;
-use fovea_proto::worker::v1::WatchLoadRequest;
+use fovea_proto::worker::v1::vision_encoder_client::VisionEncoderClient;
 use fovea_proto::worker::v1::worker_client::WorkerClient;
+use fovea_proto::worker::v1::{
+    EncodedImage, VisionJob, WatchLoadRequest, WorkerLoad, WorkerRole, image_features_chunk,
+};
+use tokio::sync::watch;
+use tonic::Code;
 use tonic::transport::Channel;
 
 use fovea_model::testing::golden_model_dir;
@@ -110,6 +117,19 @@ impl Process {
     /// What it wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (at most `limit`) until `line` appears `times` times in its log.
+    pub async fn wait_for_log_line(&self, line: &str, times: usize, limit: Duration) {
+        let started = Instant::now();
+        while self.log().lines().filter(|logged| logged.contains(line)).count() < times {
+            assert!(
+                started.elapsed() < limit,
+                "{} did not log {line:?} {times} times within {limit:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -238,7 +258,7 @@ impl Etcd {
     }
 }
 
-/// A `fovea worker --role full` process on the golden checkpoint.
+/// A `fovea worker` process on the golden checkpoint.
 pub struct Worker {
     pub id: String,
     pub addr: String,
@@ -246,14 +266,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts worker `id` against `etcd_url` with `extra` arguments (e.g. a lease TTL).
+    /// Starts full worker `id` against `etcd_url` with `extra` arguments (e.g. a lease TTL).
     pub fn start(scratch: &Scratch, etcd_url: &str, id: &str, extra: &[&str]) -> Worker {
+        Self::start_in_role(WorkerRole::Full, scratch, etcd_url, id, extra)
+    }
+
+    /// Starts worker `id` in `role` against `etcd_url` with `extra` arguments.
+    pub fn start_in_role(role: WorkerRole, scratch: &Scratch, etcd_url: &str, id: &str, extra: &[&str]) -> Worker {
         let [addr] = free_addrs();
         let model = golden_model_dir();
         let process = Process::spawn(
             id,
             Command::new(env!("CARGO_BIN_EXE_fovea"))
-                .args(["worker", "--role", "full", "--model", model.to_str().unwrap()])
+                .args(["worker", "--role", role_name(role), "--model", model.to_str().unwrap()])
                 .args(["--etcd", etcd_url, "--addr", &addr, "--worker-id", id])
                 .args(extra),
             scratch.path().join(format!("{id}.log")),
@@ -265,15 +290,81 @@ impl Worker {
         }
     }
 
+    /// Its load reports, every 10 ms (any role but vision, which serves no Worker API).
+    async fn load_reports(&self) -> tonic::Streaming<WorkerLoad> {
+        let mut client = WorkerClient::connect(address_of(&self.addr)).await.unwrap();
+        let reports = client.watch_load(WatchLoadRequest { interval_ms: 10 }).await;
+        reports.unwrap().into_inner()
+    }
+
+    /// Its load report now.
+    pub async fn load(&self) -> WorkerLoad {
+        self.load_reports().await.message().await.unwrap().unwrap()
+    }
+
+    /// Its load reports as they come, for as long as it runs and the receiver lives.
+    pub async fn watch_load(&self) -> watch::Receiver<WorkerLoad> {
+        let mut reports = self.load_reports().await;
+        let (sender, receiver) = watch::channel(reports.message().await.unwrap().unwrap());
+        tokio::spawn(async move {
+            while let Ok(Some(load)) = reports.message().await {
+                if sender.send(load).is_err() {
+                    return;
+                }
+            }
+        });
+        receiver
+    }
+
     /// Forward passes it has run, from its load report.
     pub async fn steps(&self) -> u64 {
-        let mut client = WorkerClient::connect(address_of(&self.addr)).await.unwrap();
-        let mut reports = client
-            .watch_load(WatchLoadRequest { interval_ms: 10 })
+        self.load().await.steps_completed
+    }
+
+    /// Waits (at most `limit`) until it runs and queues nothing and every KV block is free (the
+    /// prefix cache's count as free).
+    pub async fn wait_until_idle(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let load = self.load().await;
+            let idle = load.running_requests == 0 && load.queued_requests == 0;
+            if idle && load.free_kv_blocks == load.total_kv_blocks {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{} is not idle after {limit:?}: {load:?}",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether this vision worker has the features of `image` (an encoded file) in its cache: it
+    /// is asked for them by content hash alone, which it answers from the cache or with NOT_FOUND.
+    pub async fn has_image_features(&self, image: &[u8]) -> bool {
+        let mut client = VisionEncoderClient::connect(address_of(&self.addr))
             .await
             .unwrap()
-            .into_inner();
-        reports.message().await.unwrap().unwrap().steps_completed
+            .max_decoding_message_size(64 << 20);
+        let job = VisionJob {
+            request_id: "cache-probe".into(),
+            image: Some(EncodedImage {
+                content_hash: fovea_proto::image_content_hash(image).to_vec().into(),
+                ..Default::default()
+            }),
+        };
+        match client.encode_image(job).await {
+            Ok(response) => {
+                let first = response.into_inner().message().await.unwrap().unwrap();
+                match first.part {
+                    Some(image_features_chunk::Part::Header(header)) => header.cached,
+                    other => panic!("{}: features start with a header, not {other:?}", self.id),
+                }
+            }
+            Err(status) if status.code() == Code::NotFound => false,
+            Err(status) => panic!("{}: the cache probe failed: {status}", self.id),
+        }
     }
 }
 
@@ -288,20 +379,36 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn start(scratch: &Scratch, etcd_url: &str) -> Coordinator {
+    /// Starts a coordinator against `etcd_url` with `extra` arguments (e.g. split flags).
+    /// Its log is `coordinator-<gRPC port>.log`, so that several can share `scratch`.
+    pub fn start(scratch: &Scratch, etcd_url: &str, extra: &[&str]) -> Coordinator {
         let [grpc, http] = free_addrs();
+        let port = grpc.rsplit(':').next().unwrap().parse().unwrap();
+        let name = format!("coordinator-{port}");
         let model = golden_model_dir();
         let process = Process::spawn(
-            "coordinator",
+            &name,
             Command::new(env!("CARGO_BIN_EXE_fovea"))
                 .args(["coordinator", "--etcd", etcd_url, "--model", model.to_str().unwrap()])
-                .args(["--grpc-addr", &grpc, "--http-addr", &http]),
-            scratch.path().join("coordinator.log"),
+                .args(["--grpc-addr", &grpc, "--http-addr", &http])
+                .args(extra),
+            scratch.path().join(format!("{name}.log")),
         );
-        Coordinator {
-            port: grpc.rsplit(':').next().unwrap().parse().unwrap(),
-            process,
-        }
+        Coordinator { port, process }
+    }
+
+    /// Waits (at most `limit`) until it has logged worker `id` joining its view of the cluster
+    /// `times` times.
+    pub async fn wait_until_joined(&self, id: &str, times: usize, limit: Duration) {
+        let line = format!("worker {id} joined");
+        self.process.wait_for_log_line(&line, times, limit).await;
+    }
+
+    /// Waits (at most `limit`) until it has logged worker `id` leaving its view of the cluster
+    /// `times` times.
+    pub async fn wait_until_left(&self, id: &str, times: usize, limit: Duration) {
+        let line = format!("worker {id} left");
+        self.process.wait_for_log_line(&line, times, limit).await;
     }
 
     /// A gRPC client, once the coordinator accepts connections (at most a minute).
