@@ -1,6 +1,7 @@
 //! `fovea bench`: a load generator against a running server. It sends a fixed number of text
 //! and image requests through the client SDK, at a fixed concurrency or at Poisson-distributed
-//! arrivals, and reports throughput, latency percentiles and goodput as vLLM's benchmark does.
+//! arrivals, and reports throughput, latency percentiles and goodput as vLLM's benchmark does,
+//! in all and per kind of request.
 
 mod dump;
 mod metrics;
@@ -35,9 +36,16 @@ pub struct BenchArgs {
     /// Mean request arrivals per second (Poisson process, seeded by --seed).
     #[arg(long)]
     request_rate: Option<f64>,
-    /// Kinds of request: text prompts, image questions, or both taking turns.
+    /// Kinds of request: text prompts, image questions, or both (spread evenly at --image-share).
     #[arg(long, value_enum, default_value = "text")]
     mix: Mix,
+    /// With `--mix mixed`: the share of image requests, 0 to 1, spread evenly among the text
+    /// requests (0.5, the default: they take turns; 0.25: every fourth request is an image one).
+    #[arg(long, value_parser = parse_share)]
+    image_share: Option<f64>,
+    /// Images in each image request.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    images_per_request: u32,
     /// Image files for image requests, used in turn (repeatable); default: generated PNGs.
     #[arg(long)]
     image: Vec<PathBuf>,
@@ -77,6 +85,8 @@ pub struct BenchArgs {
 pub enum BenchError {
     #[error("--request-rate must be a positive number, not {0}")]
     RequestRate(f64),
+    #[error("--image-share needs --mix mixed")]
+    ImageShareWithoutMixed,
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
@@ -89,6 +99,14 @@ pub enum BenchError {
     Json { path: PathBuf, source: std::io::Error },
     #[error("no request succeeded")]
     NothingSucceeded,
+}
+
+/// Parses a share, 0 to 1.
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a share from 0 to 1")),
+    }
 }
 
 /// Parses `WIDTHxHEIGHT`, each 1 to 16384.
@@ -107,6 +125,9 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     if let Some(rate) = args.request_rate.filter(|rate| !(rate.is_finite() && *rate > 0.0)) {
         return Err(BenchError::RequestRate(rate));
     }
+    if args.image_share.is_some() && args.mix != Mix::Mixed {
+        return Err(BenchError::ImageShareWithoutMixed);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -121,7 +142,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
                 source,
             })?;
     }
-    if summary.completed == 0 {
+    if summary.totals.completed == 0 {
         return Err(BenchError::NothingSucceeded);
     }
     Ok(())
@@ -132,7 +153,8 @@ async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
     let (width, height) = args.image_size;
     let spec = WorkloadSpec {
         requests: args.requests as usize,
-        mix: args.mix,
+        image_share: args.mix.image_share(args.image_share.unwrap_or(0.5)),
+        images_per_request: args.images_per_request as usize,
         images: if args.image.is_empty() {
             ImageSource::Generated { width, height }
         } else {
@@ -166,7 +188,7 @@ async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_share, parse_size};
 
     #[test]
     fn image_sizes_parse_as_width_by_height_within_limits() {
@@ -174,6 +196,15 @@ mod tests {
         assert_eq!(parse_size("16X9"), Ok((16, 9)));
         for bad in ["1280", "0x10", "10x16385", "axb", ""] {
             assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn image_shares_parse_from_zero_to_one() {
+        assert_eq!(parse_share("0.25"), Ok(0.25));
+        assert_eq!(parse_share("1"), Ok(1.0));
+        for bad in ["-0.1", "1.5", "NaN", "half", ""] {
+            assert!(parse_share(bad).is_err(), "{bad}");
         }
     }
 }

@@ -1,5 +1,7 @@
 //! `fovea bench` against a real `fovea serve` on the golden checkpoint: a small mixed run whose
-//! JSON report counts every request and has sane, positive metrics.
+//! JSON report counts every request and has sane, positive metrics, in all and per kind of
+//! request; an image-heavy mix of several images per request; and a dumped workload that replays
+//! the sent requests.
 
 mod support;
 
@@ -92,6 +94,101 @@ fn bench_reports_every_request_of_a_mixed_run_as_json() {
         report["request_goodput"], report["request_throughput"],
         "generous SLOs: every request is good"
     );
+    assert_eq!(kinds_add_up(&report), (4, 4), "--mix mixed: text and image take turns");
+}
+
+/// Checks that the report's `by_kind` tallies account for every request and token of the totals,
+/// each kind with positive, ordered latencies; returns the (text, image) requests completed.
+fn kinds_add_up(report: &serde_json::Value) -> (u64, u64) {
+    let by_kind = report["by_kind"].as_object().unwrap_or_else(|| panic!("no by_kind: {report}"));
+    assert!(by_kind.keys().all(|kind| kind == "text" || kind == "image"), "{report}");
+    for key in ["completed", "failed", "total_input_tokens", "total_output_tokens"] {
+        let sum: u64 = by_kind.values().map(|tally| tally[key].as_u64().unwrap()).sum();
+        assert_eq!(Some(sum), report[key].as_u64(), "{key}: the kinds add up to the total");
+    }
+    for key in ["request_throughput", "output_throughput", "request_goodput"] {
+        let sum: f64 = by_kind.values().map(|tally| tally[key].as_f64().unwrap()).sum();
+        let total = report[key].as_f64().unwrap();
+        assert!((sum - total).abs() <= 1e-9 * total.max(1.0), "{key}: {sum} vs {total}");
+    }
+    for (kind, tally) in by_kind {
+        for metric in ["ttft", "itl", "tpot", "e2el"] {
+            let stat = |name: &str| tally[format!("{name}_{metric}_ms")].as_f64().unwrap();
+            let (mean, median, p99) = (stat("mean"), stat("median"), stat("p99"));
+            assert!(
+                0.0 < median && median <= p99 && mean <= p99,
+                "{kind} {metric}: mean {mean}, median {median}, p99 {p99}"
+            );
+        }
+    }
+    let completed = |kind: &str| by_kind.get(kind).map_or(0, |tally| tally["completed"].as_u64().unwrap());
+    (completed("text"), completed("image"))
+}
+
+#[test]
+fn bench_breaks_an_image_heavy_mix_down_by_kind() {
+    let port = free_port();
+    let server = Server::start_on(port);
+    server.wait_until_listening();
+    let dir = std::env::temp_dir().join(format!("fovea-bench-kinds-{}-{port}", std::process::id()));
+    let json = dir.join("bench.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_fovea"))
+        .args(["bench", "--addr", &address(port), "--requests", "8", "--concurrency", "4"])
+        .args(["--mix", "mixed", "--image-share", "0.25", "--images-per-request", "3"])
+        .args(["--image-size", "96x64", "--prompt-tokens", "16", "--max-tokens", "5"])
+        .args(["--ttft-slo-ms", "60000", "--tpot-slo-ms", "60000", "--json"])
+        .arg(&json)
+        .arg("--dump-workload")
+        .arg(dir.join("workload"))
+        .output()
+        .expect("fovea bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for section in [" text requests ", " image requests "] {
+        assert!(stdout.contains(section), "the report has a section per kind: {stdout}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let workload: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("workload/workload.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert_eq!((report["completed"].as_u64(), report["failed"].as_u64()), (Some(8), Some(0)), "{report}");
+    assert_eq!(kinds_add_up(&report), (6, 2), "a quarter of the requests ask about images");
+    let (text, image) = (&report["by_kind"]["text"], &report["by_kind"]["image"]);
+    assert_eq!(image["total_output_tokens"], 10, "ignore_eos: max_tokens each");
+    let per_request = |tally: &serde_json::Value| {
+        tally["total_input_tokens"].as_f64().unwrap() / tally["completed"].as_f64().unwrap()
+    };
+    assert!(
+        per_request(image) > per_request(text),
+        "three images outweigh 16 words: {report}"
+    );
+    let images_per_request: Vec<usize> = workload["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|request| {
+            let content = request["messages"][0]["content"].as_array().unwrap();
+            content.iter().filter(|part| part["type"] == "image").count()
+        })
+        .collect();
+    assert_eq!(images_per_request, [0, 0, 0, 3, 0, 0, 0, 3], "every fourth request, three images");
+}
+
+#[test]
+fn an_image_share_without_a_mixed_workload_is_refused() {
+    let output = Command::new(env!("CARGO_BIN_EXE_fovea"))
+        .args(["bench", "--addr", &address(free_port()), "--concurrency", "1"])
+        .args(["--mix", "text", "--image-share", "0.5"])
+        .output()
+        .expect("fovea bench runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--image-share needs --mix mixed"), "{stderr}");
 }
 
 /// Runs `fovea bench` on a small mixed workload, dumping it into `dir`; returns workload.json.

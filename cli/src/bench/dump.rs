@@ -11,8 +11,10 @@
 use std::path::{Path, PathBuf};
 
 use fovea_client::{Client, ClientError};
-use fovea_proto::v1::{ChatMessage, GenerateRequest, ReasoningMode, Role, content_part};
+use fovea_proto::v1::{ChatMessage, ReasoningMode, Role, content_part};
 use serde_json::{Value, json};
+
+use super::workload::BenchRequest;
 
 /// The file, inside the dump directory, that lists the requests.
 pub const WORKLOAD_FILE: &str = "workload.json";
@@ -27,13 +29,13 @@ pub enum DumpError {
 }
 
 /// Writes `requests` into `dir` (created if missing), asking the server for each one's prompt ids.
-pub async fn write(client: &Client, requests: &[GenerateRequest], dir: &Path) -> Result<(), DumpError> {
+pub async fn write(client: &Client, requests: &[BenchRequest], dir: &Path) -> Result<(), DumpError> {
     std::fs::create_dir_all(dir).map_err(|source| DumpError::Write {
         path: dir.to_path_buf(),
         source,
     })?;
     let mut entries = Vec::with_capacity(requests.len());
-    for (index, request) in requests.iter().enumerate() {
+    for (index, BenchRequest { request, .. }) in requests.iter().enumerate() {
         let tokenized = client
             .tokenize(request.clone())
             .await

@@ -11,6 +11,8 @@ use rand::rngs::StdRng;
 use tokio::sync::Semaphore;
 use tokio_stream::StreamExt;
 
+use super::workload::{BenchRequest, RequestKind};
+
 /// How requests are released.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
@@ -49,14 +51,18 @@ pub enum RequestFailure {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// A request's outcome: its measurements, or why it failed.
-pub type Outcome = Result<RequestRecord, RequestFailure>;
+/// A request's outcome: its kind, and its measurements or why it failed.
+#[derive(Debug)]
+pub struct Outcome {
+    pub kind: RequestKind,
+    pub result: Result<RequestRecord, RequestFailure>,
+}
 
-/// Sends every request, paced by `pace`, and returns each one's outcome in completion order and
+/// Sends every request, paced by `pace`, and returns each one's outcome in sending order and
 /// the whole run's duration.
 pub async fn run(
     client: &Client,
-    requests: Vec<GenerateRequest>,
+    requests: Vec<BenchRequest>,
     pace: Pace,
     rng: &mut StdRng,
     progress: &ProgressBar,
@@ -64,21 +70,23 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(pace.concurrency.unwrap_or(Semaphore::MAX_PERMITS)));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(requests.len());
-    for request in requests {
+    for BenchRequest { kind, request } in requests {
         if let Some(rate) = pace.request_rate {
             tokio::time::sleep(exponential_gap(rate, rng)).await;
         }
         let (client, slots, progress) = (client.clone(), Arc::clone(&slots), progress.clone());
-        tasks.push(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let outcome = measure(&client, request).await;
+            let result = measure(&client, request).await;
             progress.inc(1);
-            outcome
-        }));
+            result
+        });
+        tasks.push((kind, task));
     }
     let mut outcomes = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        outcomes.push(task.await.unwrap_or_else(|e| Err(e.into())));
+    for (kind, task) in tasks {
+        let result = task.await.unwrap_or_else(|e| Err(e.into()));
+        outcomes.push(Outcome { kind, result });
     }
     (outcomes, started.elapsed())
 }
@@ -90,7 +98,7 @@ fn exponential_gap(rate: f64, rng: &mut StdRng) -> Duration {
 }
 
 /// Runs one generation, timing each delta that carries tokens.
-async fn measure(client: &Client, request: GenerateRequest) -> Outcome {
+async fn measure(client: &Client, request: GenerateRequest) -> Result<RequestRecord, RequestFailure> {
     let sent = Instant::now();
     let mut stream = client.generate(request).await?;
     let (mut ttft, mut last_token, mut itls) = (None, sent, Vec::new());

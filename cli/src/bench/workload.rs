@@ -1,5 +1,6 @@
-//! The requests a benchmark sends: text prompts of about the asked length and image questions,
-//! in the asked mix, all reproducible from one seed.
+//! The requests a benchmark sends: text prompts of about the asked length and image questions of
+//! a given number of images each, text and image requests spread evenly in the asked shares, all
+//! reproducible from one seed.
 
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -15,10 +16,45 @@ use rand::rngs::StdRng;
 pub enum Mix {
     /// Text prompts only.
     Text,
-    /// One image and a question each.
+    /// Image questions only.
     Image,
-    /// Text and image requests taking turns.
+    /// Text and image requests, spread evenly (by default taking turns).
     Mixed,
+}
+
+impl Mix {
+    /// The share of image requests, given that of a `Mixed` workload.
+    pub fn image_share(self, mixed_share: f64) -> f64 {
+        match self {
+            Mix::Text => 0.0,
+            Mix::Image => 1.0,
+            Mix::Mixed => mixed_share,
+        }
+    }
+}
+
+/// What a request asks about: text alone, or images and a question. Results are broken down by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RequestKind {
+    Text,
+    Image,
+}
+
+impl RequestKind {
+    /// The kind's name in reports and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Text => "text",
+            RequestKind::Image => "image",
+        }
+    }
+}
+
+/// One request of a workload, with its kind.
+#[derive(Debug, Clone)]
+pub struct BenchRequest {
+    pub kind: RequestKind,
+    pub request: GenerateRequest,
 }
 
 /// Common short English words, about one token each with their leading space.
@@ -33,7 +69,7 @@ const WORDS: &[&str] = &[
 pub enum ImageSource {
     /// Files read once and used in turn; at least one.
     Files(Vec<PathBuf>),
-    /// A fresh PNG of `width` x `height` pixels per request, so the prefix cache cannot help.
+    /// A fresh PNG of `width` x `height` pixels per image, so the prefix cache cannot help.
     Generated { width: u32, height: u32 },
 }
 
@@ -41,7 +77,10 @@ pub enum ImageSource {
 #[derive(Debug, Clone)]
 pub struct WorkloadSpec {
     pub requests: usize,
-    pub mix: Mix,
+    /// The share of image requests, 0 to 1; the others are text requests.
+    pub image_share: f64,
+    /// Images in each image request, at least one.
+    pub images_per_request: usize,
     pub images: ImageSource,
     /// Approximate prompt length of text requests, in tokens.
     pub prompt_tokens: usize,
@@ -63,42 +102,63 @@ pub enum WorkloadError {
 
 /// The benchmark's requests, in sending order: greedy, nothink, `ignore_eos` so that every
 /// completion has exactly `max_tokens` tokens.
-pub fn build(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<GenerateRequest>, WorkloadError> {
+pub fn build(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<BenchRequest>, WorkloadError> {
     let files = match &spec.images {
         ImageSource::Files(paths) => paths.iter().map(Part::image_file).collect::<Result<Vec<_>, _>>()?,
         ImageSource::Generated { .. } => Vec::new(),
     };
-    (0..spec.requests)
-        .map(|i| {
-            let with_image = match spec.mix {
-                Mix::Text => false,
-                Mix::Image => true,
-                Mix::Mixed => i % 2 == 1,
-            };
-            let parts = if with_image {
-                let image = match &spec.images {
-                    ImageSource::Files(_) => files
-                        .get(i % files.len().max(1))
-                        .cloned()
-                        .ok_or(WorkloadError::NoImageFiles)?,
-                    ImageSource::Generated { width, height } => Part::Image(generated_png(*width, *height, rng)?),
+    let mut images_sent = 0;
+    let mut requests = Vec::with_capacity(spec.requests);
+    for index in 0..spec.requests {
+        let kind = kind_of(index, spec.image_share);
+        let parts = match kind {
+            RequestKind::Text => vec![Part::Text(prompt(spec.prompt_tokens, rng))],
+            RequestKind::Image => {
+                let mut parts = Vec::with_capacity(spec.images_per_request + 1);
+                for _ in 0..spec.images_per_request {
+                    parts.push(match &spec.images {
+                        ImageSource::Files(_) => files
+                            .get(images_sent % files.len().max(1))
+                            .cloned()
+                            .ok_or(WorkloadError::NoImageFiles)?,
+                        ImageSource::Generated { width, height } => Part::Image(generated_png(*width, *height, rng)?),
+                    });
+                    images_sent += 1;
+                }
+                let question = match spec.images_per_request {
+                    1 => "Describe this image in detail.",
+                    _ => "Describe these images in detail.",
                 };
-                vec![image, Part::Text("Describe this image in detail.".into())]
-            } else {
-                vec![Part::Text(prompt(spec.prompt_tokens, rng))]
-            };
-            let request = GenerateRequestBuilder::new()
-                .user(parts)
-                .mode(Mode::NoThink)
-                .max_tokens(spec.max_tokens)
-                .ignore_eos(true);
-            Ok(match spec.logprobs {
-                Some(top) => request.logprobs(top),
-                None => request,
+                parts.push(Part::Text(question.into()));
+                parts
             }
-            .build())
-        })
-        .collect()
+        };
+        let request = GenerateRequestBuilder::new()
+            .user(parts)
+            .mode(Mode::NoThink)
+            .max_tokens(spec.max_tokens)
+            .ignore_eos(true);
+        let request = match spec.logprobs {
+            Some(top) => request.logprobs(top),
+            None => request,
+        };
+        requests.push(BenchRequest {
+            kind,
+            request: request.build(),
+        });
+    }
+    Ok(requests)
+}
+
+/// The kind of request `index`: image requests are spread evenly at `image_share`, the first at
+/// the index where the share first adds up to a whole request (0.5: text, image, text, image, ...).
+fn kind_of(index: usize, image_share: f64) -> RequestKind {
+    let images_until = |requests: usize| (requests as f64 * image_share).floor();
+    if images_until(index + 1) > images_until(index) {
+        RequestKind::Image
+    } else {
+        RequestKind::Text
+    }
 }
 
 /// About `tokens` tokens of random words.
@@ -124,4 +184,27 @@ fn generated_png(width: u32, height: u32, rng: &mut StdRng) -> Result<Vec<u8>, i
     let mut png = Vec::new();
     image.write_to(&mut Cursor::new(&mut png), ImageFormat::Png)?;
     Ok(png)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(requests: usize, image_share: f64) -> String {
+        (0..requests)
+            .map(|index| match kind_of(index, image_share) {
+                RequestKind::Text => 't',
+                RequestKind::Image => 'I',
+            })
+            .collect()
+    }
+
+    #[test]
+    fn image_requests_are_spread_evenly_at_their_share() {
+        assert_eq!(kinds(6, 0.5), "tItItI", "half: taking turns, text first");
+        assert_eq!(kinds(8, 0.25), "tttItttI");
+        assert_eq!(kinds(6, 1.0 / 3.0), "ttIttI");
+        assert_eq!(kinds(4, 0.0), "tttt");
+        assert_eq!(kinds(4, 1.0), "IIII");
+    }
 }
