@@ -1,7 +1,7 @@
 //! The disaggregated cluster as separate processes on loopback with membership in a real etcd:
 //! `fovea coordinator` splitting every request over a vision, a prefill and two decode
 //! `fovea worker` processes (golden checkpoint, f32, greedy). Every golden case gives its golden
-//! tokens through vision → prefill → decode; a decode worker killed mid-stream (`kill -9`) is
+//! tokens through vision → prefill (at TP 2) → decode (at TP 1); a decode worker killed mid-stream (`kill -9`) is
 //! replaced with no token repeated or missing, and with no decode worker left requests are
 //! UNAVAILABLE; the only prefill worker killed mid-prompt fails the request only without retries,
 //! leaves prompts to the decode workers, and a new prefill worker is used once it registers; a
@@ -43,17 +43,19 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Starts etcd, the workers (with `worker_flags`) and a coordinator splitting every request,
-    /// and waits until the coordinator has seen every worker join.
-    async fn start(name: &str, worker_flags: &[&str]) -> Cluster {
+    /// Starts etcd, the workers (with `worker_flags`, and the prefill worker with
+    /// `prefill_flags` too) and a coordinator splitting every request, and waits until the
+    /// coordinator has seen every worker join.
+    async fn start(name: &str, worker_flags: &[&str], prefill_flags: &[&str]) -> Cluster {
         let scratch = Scratch::new(name);
         let mut etcd = Etcd::new(&scratch);
         etcd.start().await;
         let url = etcd.url();
         let worker = |role, id| Worker::start_in_role(role, &scratch, &url, id, worker_flags);
+        let prefill_flags = [worker_flags, prefill_flags].concat();
         let (vision, prefill) = (
             worker(WorkerRole::Vision, "vision"),
-            worker(WorkerRole::Prefill, "prefill"),
+            Worker::start_in_role(WorkerRole::Prefill, &scratch, &url, "prefill", &prefill_flags),
         );
         let decode = [
             worker(WorkerRole::Decode, "decode-a"),
@@ -124,7 +126,9 @@ async fn read_tokens(stream: &mut tonic::Streaming<GenerateResponse>, tokens: &m
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_golden_case_split_over_vision_prefill_and_decode_processes_gives_the_golden_tokens() {
-    let cluster = Cluster::start("disagg-etcd-golden", &[]).await;
+    // The prefill worker splits its model over 2 tensor-parallel ranks, the decode workers do not:
+    // the transfer reshapes the heads on the way.
+    let cluster = Cluster::start("disagg-etcd-golden", &[], &["--tp", "2"]).await;
     let mut client = cluster.coordinator.client().await;
     let cases = golden_cases();
     for case in &cases {
@@ -171,7 +175,7 @@ async fn every_golden_case_split_over_vision_prefill_and_decode_processes_gives_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decode_worker_killed_mid_stream_is_replaced_with_no_token_lost_or_repeated_and_with_none_left_requests_are_unavailable()
  {
-    let cluster = Cluster::start("disagg-etcd-kill-decode", &["--lease-ttl-secs", "2"]).await;
+    let cluster = Cluster::start("disagg-etcd-kill-decode", &["--lease-ttl-secs", "2"], &[]).await;
     let mut client = cluster.coordinator.client().await;
     let case = golden_case("chart_nothink");
     // Long enough that the stream still runs when the test has read a few tokens; an
@@ -276,7 +280,7 @@ async fn kill_mid_prompt(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_only_prefill_worker_killed_mid_prompt_is_unavailable_without_retries_and_retried_on_a_decode_worker_with_them()
  {
-    let cluster = Cluster::start("disagg-etcd-kill-prefill", &[]).await;
+    let cluster = Cluster::start("disagg-etcd-kill-prefill", &[], &[]).await;
     let strict = Coordinator::start(
         &cluster.scratch,
         &cluster.etcd.url(),
@@ -347,7 +351,7 @@ fn uncached_request(case: &GoldenCase, attempt: usize, max_tokens: u32) -> Gener
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cancel_during_the_kv_transfer_leaves_every_block_free_on_prefill_and_decode_workers() {
-    let cluster = Cluster::start("disagg-etcd-cancel", &[]).await;
+    let cluster = Cluster::start("disagg-etcd-cancel", &[], &[]).await;
     let mut client = cluster.coordinator.client().await;
     // The longest prompt (4035 tokens): the longest prefill and the largest transfer.
     let case = golden_case("screen_grounding");
@@ -407,7 +411,7 @@ async fn a_client_cancel_during_the_kv_transfer_leaves_every_block_free_on_prefi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_decode_worker_gets_no_work_once_its_lease_expires_and_registers_again_when_resumed() {
-    let cluster = Cluster::start("disagg-etcd-pause", &["--lease-ttl-secs", "2"]).await;
+    let cluster = Cluster::start("disagg-etcd-pause", &["--lease-ttl-secs", "2"], &[]).await;
     let mut client = cluster.coordinator.client().await;
     let [paused, other] = &cluster.decode;
     paused.process.signal("STOP");
