@@ -9,6 +9,22 @@ use std::process::Command;
 
 use support::{Server, address, free_port};
 
+/// Runs `fovea bench` with `args`, checks that it succeeded, and gives its standard output.
+fn run_bench(args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_fovea"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("fovea bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn bench_reports_every_request_of_a_mixed_run_as_json() {
     let port = free_port();
@@ -17,37 +33,12 @@ fn bench_reports_every_request_of_a_mixed_run_as_json() {
     let dir = std::env::temp_dir().join(format!("fovea-bench-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_fovea"))
-        .args([
-            "bench",
-            "--addr",
-            &address(port),
-            "--requests",
-            "8",
-            "--concurrency",
-            "4",
-        ])
-        .args([
-            "--max-tokens",
-            "8",
-            "--mix",
-            "mixed",
-            "--image-size",
-            "320x240",
-            "--prompt-tokens",
-            "32",
-        ])
-        .args(["--ttft-slo-ms", "60000", "--tpot-slo-ms", "60000", "--seed", "3"])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("fovea bench runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let json_path = json.to_str().unwrap();
+    let stdout = run_bench([
+        "--addr", &address(port), "--requests", "8", "--concurrency", "4", "--max-tokens", "8", "--mix", "mixed",
+        "--image-size", "320x240", "--prompt-tokens", "32", "--ttft-slo-ms", "60000", "--tpot-slo-ms", "60000",
+        "--seed", "3", "--json", json_path,
+    ]);
     assert!(stdout.contains("Successful requests:"), "{stdout}");
 
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -132,22 +123,13 @@ fn bench_breaks_an_image_heavy_mix_down_by_kind() {
     server.wait_until_listening();
     let dir = std::env::temp_dir().join(format!("fovea-bench-kinds-{}-{port}", std::process::id()));
     let json = dir.join("bench.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_fovea"))
-        .args(["bench", "--addr", &address(port), "--requests", "8", "--concurrency", "4"])
-        .args(["--mix", "mixed", "--image-share", "0.25", "--images-per-request", "3"])
-        .args(["--image-size", "96x64", "--prompt-tokens", "16", "--max-tokens", "5"])
-        .args(["--ttft-slo-ms", "60000", "--tpot-slo-ms", "60000", "--json"])
-        .arg(&json)
-        .arg("--dump-workload")
-        .arg(dir.join("workload"))
-        .output()
-        .expect("fovea bench runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (json_path, workload_dir) = (json.to_str().unwrap(), dir.join("workload"));
+    let stdout = run_bench([
+        "--addr", &address(port), "--requests", "8", "--concurrency", "4", "--mix", "mixed", "--image-share", "0.25",
+        "--images-per-request", "3", "--image-size", "96x64", "--prompt-tokens", "16", "--max-tokens", "5",
+        "--ttft-slo-ms", "60000", "--tpot-slo-ms", "60000", "--json", json_path, "--dump-workload",
+        workload_dir.to_str().unwrap(),
+    ]);
     for section in [" text requests ", " image requests "] {
         assert!(stdout.contains(section), "the report has a section per kind: {stdout}");
     }
@@ -193,19 +175,10 @@ fn an_image_share_without_a_mixed_workload_is_refused() {
 
 /// Runs `fovea bench` on a small mixed workload, dumping it into `dir`; returns workload.json.
 fn bench_and_dump(port: u16, dir: &std::path::Path, seed: &str) -> serde_json::Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_fovea"))
-        .args(["bench", "--addr", &address(port), "--requests", "4", "--concurrency", "2"])
-        .args(["--max-tokens", "3", "--mix", "mixed", "--image-size", "320x240"])
-        .args(["--prompt-tokens", "16", "--seed", seed, "--dump-workload"])
-        .arg(dir)
-        .output()
-        .expect("fovea bench runs");
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_bench([
+        "--addr", &address(port), "--requests", "4", "--concurrency", "2", "--max-tokens", "3", "--mix", "mixed",
+        "--image-size", "320x240", "--prompt-tokens", "16", "--seed", seed, "--dump-workload", dir.to_str().unwrap(),
+    ]);
     serde_json::from_str(&std::fs::read_to_string(dir.join("workload.json")).unwrap()).unwrap()
 }
 
