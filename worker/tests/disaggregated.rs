@@ -58,6 +58,15 @@ async fn worker_client(address: &str) -> WorkerClient<tonic::transport::Channel>
         .max_encoding_message_size(64 << 20)
 }
 
+/// Sends the decode worker at `address` `case`'s job as `request_id`, to await its prompt's keys
+/// and values over a transfer of the same name; gives the job and its event stream.
+async fn await_transfer(address: &str, case: &GoldenCase, request_id: &str) -> (GenerateJob, Streaming<GenerateEvent>) {
+    let mut job = golden_job(case, request_id, "");
+    job.kv_transfer_id = format!("{request_id}/kv");
+    let events = worker_client(address).await.generate(job.clone()).await.unwrap().into_inner();
+    (job, events)
+}
+
 #[test]
 fn vision_worker_features_equal_a_local_encode_bit_for_bit_and_are_encoded_once() {
     let model = common::load_model();
@@ -271,14 +280,7 @@ fn a_transfer_laid_out_for_other_kv_heads_is_refused_naming_what_differs() {
             .await
             .unwrap();
         for (field, wrong) in wrong_layouts {
-            let mut job = golden_job(&cases[0], field, "");
-            job.kv_transfer_id = format!("{field}/kv");
-            let decode_job = worker_client(&decode.address)
-                .await
-                .generate(job.clone())
-                .await
-                .unwrap()
-                .into_inner();
+            let (job, decode_job) = await_transfer(&decode.address, &cases[0], field).await;
             let transfer = partial_transfer(wrong, &job);
             let status = kv_client
                 .push_kv(tokio_stream::iter(transfer))
@@ -331,14 +333,7 @@ fn cancel_mid_transfer_frees_blocks_on_both_sides() {
             .await
             .unwrap();
         for cut in ["the decode job", "the push stream"] {
-            let mut job = golden_job(case, cut, "");
-            job.kv_transfer_id = format!("{cut}/kv");
-            let decode_job = worker_client(&decode.address)
-                .await
-                .generate(job.clone())
-                .await
-                .unwrap()
-                .into_inner();
+            let (job, decode_job) = await_transfer(&decode.address, case, cut).await;
             // The engine reserves the prompt's blocks when it takes the job, just after the call.
             let mut reserved = false;
             for _ in 0..200 {
