@@ -196,7 +196,7 @@ impl Phi4Decoder {
         let table_shape = [cfg.vocab_size, cfg.hidden_size];
         Ok(Phi4Decoder {
             embed_tokens: model.pp("embed_tokens").get_part("weight", &table_shape, 0, vocab_part.clone())?,
-            lm_head: Linear::load_rows(&root.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, &[vocab_part.clone()])?,
+            lm_head: Linear::load_rows(&root.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, std::slice::from_ref(&vocab_part))?,
             vocab_part,
             layers,
             norm: RmsNorm::load(&model.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?,

@@ -36,7 +36,7 @@ impl TpRank {
 
     /// Checks that a decoder of `config` splits over `world` ranks.
     pub fn check_world(world: usize, config: &TextConfig) -> Result<()> {
-        if world == 0 || config.num_heads % world != 0 {
+        if world == 0 || !config.num_heads.is_multiple_of(world) {
             return Err(ModelError::TensorParallel(format!(
                 "a TP size of {world} does not divide the model's {} query heads; use one of {}",
                 config.num_heads,
@@ -77,7 +77,7 @@ impl TpRank {
 /// `n`'s divisors, comma-separated, for error messages.
 fn divisors(n: usize) -> String {
     (1..=n)
-        .filter(|d| n % d == 0)
+        .filter(|d| n.is_multiple_of(*d))
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join(", ")
