@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use worker_common::nodes::{Node, wait_idle};
+use worker_common::runtime;
 
 use fovea_model::testing::{golden_case, golden_cases};
 use support::{collect, golden_request};
@@ -157,14 +158,6 @@ fn policy(disagg_min_prompt_tokens: usize, job_retries: usize) -> SplitPolicy {
         disagg_min_prompt_tokens,
         job_retries,
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

@@ -30,14 +30,7 @@ use tonic::{Code, Streaming};
 
 use common::GoldenCase;
 use common::nodes::{Node, golden_job, wait_idle};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use common::runtime;
 
 /// The tokens of a worker job's stream and its final event.
 async fn collect(mut stream: Streaming<GenerateEvent>) -> (Vec<u32>, fovea_proto::worker::v1::GenerateFinished) {
@@ -58,11 +51,10 @@ async fn worker_client(address: &str) -> WorkerClient<tonic::transport::Channel>
         .max_encoding_message_size(64 << 20)
 }
 
-/// Sends the decode worker at `address` `case`'s job as `request_id`, to await its prompt's keys
-/// and values over a transfer of the same name; gives the job and its event stream.
-async fn await_transfer(address: &str, case: &GoldenCase, request_id: &str) -> (GenerateJob, Streaming<GenerateEvent>) {
-    let mut job = golden_job(case, request_id, "");
-    job.kv_transfer_id = format!("{request_id}/kv");
+/// Sends the decode worker at `address` `job`, to await its prompt's keys and values over the
+/// transfer `{request_id}/kv`; gives the job as sent and its event stream.
+async fn await_transfer(address: &str, mut job: GenerateJob) -> (GenerateJob, Streaming<GenerateEvent>) {
+    job.kv_transfer_id = format!("{}/kv", job.request_id);
     let events = worker_client(address).await.generate(job.clone()).await.unwrap().into_inner();
     (job, events)
 }
@@ -170,15 +162,9 @@ fn images_from_a_vision_worker_give_the_golden_tokens() {
 }
 
 /// Sends `job` to the decode worker with a transfer id, then prefills it on the prefill worker.
-async fn prefill_then_decode(prefill: &Node, decode: &Node, mut job: GenerateJob) -> (Vec<u32>, FinishReason) {
-    let transfer_id = format!("{}/kv", job.request_id);
-    job.kv_transfer_id = transfer_id.clone();
-    let stream = worker_client(&decode.address)
-        .await
-        .generate(job.clone())
-        .await
-        .unwrap()
-        .into_inner();
+async fn prefill_then_decode(prefill: &Node, decode: &Node, job: GenerateJob) -> (Vec<u32>, FinishReason) {
+    let (job, stream) = await_transfer(&decode.address, job).await;
+    let transfer_id = job.kv_transfer_id.clone();
     let mut prefiller = PrefillerClient::connect(format!("http://{}", prefill.address))
         .await
         .unwrap()
@@ -280,7 +266,7 @@ fn a_transfer_laid_out_for_other_kv_heads_is_refused_naming_what_differs() {
             .await
             .unwrap();
         for (field, wrong) in wrong_layouts {
-            let (job, decode_job) = await_transfer(&decode.address, &cases[0], field).await;
+            let (job, decode_job) = await_transfer(&decode.address, golden_job(&cases[0], field, "")).await;
             let transfer = partial_transfer(wrong, &job);
             let status = kv_client
                 .push_kv(tokio_stream::iter(transfer))
@@ -333,7 +319,7 @@ fn cancel_mid_transfer_frees_blocks_on_both_sides() {
             .await
             .unwrap();
         for cut in ["the decode job", "the push stream"] {
-            let (job, decode_job) = await_transfer(&decode.address, case, cut).await;
+            let (job, decode_job) = await_transfer(&decode.address, golden_job(case, cut, "")).await;
             // The engine reserves the prompt's blocks when it takes the job, just after the call.
             let mut reserved = false;
             for _ in 0..200 {
@@ -378,21 +364,14 @@ fn cancel_mid_transfer_frees_blocks_on_both_sides() {
 
         // A prefill call dropped while it runs frees the prefill worker's blocks and ends the
         // decode job, however far the transfer got.
-        let mut job = golden_job(case, "dropped prefill", "");
-        job.kv_transfer_id = "dropped prefill/kv".into();
-        let decode_job = worker_client(&decode.address)
-            .await
-            .generate(job.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let (job, decode_job) = await_transfer(&decode.address, golden_job(case, "dropped prefill", "")).await;
         let mut prefiller = PrefillerClient::connect(format!("http://{}", prefill.address))
             .await
             .unwrap();
         let prefill_job = PrefillJob {
-            job: Some(job),
             decode_worker: decode.address.clone(),
-            transfer_id: "dropped prefill/kv".into(),
+            transfer_id: job.kv_transfer_id.clone(),
+            job: Some(job),
         };
         let call = tokio::spawn(async move { prefiller.prefill(prefill_job).await });
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;

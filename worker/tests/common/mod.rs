@@ -23,6 +23,15 @@ pub fn load_model() -> Arc<Phi4VisionModel> {
     Arc::new(testing::golden_model(DType::F32))
 }
 
+/// A two-thread runtime for a test's clients (its workers run their own).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub fn preparer() -> RequestPreparer {
     testing::golden_preparer()
 }
