@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 
 use candle_core::Tensor;
-use fovea_model::Result;
 use fovea_model::preprocess::PreparedImage;
 
 use fovea_proto::content_hash::ContentHasher;
@@ -75,16 +74,6 @@ impl ImageFeatureCache {
             hits: 0,
             encoded: 0,
         }
-    }
-
-    /// The features of the image `key` names: cached ones, or `encode()`'s, which are then cached.
-    pub fn get_or_encode(&mut self, key: ImageKey, encode: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
-        if let Some(features) = self.get(key) {
-            return Ok(features);
-        }
-        let features = encode()?;
-        self.insert(key, features.clone());
-        Ok(features)
     }
 
     /// The cached features of `key`, counting a hit; `None` on a miss.
@@ -167,8 +156,8 @@ mod tests {
     }
 
     /// Features of 4 f32 values (16 bytes).
-    fn features(value: f32) -> Result<Tensor> {
-        Ok(Tensor::new(&[value; 4], &Device::Cpu)?)
+    fn features(value: f32) -> Tensor {
+        Tensor::new(&[value; 4], &Device::Cpu).unwrap()
     }
 
     #[test]
@@ -184,28 +173,30 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_image_is_encoded_once_and_the_least_recently_used_goes_first() {
+    fn a_repeated_image_is_found_and_the_least_recently_used_goes_first() {
         let mut cache = ImageFeatureCache::new(32);
         let [a, b, c] = [1.0, 2.0, 3.0].map(|v| ImageKey::of(&image(v)));
-        cache.get_or_encode(a, || features(1.0)).unwrap();
-        cache.get_or_encode(b, || features(2.0)).unwrap();
-        let again = cache.get_or_encode(a, || panic!("a is cached")).unwrap();
+        cache.insert(a, features(1.0));
+        cache.insert(b, features(2.0));
+        let again = cache.get(a).expect("a is cached");
         assert_eq!(again.to_vec1::<f32>().unwrap(), vec![1.0; 4]);
         assert_eq!((cache.hits(), cache.encoded(), cache.used_bytes()), (1, 2, 32));
         // c evicts b, the least recently used.
-        cache.get_or_encode(c, || features(3.0)).unwrap();
+        cache.insert(c, features(3.0));
         assert_eq!(cache.used_bytes(), 32);
-        cache.get_or_encode(a, || panic!("a is still cached")).unwrap();
-        cache.get_or_encode(b, || features(2.0)).unwrap();
+        assert!(cache.get(a).is_some(), "a is still cached");
+        assert!(!cache.contains(b), "b was evicted");
+        cache.insert(b, features(2.0));
         assert_eq!(cache.encoded(), 4);
     }
 
     #[test]
-    fn features_larger_than_the_cache_are_returned_but_not_kept() {
+    fn features_larger_than_the_cache_are_counted_but_not_kept() {
         let mut cache = ImageFeatureCache::new(8);
         let key = ImageKey::of(&image(1.0));
-        cache.get_or_encode(key, || features(1.0)).unwrap();
-        cache.get_or_encode(key, || features(1.0)).unwrap();
+        cache.insert(key, features(1.0));
+        cache.insert(key, features(1.0));
         assert_eq!((cache.encoded(), cache.used_bytes()), (2, 0));
+        assert!(cache.get(key).is_none());
     }
 }
