@@ -123,18 +123,18 @@ impl JobSplitter {
         let long = job.prompt_token_ids.len() >= self.policy.disagg_min_prompt_tokens && !wants_logprobs;
         let blocks = PromptBlocks::of(&job);
         let prompt_tokens = job.prompt_token_ids.len();
-        let to_compute = |address: &str| (prompt_tokens - self.prefixes.cached_tokens(address, &blocks)) as u64;
+        let cached_tokens = |address: &str| self.prefixes.cached_tokens(address, &blocks) as u64;
         // Without a prefill worker left, the decode worker prefills itself.
         let prefill = if long && self.workers.has_role(WorkerRole::Decode) {
             let roles = [WorkerRole::Prefill];
-            self.workers.pick_for(&roles, excluded, prompt_tokens as u64, to_compute).ok()
+            self.workers.pick_for(&roles, excluded, prompt_tokens as u64, cached_tokens).ok()
         } else {
             None
         };
         let Some(prefill) = prefill else {
             let mut worker = self
                 .workers
-                .pick_for(&GENERATE_ROLES, excluded, prompt_tokens as u64, to_compute)
+                .pick_for(&GENERATE_ROLES, excluded, prompt_tokens as u64, cached_tokens)
                 .map_err(Failure::Final)?;
             let events = match worker.generate(job).await {
                 Ok(response) => response.into_inner(),

@@ -129,16 +129,16 @@ impl WorkerPool {
         self.pick_for(roles, excluded, 0, |_| 0)
     }
 
-    /// [`WorkerPool::pick_except`] for a job that leaves `to_compute(address)` of its `prompt_tokens`
-    /// to compute on the worker at `address` (less where the worker caches a prefix of it). The
-    /// saving counts among the workers with the fewest jobs in flight, so that a shared prefix
-    /// (every prompt starts with the same system prompt) does not pile jobs onto one worker.
+    /// [`WorkerPool::pick_except`] for a job of `prompt_tokens` prompt tokens, of which the worker
+    /// at `address` probably caches `cached_tokens(address)`. The saving counts among the workers
+    /// with the fewest jobs in flight, so that a shared prefix (every prompt starts with the same
+    /// system prompt) does not pile jobs onto one worker.
     pub fn pick_for(
         &self,
         roles: &[WorkerRole],
         excluded: &[String],
         prompt_tokens: u64,
-        to_compute: impl Fn(&str) -> u64,
+        cached_tokens: impl Fn(&str) -> u64,
     ) -> Result<WorkerLease, Status> {
         let now = Instant::now();
         let workers = self.shared.workers.read().unwrap_or_else(PoisonError::into_inner);
@@ -160,10 +160,8 @@ impl WorkerPool {
         }
         let least_in_flight = ready.iter().map(|(_, _, in_flight)| *in_flight).min().unwrap_or(0);
         let best = ready.into_iter().min_by_key(|(worker, load, in_flight)| {
-            let tokens = match *in_flight == least_in_flight {
-                true => to_compute(&worker.record.address),
-                false => prompt_tokens,
-            };
+            let cached = if *in_flight == least_in_flight { cached_tokens(&worker.record.address) } else { 0 };
+            let tokens = prompt_tokens.saturating_sub(cached);
             let free_sixteenths = u64::from(load.free_kv_blocks) * 16 / u64::from(load.total_kv_blocks.max(1));
             (load.queued_tokens + tokens, Reverse(free_sixteenths), *in_flight)
         });

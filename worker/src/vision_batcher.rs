@@ -26,7 +26,7 @@ struct EncodeJob {
 /// A handle to the encoder thread; the thread stops when the last handle is dropped.
 #[derive(Clone)]
 pub struct VisionBatcher {
-    jobs: Arc<Mutex<Sender<EncodeJob>>>,
+    jobs: Sender<EncodeJob>,
     batches: Arc<AtomicU64>,
 }
 
@@ -44,18 +44,14 @@ impl VisionBatcher {
         std::thread::Builder::new()
             .name("fovea-vision".into())
             .spawn(move || run(&model, &cache, max_batch_patches, &counter, receiver))?;
-        Ok(VisionBatcher {
-            jobs: Arc::new(Mutex::new(jobs)),
-            batches,
-        })
+        Ok(VisionBatcher { jobs, batches })
     }
 
     /// The features of `image` (known by `key`), from the cache or the next batch.
     pub async fn encode(&self, key: ImageKey, image: PreparedImage) -> Result<GridFeatures, String> {
         let (reply, answer) = oneshot::channel();
         let job = EncodeJob { key, image, reply };
-        let sent = self.jobs.lock().unwrap_or_else(PoisonError::into_inner).send(job);
-        sent.map_err(|_| "the vision encoder has stopped".to_string())?;
+        self.jobs.send(job).map_err(|_| "the vision encoder has stopped".to_string())?;
         answer.await.map_err(|_| "the vision encoder has stopped".to_string())?
     }
 
