@@ -2,9 +2,9 @@
 //! model (workers appear and disappear), keeps one gRPC client and one load stream per worker,
 //! and gives each job the least-loaded ready worker of the role it needs: fewest queued prompt
 //! tokens (counting the job's own, less, on the workers with the fewest jobs in flight, the prefix
-//! the worker probably caches, see [`crate::prefix_affinity`]), then the largest free share of the KV cache (in sixteenths: reports come 100 ms apart,
-//! so finer differences are often stale), then fewest jobs in flight from this coordinator (known
-//! at once). With no ready worker of that role the job is refused with UNAVAILABLE, naming the role.
+//! the worker probably caches, see [`crate::prefix_affinity`]), then the largest free share of
+//! the KV cache (in sixteenths: reports come 100 ms apart, so finer differences are often stale),
+//! then fewest jobs in flight from this coordinator (known at once). With no ready worker of that role the job is refused with UNAVAILABLE, naming the role.
 //! The job splitter ([`crate::split`]) picks by role from this one pool, excluding the workers
 //! that already failed a request.
 

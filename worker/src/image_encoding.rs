@@ -250,8 +250,20 @@ mod tests {
         // Phi-4-reasoning-vision-15B, a full 3600-patch image: ~644M per patch against ~13.6G
         // per token.
         let phi4 = config(
-            &[("hidden_size", 5120), ("num_hidden_layers", 40), ("num_attention_heads", 40), ("num_key_value_heads", 10), ("intermediate_size", 17920), ("mm_hidden_size", 1152)],
-            &[("hidden_size", 1152), ("num_hidden_layers", 27), ("num_attention_heads", 16), ("intermediate_size", 4304)],
+            &[
+                ("hidden_size", 5120),
+                ("num_hidden_layers", 40),
+                ("num_attention_heads", 40),
+                ("num_key_value_heads", 10),
+                ("intermediate_size", 17920),
+                ("mm_hidden_size", 1152),
+            ],
+            &[
+                ("hidden_size", 1152),
+                ("num_hidden_layers", 27),
+                ("num_attention_heads", 16),
+                ("intermediate_size", 4304),
+            ],
         );
         let phi4 = EncodingCost::for_model(&phi4);
         assert!((165..=175).contains(&phi4.of(3600)), "{}", phi4.of(3600));
