@@ -96,7 +96,10 @@ pub enum BenchError {
     #[error(transparent)]
     Dump(#[from] DumpError),
     #[error("cannot write {path}: {source}")]
-    Json { path: PathBuf, source: std::io::Error },
+    Json {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no request succeeded")]
     NothingSucceeded,
 }
@@ -111,7 +114,12 @@ fn parse_share(text: &str) -> Result<f64, String> {
 
 /// Parses `WIDTHxHEIGHT`, each 1 to 16384.
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let parse = |side: &str| side.trim().parse::<u32>().ok().filter(|&n| (1..=16384).contains(&n));
+    let parse = |side: &str| {
+        side.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| (1..=16384).contains(&n))
+    };
     match text.split_once(['x', 'X']) {
         Some((width, height)) => match (parse(width), parse(height)) {
             (Some(width), Some(height)) => Ok((width, height)),
@@ -122,7 +130,10 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
 }
 
 pub fn run(args: BenchArgs) -> Result<(), BenchError> {
-    if let Some(rate) = args.request_rate.filter(|rate| !(rate.is_finite() && *rate > 0.0)) {
+    if let Some(rate) = args
+        .request_rate
+        .filter(|rate| !(rate.is_finite() && *rate > 0.0))
+    {
         return Err(BenchError::RequestRate(rate));
     }
     if args.image_share.is_some() && args.mix != Mix::Mixed {
@@ -170,7 +181,9 @@ async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
         dump::write(&client, &requests, dir).await?;
     }
     let progress = ProgressBar::new(requests.len() as u64);
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} requests [{elapsed_precise}]") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} requests [{elapsed_precise}]")
+    {
         progress.set_style(style);
     }
     let pace = Pace {

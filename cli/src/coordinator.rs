@@ -50,7 +50,9 @@ async fn coordinate(args: CoordinatorArgs) -> Result<(), String> {
         hang_limit: Duration::from_secs(args.hang_timeout_secs),
         ..HealthPolicy::default()
     };
-    let config = args.api.coordinator_config(dir, model_name, members, health);
+    let config = args
+        .api
+        .coordinator_config(dir, model_name, members, health);
     serve(config, listeners, shutdown_signal())
         .await
         .map_err(|e| e.to_string())

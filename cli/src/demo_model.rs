@@ -20,6 +20,10 @@ pub struct DemoModelArgs {
 
 pub fn run(args: DemoModelArgs) -> Result<(), String> {
     write_demo_checkpoint(args.preset, &args.out, args.seed).map_err(|e| e.to_string())?;
-    eprintln!("wrote {:?} checkpoint to {}", args.preset, args.out.display());
+    eprintln!(
+        "wrote {:?} checkpoint to {}",
+        args.preset,
+        args.out.display()
+    );
     Ok(())
 }

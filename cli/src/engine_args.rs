@@ -10,8 +10,8 @@ use fovea_membership::WorkerCapacity;
 use fovea_model::DeviceSpec;
 use fovea_model::input::RequestPreparer;
 use fovea_model::preprocess::PreprocessConfig;
-use fovea_proto::worker::v1::{WorkerInfo, WorkerRole};
 use fovea_model::{ModelConfig, Phi4VisionModel};
+use fovea_proto::worker::v1::{WorkerInfo, WorkerRole};
 use fovea_worker::EngineConfig;
 use fovea_worker::engine_rank::load_ranks;
 use fovea_worker::node::WorkerNode;
@@ -36,7 +36,11 @@ pub struct EngineArgs {
     max_batch_tokens: usize,
     /// Prompt tokens per forward pass while some request is decoding (keeps its time between
     /// tokens short while long image prompts prefill).
-    #[arg(long, env = "FOVEA_MAX_PREFILL_TOKENS_WHILE_DECODING", default_value_t = 128)]
+    #[arg(
+        long,
+        env = "FOVEA_MAX_PREFILL_TOKENS_WHILE_DECODING",
+        default_value_t = 128
+    )]
     max_prefill_tokens_while_decoding: usize,
     #[command(flatten)]
     pub tensor_parallel: TensorParallelArgs,
@@ -64,11 +68,15 @@ impl EngineArgs {
 
     /// Loads the checkpoint in `dir` and starts the worker node for `identity.role` on it (its
     /// engine, unless the role is vision), with the capacity it registers.
-    pub fn start_worker(&self, dir: &Path, identity: WorkerIdentity) -> Result<(WorkerNode, WorkerCapacity), String> {
+    pub fn start_worker(
+        &self,
+        dir: &Path,
+        identity: WorkerIdentity,
+    ) -> Result<(WorkerNode, WorkerCapacity), String> {
         self.check_role(identity.role)?;
         let preparer = RequestPreparer::from_model_dir(dir).map_err(|e| e.to_string())?;
-        let preprocess =
-            PreprocessConfig::from_file(dir.join("preprocessor_config.json")).map_err(|e| e.to_string())?;
+        let preprocess = PreprocessConfig::from_file(dir.join("preprocessor_config.json"))
+            .map_err(|e| e.to_string())?;
         let engine_config = EngineConfig {
             max_batch_tokens: self.max_batch_tokens,
             max_prefill_tokens_while_decoding: self.max_prefill_tokens_while_decoding,
@@ -90,12 +98,13 @@ impl EngineArgs {
         };
         let tokenizer = Arc::clone(preparer.tokenizer());
         let node = if identity.role == WorkerRole::Vision {
-            let model = Phi4VisionModel::load(dir, self.dtype.into(), &device).map_err(|e| e.to_string())?;
+            let model = Phi4VisionModel::load(dir, self.dtype.into(), &device)
+                .map_err(|e| e.to_string())?;
             WorkerNode::start(Arc::new(model), tokenizer, preprocess, engine_config, info)
         } else {
             let options = self.tensor_parallel.options()?;
-            let ranks =
-                load_ranks(dir, self.dtype.into(), &device, options, &engine_config).map_err(|e| e.to_string())?;
+            let ranks = load_ranks(dir, self.dtype.into(), &device, options, &engine_config)
+                .map_err(|e| e.to_string())?;
             WorkerNode::start_on_ranks(ranks, tokenizer, preprocess, engine_config, info)
         }
         .map_err(|e| e.to_string())?;

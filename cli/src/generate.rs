@@ -39,7 +39,11 @@ pub struct GenerateArgs {
     model: PathBuf,
     /// One user message; `<image>` marks where each --image goes (without any marker, the images
     /// come first, one per line, before the text).
-    #[arg(long, conflicts_with = "messages", required_unless_present = "messages")]
+    #[arg(
+        long,
+        conflicts_with = "messages",
+        required_unless_present = "messages"
+    )]
     prompt: Option<String>,
     /// A JSON file with an array of {"role", "content"} messages.
     #[arg(long)]
@@ -83,7 +87,10 @@ fn messages(args: &GenerateArgs) -> Result<Vec<ChatMessage>, String> {
             let content = if prompt.contains(IMAGE_MARKER) {
                 prompt.clone()
             } else {
-                format!("{}{prompt}", format!("{IMAGE_MARKER}\n").repeat(args.images.len()))
+                format!(
+                    "{}{prompt}",
+                    format!("{IMAGE_MARKER}\n").repeat(args.images.len())
+                )
             };
             Ok(vec![ChatMessage {
                 role: "user".into(),
@@ -91,9 +98,13 @@ fn messages(args: &GenerateArgs) -> Result<Vec<ChatMessage>, String> {
             }])
         }
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             serde_json::from_str(&text).map_err(|e| {
-                format!("{}: expected a JSON array of {{\"role\", \"content\"}} objects: {e}", path.display())
+                format!(
+                    "{}: expected a JSON array of {{\"role\", \"content\"}} objects: {e}",
+                    path.display()
+                )
             })
         }
         (None, None) => Err("give --prompt or --messages".into()),
@@ -106,17 +117,22 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     let images = args
         .images
         .iter()
-        .map(|path| std::fs::read(path).map_err(|e| format!("cannot read image {}: {e}", path.display())))
+        .map(|path| {
+            std::fs::read(path).map_err(|e| format!("cannot read image {}: {e}", path.display()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let preparer = RequestPreparer::from_model_dir(&args.model).map_err(|e| e.to_string())?;
-    let request = preparer.prepare(&messages, &images, args.mode).map_err(|e| e.to_string())?;
+    let request = preparer
+        .prepare(&messages, &images, args.mode)
+        .map_err(|e| e.to_string())?;
 
     let started = Instant::now();
     let options = args.tensor_parallel.options()?;
-    let mut ranks = Phi4VisionModel::load_ranks(&args.model, args.dtype.into(), &device, options, |model| {
-        Ok(SequenceRank::new(Arc::new(model)))
-    })
-    .map_err(|e| e.to_string())?;
+    let mut ranks =
+        Phi4VisionModel::load_ranks(&args.model, args.dtype.into(), &device, options, |model| {
+            Ok(SequenceRank::new(Arc::new(model)))
+        })
+        .map_err(|e| e.to_string())?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let eos_token_ids = ranks.local().model().config().eos_token_ids.clone();
 
@@ -138,15 +154,17 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     let mut stdout = std::io::stdout().lock();
     let mut text = String::new();
     let mut stream_error = None;
-    let generation = generate(&mut ranks, &generation_request, |token| match detokenizer.push(token) {
-        Ok(delta) => {
-            if !args.json {
-                let _ = stdout.write_all(delta.as_bytes());
-                let _ = stdout.flush();
+    let generation = generate(&mut ranks, &generation_request, |token| {
+        match detokenizer.push(token) {
+            Ok(delta) => {
+                if !args.json {
+                    let _ = stdout.write_all(delta.as_bytes());
+                    let _ = stdout.flush();
+                }
+                text.push_str(&delta);
             }
-            text.push_str(&delta);
+            Err(e) => stream_error = Some(e.to_string()),
         }
-        Err(e) => stream_error = Some(e.to_string()),
     })
     .map_err(|e| e.to_string())?;
     if let Some(error) = stream_error {

@@ -17,7 +17,11 @@ mod worker;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "fovea", version, about = "Serving cluster for Phi-4-reasoning-vision models")]
+#[command(
+    name = "fovea",
+    version,
+    about = "Serving cluster for Phi-4-reasoning-vision models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

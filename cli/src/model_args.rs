@@ -14,7 +14,11 @@ pub struct ModelArgs {
     #[arg(long, env = "FOVEA_MODEL")]
     model: Option<PathBuf>,
     /// Name clients use for the model (workers and coordinators of one cluster must agree).
-    #[arg(long, env = "FOVEA_MODEL_NAME", default_value = "phi-4-reasoning-vision")]
+    #[arg(
+        long,
+        env = "FOVEA_MODEL_NAME",
+        default_value = "phi-4-reasoning-vision"
+    )]
     pub model_name: String,
 }
 

@@ -63,9 +63,9 @@ async fn serve_all(args: ServeArgs) -> Result<(), String> {
         dir.display(),
         describe(&listeners)?
     );
-    let config = args
-        .api
-        .coordinator_config(dir, model_name, registry.members(), HealthPolicy::default());
+    let config =
+        args.api
+            .coordinator_config(dir, model_name, registry.members(), HealthPolicy::default());
     let served = serve(config, listeners, shutdown_signal()).await;
     registration.withdraw().await;
     let _ = stop_worker.send(());

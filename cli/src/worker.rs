@@ -100,7 +100,9 @@ async fn work(args: WorkerArgs) -> Result<(), String> {
 }
 
 /// The worker server's outcome as the command's.
-fn finished(served: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> Result<(), String> {
+fn finished(
+    served: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), String> {
     match served {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(format!("the worker API server failed: {error}")),

@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use fovea_client::{
-    Client, ClientConfig, ClientError, FinishReason, GenerateRequestBuilder, GenerationEvent, Mode, Part, RetryPolicy,
-    Segment,
+    Client, ClientConfig, ClientError, FinishReason, GenerateRequestBuilder, GenerationEvent, Mode,
+    Part, RetryPolicy, Segment,
 };
 use fovea_model::testing::{GoldenTensors, golden_case, golden_dir, reference_log_softmax};
 use support::{Server, address, free_port};
@@ -34,7 +34,9 @@ fn golden_tokens(name: &str) -> Vec<u32> {
 
 /// The golden cases' decoding: greedy, 12 tokens, end of turn ignored.
 fn golden_builder() -> GenerateRequestBuilder {
-    GenerateRequestBuilder::new().max_tokens(12).ignore_eos(true)
+    GenerateRequestBuilder::new()
+        .max_tokens(12)
+        .ignore_eos(true)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +44,9 @@ async fn sdk_streams_golden_tokens_for_text_and_image_and_maps_invalid_argument(
     let port = free_port();
     let server = Server::start_on(port);
     server.wait_until_listening();
-    let client = Client::connect_with(address(port), patient()).await.unwrap();
+    let client = Client::connect_with(address(port), patient())
+        .await
+        .unwrap();
 
     let models = client.list_models().await.unwrap();
     assert!(models[0].is_default, "{models:?}");
@@ -74,12 +78,17 @@ async fn sdk_streams_golden_tokens_for_text_and_image_and_maps_invalid_argument(
         .mode(Mode::NoThink);
     let completion = client.generate_text(image).await.unwrap();
     assert_eq!(completion.token_ids, golden_tokens("chart_nothink"));
-    assert!(completion.reasoning.is_empty(), "nothink mode does not reason");
+    assert!(
+        completion.reasoning.is_empty(),
+        "nothink mode does not reason"
+    );
     assert!(completion.finished.usage.image_tokens > 0);
 
     let bad = golden_builder().user_text("hello").top_p(2.0);
     match client.generate(bad).await {
-        Err(ClientError::InvalidArgument(message)) => assert!(message.contains("top_p"), "{message}"),
+        Err(ClientError::InvalidArgument(message)) => {
+            assert!(message.contains("top_p"), "{message}")
+        }
         other => panic!("expected InvalidArgument, got {:?}", other.err()),
     }
 }
@@ -89,7 +98,9 @@ async fn collect_helper_gathers_what_the_stream_delivers_segment_by_segment() {
     let port = free_port();
     let server = Server::start_on(port);
     server.wait_until_listening();
-    let client = Client::connect_with(address(port), patient()).await.unwrap();
+    let client = Client::connect_with(address(port), patient())
+        .await
+        .unwrap();
     let request = golden_builder()
         .user_text("Hi there!")
         .assistant_text("Hello. How can I help?")
@@ -115,7 +126,10 @@ async fn collect_helper_gathers_what_the_stream_delivers_segment_by_segment() {
 
     let completion = client.generate_text(request).await.unwrap();
     assert_eq!(completion.token_ids, golden_tokens("text_think_multiturn"));
-    assert_eq!((completion.reasoning, completion.answer), (reasoning, answer));
+    assert_eq!(
+        (completion.reasoning, completion.answer),
+        (reasoning, answer)
+    );
     assert_eq!(completion.finished.finish_reason, FinishReason::Length);
     assert!(completion.finished.usage.reasoning_tokens > 0);
 }
@@ -123,7 +137,9 @@ async fn collect_helper_gathers_what_the_stream_delivers_segment_by_segment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_sent_before_the_server_starts_is_retried_until_it_succeeds() {
     let port = free_port();
-    let client = Client::connect_with(address(port), patient()).await.unwrap();
+    let client = Client::connect_with(address(port), patient())
+        .await
+        .unwrap();
     let starter = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
         Server::start_on(port)
@@ -146,9 +162,17 @@ async fn retries_are_bounded_when_no_server_comes() {
         },
         ..ClientConfig::default()
     };
-    let client = Client::connect_with(address(free_port()), config).await.unwrap();
-    let error = client.generate(golden_builder().user_text("hello")).await.err();
-    assert!(matches!(error, Some(ClientError::Unavailable(_))), "{error:?}");
+    let client = Client::connect_with(address(free_port()), config)
+        .await
+        .unwrap();
+    let error = client
+        .generate(golden_builder().user_text("hello"))
+        .await
+        .err();
+    assert!(
+        matches!(error, Some(ClientError::Unavailable(_))),
+        "{error:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,14 +180,21 @@ async fn sdk_token_events_carry_logprobs_that_match_the_reference() {
     let port = free_port();
     let server = Server::start_on(port);
     server.wait_until_listening();
-    let client = Client::connect_with(address(port), patient()).await.unwrap();
+    let client = Client::connect_with(address(port), patient())
+        .await
+        .unwrap();
     let request = golden_builder()
         .user_text("What is 17 * 23? Answer briefly.")
         .logprobs(4);
     let mut stream = client.generate(request.clone()).await.unwrap();
     let mut streamed = Vec::new();
     while let Some(event) = stream.next().await {
-        if let GenerationEvent::Delta { token_ids, logprobs, .. } = event.unwrap() {
+        if let GenerationEvent::Delta {
+            token_ids,
+            logprobs,
+            ..
+        } = event.unwrap()
+        {
             assert_eq!(logprobs.len(), token_ids.len(), "one entry per token");
             streamed.extend(logprobs);
         }
@@ -171,14 +202,33 @@ async fn sdk_token_events_carry_logprobs_that_match_the_reference() {
     // The second run reuses the first one's cached prefix, so its values may differ in the last bits.
     let completion = client.generate_text(request).await.unwrap();
     assert_eq!(completion.token_ids, golden_tokens("text_only_auto"));
-    assert_eq!(completion.logprobs.len(), streamed.len(), "the collected completion keeps one per token");
-    for ((token, logprobs), seen) in completion.token_ids.iter().zip(&completion.logprobs).zip(&streamed) {
+    assert_eq!(
+        completion.logprobs.len(),
+        streamed.len(),
+        "the collected completion keeps one per token"
+    );
+    for ((token, logprobs), seen) in completion
+        .token_ids
+        .iter()
+        .zip(&completion.logprobs)
+        .zip(&streamed)
+    {
         assert_eq!(logprobs.top.len(), 4);
-        assert_eq!(logprobs.top[0].token_id, *token, "greedy's token is the most likely");
-        assert!((logprobs.logprob - seen.logprob).abs() < 1e-4, "{logprobs:?} against {seen:?}");
+        assert_eq!(
+            logprobs.top[0].token_id, *token,
+            "greedy's token is the most likely"
+        );
+        assert!(
+            (logprobs.logprob - seen.logprob).abs() < 1e-4,
+            "{logprobs:?} against {seen:?}"
+        );
     }
-    let reference = reference_log_softmax(&GoldenTensors::load().prefill_last_logits("text_only_auto"));
+    let reference =
+        reference_log_softmax(&GoldenTensors::load().prefill_last_logits("text_only_auto"));
     let first = f64::from(completion.logprobs[0].logprob);
     let expected = reference[completion.token_ids[0] as usize];
-    assert!((first - expected).abs() < 1e-4, "first logprob {first}, reference {expected}");
+    assert!(
+        (first - expected).abs() < 1e-4,
+        "first logprob {first}, reference {expected}"
+    );
 }

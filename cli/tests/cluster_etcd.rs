@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fovea_model::testing::{golden_cases, golden_model_dir};
 use fovea_proto::v1::FinishReason;
 use fovea_proto::v1::generation_client::GenerationClient;
 use support::cluster::{Coordinator, Etcd, Scratch, Worker};
-use fovea_model::testing::{golden_cases, golden_model_dir};
 use support::{collect, golden_request};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -35,7 +35,12 @@ async fn golden_cases_through_a_coordinator_and_two_workers_give_golden_tokens()
     // The second worker splits its decoder over two ranks: both must give the golden tokens.
     let workers = [
         Worker::start(&scratch, &etcd.url(), "w1", &[]),
-        Worker::start(&scratch, &etcd.url(), "w2", &["--tp", "2", "--threads-per-rank", "1"]),
+        Worker::start(
+            &scratch,
+            &etcd.url(),
+            "w2",
+            &["--tp", "2", "--threads-per-rank", "1"],
+        ),
     ];
     let coordinator = Coordinator::start(&scratch, &etcd.url(), &[]);
     etcd.wait_for_workers(PATIENCE, "both workers register", |ids| ids == ["w1", "w2"])
@@ -45,7 +50,13 @@ async fn golden_cases_through_a_coordinator_and_two_workers_give_golden_tokens()
     let cases = golden_cases();
     for case in &cases {
         let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
-        assert_eq!(tokens, case.greedy_tokens.clone(), "{}: {}", case.name, last.error);
+        assert_eq!(
+            tokens,
+            case.greedy_tokens.clone(),
+            "{}: {}",
+            case.name,
+            last.error
+        );
         assert_eq!(last.finish_reason(), FinishReason::Length);
     }
     let runs: Vec<_> = (0..8)
@@ -60,7 +71,10 @@ async fn golden_cases_through_a_coordinator_and_two_workers_give_golden_tokens()
         .collect();
     for run in runs {
         let (tokens, expected) = run.await.unwrap();
-        assert_eq!(tokens, expected, "concurrent requests keep their golden tokens");
+        assert_eq!(
+            tokens, expected,
+            "concurrent requests keep their golden tokens"
+        );
     }
 
     // A second request while one runs goes to the other worker (the busy one has a job in flight
@@ -95,7 +109,8 @@ async fn golden_cases_through_a_coordinator_and_two_workers_give_golden_tokens()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_worker_drops_out_when_its_lease_expires_and_with_none_left_requests_are_unavailable() {
+async fn a_killed_worker_drops_out_when_its_lease_expires_and_with_none_left_requests_are_unavailable()
+ {
     let scratch = Scratch::new("cluster-kill");
     let mut etcd = Etcd::new(&scratch);
     etcd.start().await;
@@ -110,20 +125,34 @@ async fn a_killed_worker_drops_out_when_its_lease_expires_and_with_none_left_req
 
     first.process.signal("KILL");
     golden_request_succeeds(&mut client).await;
-    etcd.wait_for_workers(PATIENCE, "the killed worker's lease expires", |ids| ids == ["w2"])
-        .await;
+    etcd.wait_for_workers(PATIENCE, "the killed worker's lease expires", |ids| {
+        ids == ["w2"]
+    })
+    .await;
     for _ in 0..3 {
         golden_request_succeeds(&mut client).await;
     }
 
     second.process.signal("KILL");
-    etcd.wait_for_workers(PATIENCE, "the last worker's lease expires", <[String]>::is_empty)
-        .await;
+    etcd.wait_for_workers(
+        PATIENCE,
+        "the last worker's lease expires",
+        <[String]>::is_empty,
+    )
+    .await;
     // A worker of another cluster sharing the etcd (another prefix) is not this cluster's.
-    let _elsewhere = Worker::start(&scratch, &etcd.url(), "w3", &["--etcd-prefix", "/elsewhere"]);
-    etcd.wait_for_workers_under("/elsewhere", PATIENCE, "the other cluster's worker registers", |ids| {
-        ids == ["w3"]
-    })
+    let _elsewhere = Worker::start(
+        &scratch,
+        &etcd.url(),
+        "w3",
+        &["--etcd-prefix", "/elsewhere"],
+    );
+    etcd.wait_for_workers_under(
+        "/elsewhere",
+        PATIENCE,
+        "the other cluster's worker registers",
+        |ids| ids == ["w3"],
+    )
     .await;
     let refused = client
         .generate(golden_request(&golden_cases()[0], 4))
@@ -168,13 +197,19 @@ async fn restarting_etcd_under_load_loses_no_request_and_a_later_worker_is_picke
     tokio::time::sleep(Duration::from_secs(2)).await;
     etcd.start().await;
     let second = Worker::start(&scratch, &etcd.url(), "w2", &ttl);
-    etcd.wait_for_workers(PATIENCE, "both workers are registered after the restart", |ids| {
-        ids == ["w1", "w2"]
-    })
+    etcd.wait_for_workers(
+        PATIENCE,
+        "both workers are registered after the restart",
+        |ids| ids == ["w1", "w2"],
+    )
     .await;
     running.store(false, Ordering::Relaxed);
     for run in load {
-        assert!(run.await.expect("every request during the restart succeeded") > 0);
+        assert!(
+            run.await
+                .expect("every request during the restart succeeded")
+                > 0
+        );
     }
 
     // The worker started after the restart gets work: with the first one gone, all of it.
@@ -198,8 +233,10 @@ async fn a_worker_started_before_etcd_registers_once_etcd_is_up() {
         worker.process.log()
     );
     etcd.start().await;
-    etcd.wait_for_workers(PATIENCE, "the early worker registers", |ids| ids == ["early"])
-        .await;
+    etcd.wait_for_workers(PATIENCE, "the early worker registers", |ids| {
+        ids == ["early"]
+    })
+    .await;
     let coordinator = Coordinator::start(&scratch, &etcd.url(), &[]);
     let mut client = coordinator.client().await;
     golden_request_succeeds(&mut client).await;
@@ -219,14 +256,18 @@ async fn a_paused_worker_loses_its_lease_and_registers_again_when_resumed() {
     let mut client = coordinator.client().await;
 
     paused.process.signal("STOP");
-    etcd.wait_for_workers(PATIENCE, "the paused worker's lease expires", |ids| ids == ["w2"])
-        .await;
+    etcd.wait_for_workers(PATIENCE, "the paused worker's lease expires", |ids| {
+        ids == ["w2"]
+    })
+    .await;
     for _ in 0..3 {
         golden_request_succeeds(&mut client).await;
     }
     paused.process.signal("CONT");
-    etcd.wait_for_workers(PATIENCE, "the resumed worker registers again", |ids| ids.len() == 2)
-        .await;
+    etcd.wait_for_workers(PATIENCE, "the resumed worker registers again", |ids| {
+        ids.len() == 2
+    })
+    .await;
     golden_request_succeeds(&mut client).await;
 }
 
@@ -243,15 +284,25 @@ async fn sigterm_deregisters_the_worker_at_once_and_its_running_request_finishes
     let mut client = coordinator.client().await;
 
     let case = &golden_cases()[0];
-    let mut stream = client.generate(golden_request(case, 2000)).await.unwrap().into_inner();
+    let mut stream = client
+        .generate(golden_request(case, 2000))
+        .await
+        .unwrap()
+        .into_inner();
     stream.message().await.unwrap().unwrap();
     worker.process.signal("TERM");
     etcd.wait_for_workers(PATIENCE, "the worker deregisters", <[String]>::is_empty)
         .await;
     let (mut tokens, mut last) = (0, None);
-    while let Some(message) = stream.message().await.expect("the running request is not cut off") {
+    while let Some(message) = stream
+        .message()
+        .await
+        .expect("the running request is not cut off")
+    {
         match message.event.unwrap() {
-            fovea_proto::v1::generate_response::Event::Delta(delta) => tokens += delta.token_ids.len(),
+            fovea_proto::v1::generate_response::Event::Delta(delta) => {
+                tokens += delta.token_ids.len()
+            }
             fovea_proto::v1::generate_response::Event::Final(done) => last = Some(done),
         }
     }
@@ -277,7 +328,10 @@ fn roles_and_sizes_this_build_does_not_serve_fail_at_start_up_with_a_message() {
             &["--role", "full", "--tp", "3", "--addr", "127.0.0.1:0"][..],
             "TP size of 3 does not divide the model's 4 query heads",
         ),
-        (&["--role", "gpu"][..], "expected full, vision, prefill or decode"),
+        (
+            &["--role", "gpu"][..],
+            "expected full, vision, prefill or decode",
+        ),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_fovea"))
             .args([

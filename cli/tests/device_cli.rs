@@ -33,8 +33,14 @@ fn fovea(args: &[&str]) -> Output {
 
 fn assert_fails_with(output: &Output, message: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "exited successfully; stderr: {stderr}");
-    assert!(stderr.contains(message), "stderr lacks {message:?}: {stderr}");
+    assert!(
+        !output.status.success(),
+        "exited successfully; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(message),
+        "stderr lacks {message:?}: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
 }
 
@@ -67,7 +73,11 @@ fn generate_on_the_cpu_device_runs() {
         "--device",
         "cpu",
     ]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
     assert_eq!(json["token_ids"].as_array().map(Vec::len), Some(2));
 }

@@ -86,7 +86,11 @@ impl Cluster {
             max_images: 4,
             max_image_bytes: 8 << 20,
         };
-        coordinator.spawn(fovea_coordinator::serve(config, listeners, std::future::pending()));
+        coordinator.spawn(fovea_coordinator::serve(
+            config,
+            listeners,
+            std::future::pending(),
+        ));
         let mut cluster = Cluster {
             vision,
             prefill,
@@ -110,17 +114,18 @@ impl Cluster {
     /// Registers the worker at `address` (`host:port`) as `id` with `role` for the coordinator.
     fn register(&mut self, id: &str, role: WorkerRole, address: &str) {
         let _runtime = self.coordinator.as_ref().unwrap().enter();
-        self.registrations.push(self.registry.register(WorkerRecord {
-            id: id.into(),
-            role,
-            address: format!("http://{address}"),
-            model: "golden".into(),
-            tensor_parallel_size: 1,
-            capacity: WorkerCapacity {
-                kv_blocks: 1024,
-                max_batch_tokens: 512,
-            },
-        }));
+        self.registrations
+            .push(self.registry.register(WorkerRecord {
+                id: id.into(),
+                role,
+                address: format!("http://{address}"),
+                model: "golden".into(),
+                tensor_parallel_size: 1,
+                capacity: WorkerCapacity {
+                    kv_blocks: 1024,
+                    max_batch_tokens: 512,
+                },
+            }));
     }
 
     fn register_second_decode(&mut self) {
@@ -165,7 +170,15 @@ fn every_golden_case_through_vision_prefill_and_decode_workers_gives_the_golden_
     // Text cases (435 and 466 tokens) run whole on a decode worker; image cases are split.
     let cluster = Cluster::start(policy(600, 2), str::to_string, true);
     let cases = golden_cases();
-    let prefill_cache = || cluster.prefill.engine.as_ref().unwrap().stats().cached_blocks;
+    let prefill_cache = || {
+        cluster
+            .prefill
+            .engine
+            .as_ref()
+            .unwrap()
+            .stats()
+            .cached_blocks
+    };
     runtime().block_on(async {
         let mut client = cluster.client().await;
         for round in 0..2 {
@@ -175,7 +188,12 @@ fn every_golden_case_through_vision_prefill_and_decode_workers_gives_the_golden_
                 let prefilled_before = prefill_cache();
                 let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
                 assert_eq!(tokens, case.greedy_tokens, "{name}, round {round}");
-                assert_eq!(last.finish_reason(), FinishReason::Length, "{name}: {}", last.error);
+                assert_eq!(
+                    last.finish_reason(),
+                    FinishReason::Length,
+                    "{name}: {}",
+                    last.error
+                );
                 if round == 0 {
                     // The prefill worker's prefix cache grows only with the prompts it computed.
                     assert_eq!(
@@ -203,19 +221,40 @@ fn every_golden_case_through_vision_prefill_and_decode_workers_gives_the_golden_
 fn a_prompt_that_starts_like_an_earlier_one_goes_to_the_worker_that_cached_it() {
     // Every request runs whole on one of the two decode workers.
     let cluster = Cluster::start(policy(1 << 20, 0), str::to_string, true);
-    let cases = [golden_case("chart_nothink"), golden_case("screen_grounding")];
+    let cases = [
+        golden_case("chart_nothink"),
+        golden_case("screen_grounding"),
+    ];
     runtime().block_on(async {
         let mut client = cluster.client().await;
         // The first request is still generating when the second is routed, so the two go to
         // different workers; then it is cancelled.
-        let mut first = client.generate(golden_request(&cases[0], 8000)).await.unwrap().into_inner();
-        assert!(first.message().await.unwrap().is_some(), "the first request streams");
+        let mut first = client
+            .generate(golden_request(&cases[0], 8000))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            first.message().await.unwrap().is_some(),
+            "the first request streams"
+        );
         let (tokens, _, _) = collect(&mut client.clone(), golden_request(&cases[1], 12)).await;
         assert_eq!(tokens, cases[1].greedy_tokens);
         drop(first);
         cluster.wait_all_idle().await;
-        let served = |engine: usize| cluster.decode[engine].engine.as_ref().unwrap().stats().steps > 0;
-        assert!(served(0) && served(1), "each decode worker ran one of the two");
+        let served = |engine: usize| {
+            cluster.decode[engine]
+                .engine
+                .as_ref()
+                .unwrap()
+                .stats()
+                .steps
+                > 0
+        };
+        assert!(
+            served(0) && served(1),
+            "each decode worker ran one of the two"
+        );
         // Both workers are idle now; each prompt again goes where its blocks are cached: all
         // but the block holding the last prompt token come from the cache.
         for round in 0..2 {
@@ -241,13 +280,19 @@ fn a_client_cancel_while_the_prompt_moves_leaves_every_worker_idle() {
     let cases = golden_cases();
     // The longest prompt: 4035 tokens, the largest transfer. Cancels land at different points:
     // during the vision fetch, the prefill, the transfer or the first decoding steps.
-    let case = cases.iter().find(|case| case.name == "screen_grounding").unwrap();
+    let case = cases
+        .iter()
+        .find(|case| case.name == "screen_grounding")
+        .unwrap();
     runtime().block_on(async {
         for delay_ms in [20, 60, 150, 400] {
             let mut client = cluster.client().await;
             let call = tokio::spawn(async move {
                 let case = golden_case("screen_grounding");
-                client.generate(golden_request(&case, 12)).await.map(|r| r.into_inner())
+                client
+                    .generate(golden_request(&case, 12))
+                    .await
+                    .map(|r| r.into_inner())
             });
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             call.abort();
@@ -277,7 +322,12 @@ fn killed_vision_and_prefill_workers_are_worked_around_with_the_golden_tokens() 
             let case = cases.iter().find(|case| case.name == name).unwrap();
             let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
             assert_eq!(tokens, case.greedy_tokens, "{name}");
-            assert_eq!(last.finish_reason(), FinishReason::Length, "{name}: {}", last.error);
+            assert_eq!(
+                last.finish_reason(),
+                FinishReason::Length,
+                "{name}: {}",
+                last.error
+            );
         }
         for decode in &cluster.decode {
             wait_idle(decode.engine.as_ref().unwrap(), "decode worker").await;
@@ -288,18 +338,32 @@ fn killed_vision_and_prefill_workers_are_worked_around_with_the_golden_tokens() 
         .iter()
         .map(|d| d.engine.as_ref().unwrap().stats().images_encoded)
         .sum();
-    assert_eq!(encoded, 3, "the decode workers encoded the images themselves");
+    assert_eq!(
+        encoded, 3,
+        "the decode workers encoded the images themselves"
+    );
     // With no retry, the request fails with a clear status.
     let mut strict = Cluster::start(policy(0, 0), str::to_string, true);
     strict.vision.kill();
     strict.prefill.kill();
     let status = runtime().block_on(async {
         let mut client = strict.client().await;
-        let case = cases.iter().find(|case| case.name == "chart_nothink").unwrap();
-        client.generate(golden_request(case, 12)).await.map(|_| ()).unwrap_err()
+        let case = cases
+            .iter()
+            .find(|case| case.name == "chart_nothink")
+            .unwrap();
+        client
+            .generate(golden_request(case, 12))
+            .await
+            .map(|_| ())
+            .unwrap_err()
     });
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("failed on 1 workers"), "{}", status.message());
+    assert!(
+        status.message().contains("failed on 1 workers"),
+        "{}",
+        status.message()
+    );
 }
 
 /// A loopback proxy to `upstream` whose replies trickle (8 bytes every 25 ms: 12 token events
@@ -351,10 +415,17 @@ fn killing_the_decode_worker_mid_stream_still_yields_the_golden_tokens() {
         false,
     );
     let cases = golden_cases();
-    let case = cases.iter().find(|case| case.name == "chart_nothink").unwrap();
+    let case = cases
+        .iter()
+        .find(|case| case.name == "chart_nothink")
+        .unwrap();
     runtime().block_on(async {
         let mut client = cluster.client().await;
-        let mut stream = client.generate(golden_request(case, 12)).await.unwrap().into_inner();
+        let mut stream = client
+            .generate(golden_request(case, 12))
+            .await
+            .unwrap()
+            .into_inner();
         let (mut tokens, mut last, mut killed_after) = (Vec::new(), None, None);
         while let Some(message) = stream.message().await.unwrap() {
             assert!(last.is_none(), "nothing follows the final message");

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use fovea_model::testing::{GoldenCase, golden_case, golden_cases};
 use fovea_proto::v1::generation_client::GenerationClient;
-use fovea_proto::v1::{ContentPart, FinishReason, GenerateRequest, GenerateResponse, content_part, generate_response};
+use fovea_proto::v1::{
+    ContentPart, FinishReason, GenerateRequest, GenerateResponse, content_part, generate_response,
+};
 use fovea_proto::worker::v1::WorkerRole;
 use support::cluster::{Coordinator, Etcd, Scratch, Worker};
 use support::{collect, golden_request};
@@ -55,7 +57,13 @@ impl Cluster {
         let prefill_flags = [worker_flags, prefill_flags].concat();
         let (vision, prefill) = (
             worker(WorkerRole::Vision, "vision"),
-            Worker::start_in_role(WorkerRole::Prefill, &scratch, &url, "prefill", &prefill_flags),
+            Worker::start_in_role(
+                WorkerRole::Prefill,
+                &scratch,
+                &url,
+                "prefill",
+                &prefill_flags,
+            ),
         );
         let decode = [
             worker(WorkerRole::Decode, "decode-a"),
@@ -76,7 +84,12 @@ impl Cluster {
 
     /// Waits until `coordinator` has seen every worker of the cluster join.
     async fn wait_until_known_to(&self, coordinator: &Coordinator) {
-        let workers = [&self.vision, &self.prefill, &self.decode[0], &self.decode[1]];
+        let workers = [
+            &self.vision,
+            &self.prefill,
+            &self.decode[0],
+            &self.decode[1],
+        ];
         for worker in workers {
             coordinator.wait_until_joined(&worker.id, 1, PATIENCE).await;
         }
@@ -103,18 +116,32 @@ impl Cluster {
 
 /// The tokens of `case` greedily up to `max_tokens` (end-of-turn ignored), checking that the
 /// stream ends by length having counted every token once.
-async fn generate(client: &mut GenerationClient<Channel>, case: &GoldenCase, max_tokens: u32) -> Vec<u32> {
+async fn generate(
+    client: &mut GenerationClient<Channel>,
+    case: &GoldenCase,
+    max_tokens: u32,
+) -> Vec<u32> {
     let name = &case.name;
-    let (tokens, _, last) = tokio::time::timeout(PATIENCE, collect(client, golden_request(case, max_tokens)))
-        .await
-        .unwrap_or_else(|_| panic!("{name}: no answer within {PATIENCE:?}"));
-    assert_eq!(last.finish_reason(), FinishReason::Length, "{name}: {}", last.error);
+    let (tokens, _, last) =
+        tokio::time::timeout(PATIENCE, collect(client, golden_request(case, max_tokens)))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no answer within {PATIENCE:?}"));
+    assert_eq!(
+        last.finish_reason(),
+        FinishReason::Length,
+        "{name}: {}",
+        last.error
+    );
     assert_eq!(last.usage.unwrap().completion_tokens, max_tokens, "{name}");
     tokens
 }
 
 /// Reads `stream` until at least `count` tokens have come, appending them to `tokens`.
-async fn read_tokens(stream: &mut tonic::Streaming<GenerateResponse>, tokens: &mut Vec<u32>, count: usize) {
+async fn read_tokens(
+    stream: &mut tonic::Streaming<GenerateResponse>,
+    tokens: &mut Vec<u32>,
+    count: usize,
+) {
     while tokens.len() < count {
         let message = stream.message().await.unwrap().expect("the stream goes on");
         match message.event.unwrap() {
@@ -125,7 +152,8 @@ async fn read_tokens(stream: &mut tonic::Streaming<GenerateResponse>, tokens: &m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_golden_case_split_over_vision_prefill_and_decode_processes_gives_the_golden_tokens() {
+async fn every_golden_case_split_over_vision_prefill_and_decode_processes_gives_the_golden_tokens()
+{
     // The prefill worker splits its model over 2 tensor-parallel ranks, the decode workers do not:
     // the transfer reshapes the heads on the way.
     let cluster = Cluster::start("disagg-etcd-golden", &[], &["--tp", "2"]).await;
@@ -140,8 +168,13 @@ async fn every_golden_case_split_over_vision_prefill_and_decode_processes_gives_
                 "{name}: encoded before its request"
             );
         }
-        let (prefill_steps, decode_steps) = (cluster.prefill.steps().await, cluster.decode_steps().await);
-        assert_eq!(generate(&mut client, case, 12).await, case.greedy_tokens, "{name}");
+        let (prefill_steps, decode_steps) =
+            (cluster.prefill.steps().await, cluster.decode_steps().await);
+        assert_eq!(
+            generate(&mut client, case, 12).await,
+            case.greedy_tokens,
+            "{name}"
+        );
         assert!(
             cluster.prefill.steps().await > prefill_steps,
             "{name}: the prefill worker computed the prompt"
@@ -167,7 +200,11 @@ async fn every_golden_case_split_over_vision_prefill_and_decode_processes_gives_
         .collect();
     for run in runs {
         let (tokens, case) = run.await.unwrap();
-        assert_eq!(tokens, case.greedy_tokens, "{} among concurrent requests", case.name);
+        assert_eq!(
+            tokens, case.greedy_tokens,
+            "{} among concurrent requests",
+            case.name
+        );
     }
     cluster.wait_until_idle().await;
 }
@@ -192,8 +229,13 @@ async fn a_decode_worker_killed_mid_stream_is_replaced_with_no_token_lost_or_rep
         .into_inner();
     let mut tokens = Vec::new();
     read_tokens(&mut stream, &mut tokens, 3).await;
-    let loads = [cluster.decode[0].load().await, cluster.decode[1].load().await];
-    let running: Vec<usize> = (0..2).filter(|&index| loads[index].running_requests > 0).collect();
+    let loads = [
+        cluster.decode[0].load().await,
+        cluster.decode[1].load().await,
+    ];
+    let running: Vec<usize> = (0..2)
+        .filter(|&index| loads[index].running_requests > 0)
+        .collect();
     let [serving] = running[..] else {
         panic!(
             "after {} tokens one decode worker runs the stream: {loads:?}",
@@ -206,7 +248,11 @@ async fn a_decode_worker_killed_mid_stream_is_replaced_with_no_token_lost_or_rep
     let killed_after = tokens.len();
 
     let mut last = None;
-    while let Some(message) = stream.message().await.expect("the stream survives the kill") {
+    while let Some(message) = stream
+        .message()
+        .await
+        .expect("the stream survives the kill")
+    {
         assert!(last.is_none(), "nothing follows the final message");
         match message.event.unwrap() {
             generate_response::Event::Delta(delta) => tokens.extend(delta.token_ids),
@@ -235,9 +281,15 @@ async fn a_decode_worker_killed_mid_stream_is_replaced_with_no_token_lost_or_rep
 
     survivor.process.signal("KILL");
     for decode in &cluster.decode {
-        cluster.coordinator.wait_until_left(&decode.id, 1, PATIENCE).await;
+        cluster
+            .coordinator
+            .wait_until_left(&decode.id, 1, PATIENCE)
+            .await;
     }
-    let refused = client.generate(golden_request(&case, 12)).await.unwrap_err();
+    let refused = client
+        .generate(golden_request(&case, 12))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
     assert!(
         refused.message().contains("no live full or decode worker"),
@@ -268,7 +320,11 @@ async fn kill_mid_prompt(
         .unwrap_or_else(|_| panic!("{} got no prompt", prefill.id))
         .unwrap();
     prefill.process.signal("KILL");
-    assert!(!call.is_finished(), "{} killed while the request runs", prefill.id);
+    assert!(
+        !call.is_finished(),
+        "{} killed while the request runs",
+        prefill.id
+    );
     tokio::time::timeout(PATIENCE, call)
         .await
         .expect("the request ends")
@@ -320,7 +376,9 @@ async fn the_only_prefill_worker_killed_mid_prompt_is_unavailable_without_retrie
         .coordinator
         .wait_until_joined(&replacement.id, 1, PATIENCE)
         .await;
-    let tokens = kill_mid_prompt(&replacement, &client, &case).await.expect("retried");
+    let tokens = kill_mid_prompt(&replacement, &client, &case)
+        .await
+        .expect("retried");
     assert_eq!(tokens, case.greedy_tokens);
     for decode in &cluster.decode {
         decode.wait_until_idle(PATIENCE).await;
@@ -350,7 +408,8 @@ fn uncached_request(case: &GoldenCase, attempt: usize, max_tokens: u32) -> Gener
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_cancel_during_the_kv_transfer_leaves_every_block_free_on_prefill_and_decode_workers() {
+async fn a_client_cancel_during_the_kv_transfer_leaves_every_block_free_on_prefill_and_decode_workers()
+ {
     let cluster = Cluster::start("disagg-etcd-cancel", &[], &[]).await;
     let mut client = cluster.coordinator.client().await;
     // The longest prompt (4035 tokens): the longest prefill and the largest transfer.
@@ -378,10 +437,14 @@ async fn a_client_cancel_during_the_kv_transfer_leaves_every_block_free_on_prefi
             }
         };
         let (mut caller, request) = (client.clone(), uncached_request(&case, attempt, 12));
-        let call = tokio::spawn(async move { caller.generate(request).await.map(|r| r.into_inner()) });
+        let call =
+            tokio::spawn(async move { caller.generate(request).await.map(|r| r.into_inner()) });
         let started = Instant::now();
         while !reached() && !call.is_finished() {
-            assert!(started.elapsed() < PATIENCE, "attempt {attempt}: {point:?} never came");
+            assert!(
+                started.elapsed() < PATIENCE,
+                "attempt {attempt}: {point:?} never came"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         // The coordinator answers once the keys and values have reached the decode worker.
@@ -396,7 +459,11 @@ async fn a_client_cancel_during_the_kv_transfer_leaves_every_block_free_on_prefi
     );
 
     // Cancels right after the first token.
-    let mut stream = client.generate(golden_request(&case, 12)).await.unwrap().into_inner();
+    let mut stream = client
+        .generate(golden_request(&case, 12))
+        .await
+        .unwrap()
+        .into_inner();
     read_tokens(&mut stream, &mut Vec::new(), 1).await;
     drop(stream);
     cluster.wait_until_idle().await;
@@ -410,12 +477,16 @@ async fn a_client_cancel_during_the_kv_transfer_leaves_every_block_free_on_prefi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_decode_worker_gets_no_work_once_its_lease_expires_and_registers_again_when_resumed() {
+async fn a_paused_decode_worker_gets_no_work_once_its_lease_expires_and_registers_again_when_resumed()
+ {
     let cluster = Cluster::start("disagg-etcd-pause", &["--lease-ttl-secs", "2"], &[]).await;
     let mut client = cluster.coordinator.client().await;
     let [paused, other] = &cluster.decode;
     paused.process.signal("STOP");
-    cluster.coordinator.wait_until_left(&paused.id, 1, PATIENCE).await;
+    cluster
+        .coordinator
+        .wait_until_left(&paused.id, 1, PATIENCE)
+        .await;
     let other_steps = other.steps().await;
     for case in golden_cases().iter().take(3) {
         assert_eq!(
@@ -431,17 +502,26 @@ async fn a_paused_decode_worker_gets_no_work_once_its_lease_expires_and_register
     );
 
     paused.process.signal("CONT");
-    cluster.coordinator.wait_until_joined(&paused.id, 2, PATIENCE).await;
+    cluster
+        .coordinator
+        .wait_until_joined(&paused.id, 2, PATIENCE)
+        .await;
     cluster
         .etcd
-        .wait_for_workers(PATIENCE, "the resumed worker registers again", |ids| ids.len() == 4)
+        .wait_for_workers(PATIENCE, "the resumed worker registers again", |ids| {
+            ids.len() == 4
+        })
         .await;
     // Both decode workers get work while one is busy: a request goes to the worker that a long
     // one does not occupy (once the coordinator has the resumed worker's load reports).
     let case = golden_case("chart_nothink");
     let paused_steps = paused.steps().await;
     for tries in 1.. {
-        let mut long = client.generate(golden_request(&case, 2000)).await.unwrap().into_inner();
+        let mut long = client
+            .generate(golden_request(&case, 2000))
+            .await
+            .unwrap()
+            .into_inner();
         read_tokens(&mut long, &mut Vec::new(), 1).await;
         assert_eq!(generate(&mut client, &case, 12).await, case.greedy_tokens);
         drop(long);

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use fovea_model::testing::{GoldenCase, GoldenTensors, golden_cases, golden_model_dir, reference_log_softmax};
+use fovea_model::testing::{
+    GoldenCase, GoldenTensors, golden_cases, golden_model_dir, reference_log_softmax,
+};
 use fovea_model::text::{Mode, TextTokenizer};
 use serde_json::{Value, json};
 use support::{Server, collect, golden_request};
@@ -72,8 +74,14 @@ async fn request(server: &Server, method: &str, path: &str, body: &str) -> HttpR
     let raw = String::from_utf8(raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     HttpResponse { status, body }
 }
 
@@ -133,10 +141,19 @@ async fn golden_cases_answer_as_the_grpc_api_does_whole_and_streamed() {
         let name = &case.name;
         let (tokens, grpc_text, _) = collect(&mut client, golden_request(case, 12)).await;
         assert_eq!(tokens, case.greedy_tokens, "{name}");
-        assert_eq!(grpc_text, case.greedy_text, "{name}: the golden tokens' text");
+        assert_eq!(
+            grpc_text, case.greedy_text,
+            "{name}: the golden tokens' text"
+        );
         let in_reasoning = case.mode() == Mode::Think;
 
-        let whole = request(&server, "POST", "/v1/chat/completions", &golden_body(case, false)).await;
+        let whole = request(
+            &server,
+            "POST",
+            "/v1/chat/completions",
+            &golden_body(case, false),
+        )
+        .await;
         assert_eq!(whole.status, 200, "{name}: {}", whole.body);
         let whole = whole.json();
         assert_eq!(whole["object"], "chat.completion");
@@ -146,24 +163,44 @@ async fn golden_cases_answer_as_the_grpc_api_does_whole_and_streamed() {
         let reasoning = choice["message"]["reasoning_content"].as_str().unwrap();
         let answer = choice["message"]["content"].as_str().unwrap();
         assert_eq!(format!("{reasoning}{answer}"), grpc_text, "{name}");
-        assert_eq!(if in_reasoning { answer } else { reasoning }, "", "{name}: think mode answers in reasoning only");
+        assert_eq!(
+            if in_reasoning { answer } else { reasoning },
+            "",
+            "{name}: think mode answers in reasoning only"
+        );
         let usage = &whole["usage"];
         assert_eq!(usage["completion_tokens"], 12, "{name}");
         assert_eq!(usage["prompt_tokens"], case.input_ids.len(), "{name}");
-        assert_eq!(usage["total_tokens"], usage["prompt_tokens"].as_u64().unwrap() + 12);
+        assert_eq!(
+            usage["total_tokens"],
+            usage["prompt_tokens"].as_u64().unwrap() + 12
+        );
 
-        let streamed = request(&server, "POST", "/v1/chat/completions", &golden_body(case, true)).await;
+        let streamed = request(
+            &server,
+            "POST",
+            "/v1/chat/completions",
+            &golden_body(case, true),
+        )
+        .await;
         assert_eq!(streamed.status, 200, "{name}: {}", streamed.body);
         let events = streamed.events();
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{name}");
-        let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         let text: String = chunks
             .iter()
             .map(|chunk| {
                 assert_eq!(chunk["object"], "chat.completion.chunk");
                 let delta = &chunk["choices"][0]["delta"];
-                let field = if in_reasoning { "reasoning_content" } else { "content" };
+                let field = if in_reasoning {
+                    "reasoning_content"
+                } else {
+                    "content"
+                };
                 delta[field].as_str().unwrap_or_default().to_string()
             })
             .collect();
@@ -190,14 +227,24 @@ async fn disconnecting_a_stream_frees_its_kv_blocks() {
     while seen.windows(6).filter(|w| w == b"data: ").count() < 4 {
         let mut buffer = [0; 1024];
         let read = stream.read(&mut buffer).await.unwrap();
-        assert!(read > 0, "the stream ended early: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            read > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&buffer[..read]);
     }
-    assert!(server.free_blocks().await < idle, "a running request holds blocks");
+    assert!(
+        server.free_blocks().await < idle,
+        "a running request holds blocks"
+    );
     drop(stream);
     let started = Instant::now();
     while server.free_blocks().await != idle {
-        assert!(started.elapsed() < Duration::from_secs(10), "blocks were not freed after the disconnect");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "blocks were not freed after the disconnect"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -215,21 +262,38 @@ async fn bad_requests_get_openai_errors_and_models_lists_the_model() {
         json!({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]}]})
     };
-    let not_png = format!("data:image/png;base64,{}", STANDARD.encode(b"\x89PNG\r\n\x1a\nnot a png"));
+    let not_png = format!(
+        "data:image/png;base64,{}",
+        STANDARD.encode(b"\x89PNG\r\n\x1a\nnot a png")
+    );
     let cases = [
         (image(&not_png), 400, "image 0"),
         (image("https://example.com/cat.png"), 400, "only data URIs"),
         (json!({"messages": "hello"}), 400, "invalid request body"),
-        (json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}), 404, "unknown model"),
-        (json!({"messages": [{"role": "user", "content": "hi"}], "top_p": 2.0}), 400, "top_p"),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+            404,
+            "unknown model",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}], "top_p": 2.0}),
+            400,
+            "top_p",
+        ),
     ];
     for (body, status, expected) in cases {
         let response = request(&server, "POST", "/v1/chat/completions", &body.to_string()).await;
         assert_eq!(response.status, status, "{}", response.body);
         let error = &response.json()["error"];
         let message = error["message"].as_str().unwrap();
-        assert!(message.contains(expected), "{message:?} should mention {expected:?}");
-        assert!(error["type"].is_string() && error["code"].is_string(), "{error}");
+        assert!(
+            message.contains(expected),
+            "{message:?} should mention {expected:?}"
+        );
+        assert!(
+            error["type"].is_string() && error["code"].is_string(),
+            "{error}"
+        );
     }
 }
 
@@ -282,30 +346,66 @@ async fn logprobs_come_whole_and_streamed_in_openai_format_and_match_the_referen
     let tokenizer = TextTokenizer::from_file(&golden_model_dir().join("tokenizer.json")).unwrap();
     for case in &golden_cases() {
         let name = &case.name;
-        let whole = request(&server, "POST", "/v1/chat/completions", &golden_body_with_logprobs(case, false, 3)).await;
+        let whole = request(
+            &server,
+            "POST",
+            "/v1/chat/completions",
+            &golden_body_with_logprobs(case, false, 3),
+        )
+        .await;
         assert_eq!(whole.status, 200, "{name}: {}", whole.body);
         let whole = whole.json();
-        let content = whole["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
-        assert_eq!(content.len(), case.greedy_tokens.len(), "{name}: one entry per generated token");
+        let content = whole["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            content.len(),
+            case.greedy_tokens.len(),
+            "{name}: one entry per generated token"
+        );
         for (entry, &token) in content.iter().zip(&case.greedy_tokens) {
             let bytes = tokenizer.token_bytes(token).unwrap();
             assert_eq!(entry["bytes"], json!(bytes), "{name}");
-            assert_eq!(entry["token"], String::from_utf8_lossy(&bytes).into_owned(), "{name}");
+            assert_eq!(
+                entry["token"],
+                String::from_utf8_lossy(&bytes).into_owned(),
+                "{name}"
+            );
             let top = entry["top_logprobs"].as_array().unwrap();
             assert_eq!(top.len(), 3, "{name}: exactly top_logprobs alternatives");
-            assert_eq!((&top[0]["token"], &top[0]["logprob"]), (&entry["token"], &entry["logprob"]), "{name}");
+            assert_eq!(
+                (&top[0]["token"], &top[0]["logprob"]),
+                (&entry["token"], &entry["logprob"]),
+                "{name}"
+            );
             let values: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
-            assert!(values.windows(2).all(|w| w[0] >= w[1]), "{name}: most likely first");
+            assert!(
+                values.windows(2).all(|w| w[0] >= w[1]),
+                "{name}: most likely first"
+            );
         }
         let reference = reference_log_softmax(&golden.prefill_last_logits(name));
         let first = content[0]["logprob"].as_f64().unwrap();
         let expected = reference[case.greedy_tokens[0] as usize];
-        assert!((first - expected).abs() < 1e-4, "{name}: first logprob {first}, reference {expected}");
+        assert!(
+            (first - expected).abs() < 1e-4,
+            "{name}: first logprob {first}, reference {expected}"
+        );
 
-        let streamed = request(&server, "POST", "/v1/chat/completions", &golden_body_with_logprobs(case, true, 3)).await;
+        let streamed = request(
+            &server,
+            "POST",
+            "/v1/chat/completions",
+            &golden_body_with_logprobs(case, true, 3),
+        )
+        .await;
         assert_eq!(streamed.status, 200, "{name}: {}", streamed.body);
         let events = streamed.events();
-        let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
         let streamed_content: Vec<Value> = chunks
             .iter()
             .filter_map(|chunk| chunk["choices"][0]["logprobs"]["content"].as_array())
@@ -313,27 +413,69 @@ async fn logprobs_come_whole_and_streamed_in_openai_format_and_match_the_referen
             .cloned()
             .collect();
         // The second request reuses the first one's cached prefix: same tokens, values within rounding.
-        assert_eq!(streamed_content.len(), content.len(), "{name}: the stream's chunks carry one entry per token");
+        assert_eq!(
+            streamed_content.len(),
+            content.len(),
+            "{name}: the stream's chunks carry one entry per token"
+        );
         for (streamed_entry, entry) in streamed_content.iter().zip(&content) {
             assert_eq!(streamed_entry["token"], entry["token"], "{name}");
-            assert_eq!(streamed_entry["top_logprobs"].as_array().unwrap().len(), 3, "{name}");
-            let difference = streamed_entry["logprob"].as_f64().unwrap() - entry["logprob"].as_f64().unwrap();
-            assert!(difference.abs() < 1e-4, "{name}: {streamed_entry} against {entry}");
+            assert_eq!(
+                streamed_entry["top_logprobs"].as_array().unwrap().len(),
+                3,
+                "{name}"
+            );
+            let difference =
+                streamed_entry["logprob"].as_f64().unwrap() - entry["logprob"].as_f64().unwrap();
+            assert!(
+                difference.abs() < 1e-4,
+                "{name}: {streamed_entry} against {entry}"
+            );
         }
     }
 
-    let plain = request(&server, "POST", "/v1/chat/completions", &golden_body(&golden_cases()[0], false)).await;
-    assert_eq!(plain.json()["choices"][0]["logprobs"], Value::Null, "no logprobs unless asked for");
-    let too_many: Value = serde_json::from_str(&golden_body_with_logprobs(&golden_cases()[0], false, 21)).unwrap();
+    let plain = request(
+        &server,
+        "POST",
+        "/v1/chat/completions",
+        &golden_body(&golden_cases()[0], false),
+    )
+    .await;
+    assert_eq!(
+        plain.json()["choices"][0]["logprobs"],
+        Value::Null,
+        "no logprobs unless asked for"
+    );
+    let too_many: Value =
+        serde_json::from_str(&golden_body_with_logprobs(&golden_cases()[0], false, 21)).unwrap();
     let mut without_logprobs = too_many.clone();
     without_logprobs["logprobs"] = json!(false);
     without_logprobs["top_logprobs"] = json!(2);
-    for (body, expected) in [(too_many, "0 to 20"), (without_logprobs, "\"logprobs\": true")] {
+    for (body, expected) in [
+        (too_many, "0 to 20"),
+        (without_logprobs, "\"logprobs\": true"),
+    ] {
         let refused = request(&server, "POST", "/v1/chat/completions", &body.to_string()).await;
         assert_eq!(refused.status, 400, "{}", refused.body);
-        let message = refused.json()["error"]["message"].as_str().unwrap().to_string();
-        assert!(message.contains(expected), "{message:?} should mention {expected:?}");
+        let message = refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains(expected),
+            "{message:?} should mention {expected:?}"
+        );
     }
-    let again = request(&server, "POST", "/v1/chat/completions", &golden_body(&golden_cases()[0], false)).await;
-    assert_eq!(again.status, 200, "still serving after the refusals: {}", again.body);
+    let again = request(
+        &server,
+        "POST",
+        "/v1/chat/completions",
+        &golden_body(&golden_cases()[0], false),
+    )
+    .await;
+    assert_eq!(
+        again.status, 200,
+        "still serving after the refusals: {}",
+        again.body
+    );
 }

@@ -33,9 +33,16 @@ async fn golden_cases_stream_golden_tokens_alone_and_sixteen_at_once() {
     });
     for run in runs.collect::<Vec<_>>() {
         let (tokens, expected) = run.await.unwrap();
-        assert_eq!(tokens, expected, "concurrent requests keep their golden tokens");
+        assert_eq!(
+            tokens, expected,
+            "concurrent requests keep their golden tokens"
+        );
     }
-    assert_eq!(server.free_blocks().await, idle, "every block is free again");
+    assert_eq!(
+        server.free_blocks().await,
+        idle,
+        "every block is free again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,15 +51,25 @@ async fn cancelling_a_stream_frees_its_kv_blocks() {
     let mut client = server.client().await;
     let idle = server.free_blocks().await;
     let case = &golden_cases()[0];
-    let mut stream = client.generate(golden_request(case, 10_000)).await.unwrap().into_inner();
+    let mut stream = client
+        .generate(golden_request(case, 10_000))
+        .await
+        .unwrap()
+        .into_inner();
     for _ in 0..3 {
         stream.message().await.unwrap().unwrap();
     }
-    assert!(server.free_blocks().await < idle, "a running request holds blocks");
+    assert!(
+        server.free_blocks().await < idle,
+        "a running request holds blocks"
+    );
     drop(stream);
     let started = Instant::now();
     while server.free_blocks().await != idle {
-        assert!(started.elapsed() < Duration::from_secs(10), "blocks were not freed after the cancel");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "blocks were not freed after the cancel"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -62,10 +79,19 @@ async fn full_queue_answers_resource_exhausted() {
     let server = Server::start(&["--max-requests", "1"]);
     let mut client = server.client().await;
     let case = &golden_cases()[0];
-    let mut long = client.generate(golden_request(case, 10_000)).await.unwrap().into_inner();
+    let mut long = client
+        .generate(golden_request(case, 10_000))
+        .await
+        .unwrap()
+        .into_inner();
     long.message().await.unwrap().unwrap();
     let refused = client.generate(golden_request(case, 4)).await.unwrap_err();
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{}", refused.message());
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "{}",
+        refused.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +108,9 @@ async fn malformed_requests_get_invalid_argument_and_the_server_keeps_serving() 
     }
     let mut too_many_images = golden_request(image_case, 4);
     let image_part = too_many_images.messages[0].content[0].clone();
-    too_many_images.messages[0].content.extend([image_part.clone(), image_part]);
+    too_many_images.messages[0]
+        .content
+        .extend([image_part.clone(), image_part]);
     let mut too_long = golden_request(text_case, 4);
     too_long.sampling.as_mut().unwrap().max_tokens = Some(40_000);
     let mut bad_top_p = golden_request(text_case, 4);
@@ -101,26 +129,54 @@ async fn malformed_requests_get_invalid_argument_and_the_server_keeps_serving() 
     for (request, expected) in cases {
         let status = client.generate(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
-        assert!(status.message().contains(expected), "{:?} should mention {expected:?}", status.message());
+        assert!(
+            status.message().contains(expected),
+            "{:?} should mention {expected:?}",
+            status.message()
+        );
     }
     let (tokens, _, last) = collect(&mut client, golden_request(text_case, 12)).await;
-    assert_eq!(tokens, text_case.greedy_tokens, "still serving after bad input");
+    assert_eq!(
+        tokens, text_case.greedy_tokens,
+        "still serving after bad input"
+    );
     assert_eq!(last.finish_reason(), FinishReason::Length);
 }
 
 /// Asserts that `entries` are one greedy position's log probabilities with `top` alternatives:
 /// sorted, the chosen `token` first among them, and every value the reference's within 1e-4.
-fn assert_logprobs_match(name: &str, token: u32, entries: &TokenLogprobs, top: usize, reference: &[f64]) {
+fn assert_logprobs_match(
+    name: &str,
+    token: u32,
+    entries: &TokenLogprobs,
+    top: usize,
+    reference: &[f64],
+) {
     assert_eq!(entries.top.len(), top, "{name}: exactly {top} alternatives");
     if top > 0 {
-        assert_eq!(entries.top[0].token_id, token, "{name}: greedy's token is the most likely");
+        assert_eq!(
+            entries.top[0].token_id, token,
+            "{name}: greedy's token is the most likely"
+        );
         assert_eq!(entries.top[0].logprob, entries.logprob, "{name}");
     }
-    assert!(entries.top.windows(2).all(|w| w[0].logprob >= w[1].logprob), "{name}: most likely first");
-    let close = |token: u32, logprob: f32| (f64::from(logprob) - reference[token as usize]).abs() < 1e-4;
-    assert!(close(token, entries.logprob), "{name}: {} against {}", entries.logprob, reference[token as usize]);
+    assert!(
+        entries.top.windows(2).all(|w| w[0].logprob >= w[1].logprob),
+        "{name}: most likely first"
+    );
+    let close =
+        |token: u32, logprob: f32| (f64::from(logprob) - reference[token as usize]).abs() < 1e-4;
+    assert!(
+        close(token, entries.logprob),
+        "{name}: {} against {}",
+        entries.logprob,
+        reference[token as usize]
+    );
     for alternative in &entries.top {
-        assert!(close(alternative.token_id, alternative.logprob), "{name}: alternative {alternative:?}");
+        assert!(
+            close(alternative.token_id, alternative.logprob),
+            "{name}: alternative {alternative:?}"
+        );
     }
 }
 
@@ -138,7 +194,11 @@ async fn logprobs_line_up_with_their_tokens_and_match_the_reference() {
         assert_eq!(last.finish_reason(), FinishReason::Length, "{name}");
         let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
         for delta in deltas {
-            assert_eq!(delta.logprobs.len(), delta.token_ids.len(), "{name}: one entry per token");
+            assert_eq!(
+                delta.logprobs.len(),
+                delta.token_ids.len(),
+                "{name}: one entry per token"
+            );
             tokens.extend(delta.token_ids);
             logprobs.extend(delta.logprobs);
         }
@@ -147,18 +207,31 @@ async fn logprobs_line_up_with_their_tokens_and_match_the_reference() {
         assert_logprobs_match(name, tokens[0], &logprobs[0], top as usize, &reference);
         for (token, entries) in tokens.iter().zip(&logprobs).skip(1) {
             assert_eq!(entries.top.len(), top as usize, "{name}");
-            assert!(top == 0 || entries.top[0].token_id == *token, "{name}: greedy's token is the most likely");
+            assert!(
+                top == 0 || entries.top[0].token_id == *token,
+                "{name}: greedy's token is the most likely"
+            );
             assert!(entries.logprob <= 0.0, "{name}");
         }
     }
 
     let (deltas, _) = collect_deltas(&mut client, golden_request(&cases[0], 4)).await;
-    assert!(deltas.iter().all(|delta| delta.logprobs.is_empty()), "no logprobs unless asked for");
+    assert!(
+        deltas.iter().all(|delta| delta.logprobs.is_empty()),
+        "no logprobs unless asked for"
+    );
     let mut too_many = golden_request(&cases[0], 4);
     too_many.sampling.as_mut().unwrap().logprobs = Some(21);
     let status = client.generate(too_many).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
-    assert!(status.message().contains("0 to 20"), "{:?} should state the limit", status.message());
+    assert!(
+        status.message().contains("0 to 20"),
+        "{:?} should state the limit",
+        status.message()
+    );
     let (tokens, _, _) = collect(&mut client, golden_request(&cases[0], 12)).await;
-    assert_eq!(tokens, cases[0].greedy_tokens, "still serving after the refusal");
+    assert_eq!(
+        tokens, cases[0].greedy_tokens,
+        "still serving after the refusal"
+    );
 }

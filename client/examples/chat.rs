@@ -12,8 +12,12 @@ use tokio_stream::StreamExt;
 #[tokio::main]
 async fn main() -> Result<(), ClientError> {
     let mut args = std::env::args().skip(1);
-    let address = args.next().unwrap_or_else(|| "http://127.0.0.1:50051".into());
-    let prompt = args.next().unwrap_or_else(|| "What is 17 * 23? Answer briefly.".into());
+    let address = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "What is 17 * 23? Answer briefly.".into());
 
     let client = Client::connect(address).await?;
     let request = GenerateRequestBuilder::new()
@@ -36,7 +40,10 @@ async fn main() -> Result<(), ClientError> {
                 let usage = &finished.usage;
                 println!(
                     "\n[{:?}, {} tokens; prompt {} tokens, {} of them from the prefix cache]",
-                    finished.finish_reason, usage.completion_tokens, usage.prompt_tokens, usage.cached_tokens
+                    finished.finish_reason,
+                    usage.completion_tokens,
+                    usage.prompt_tokens,
+                    usage.cached_tokens
                 );
             }
         }

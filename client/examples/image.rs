@@ -10,11 +10,15 @@ use fovea_client::{Client, ClientError, GenerateRequestBuilder, Part};
 #[tokio::main]
 async fn main() -> Result<(), ClientError> {
     let mut args = std::env::args().skip(1);
-    let address = args.next().unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let address = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let image = args
         .next()
         .unwrap_or_else(|| "testdata/golden/images/chart_320x240.png".into());
-    let question = args.next().unwrap_or_else(|| "What does this image show?".into());
+    let question = args
+        .next()
+        .unwrap_or_else(|| "What does this image show?".into());
 
     let client = Client::connect(address).await?;
     let request = GenerateRequestBuilder::new()

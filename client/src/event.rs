@@ -102,7 +102,9 @@ impl TryFrom<wire::GenerateResponse> for GenerationEvent {
                     wire::FinishReason::Cancelled => FinishReason::Cancelled,
                     wire::FinishReason::Error => FinishReason::Error,
                     wire::FinishReason::Unspecified => {
-                        return Err(ClientError::Protocol("a final message without a finish reason".into()));
+                        return Err(ClientError::Protocol(
+                            "a final message without a finish reason".into(),
+                        ));
                     }
                 };
                 Ok(GenerationEvent::Finished(Finished {

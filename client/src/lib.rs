@@ -29,7 +29,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use error::ClientError;
 pub use event::{
-    Completion, FinishReason, Finished, GenerationEvent, Segment, Timings, TokenLogprob, TokenLogprobs, Usage,
+    Completion, FinishReason, Finished, GenerationEvent, Segment, Timings, TokenLogprob,
+    TokenLogprobs, Usage,
 };
 pub use fovea_proto::v1::{ModelInfo, TokenizeResponse};
 pub use request::{GenerateRequestBuilder, Mode, Part};
@@ -75,10 +76,13 @@ impl Client {
     }
 
     /// A client of the server at `address` with `config`.
-    pub async fn connect_with(address: impl Into<String>, config: ClientConfig) -> Result<Client, ClientError> {
+    pub async fn connect_with(
+        address: impl Into<String>,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
         let address = address.into();
-        let endpoint =
-            Endpoint::from_shared(address.clone()).map_err(|source| ClientError::InvalidAddress { address, source })?;
+        let endpoint = Endpoint::from_shared(address.clone())
+            .map_err(|source| ClientError::InvalidAddress { address, source })?;
         let inner = GenerationClient::new(endpoint.connect_lazy())
             .max_encoding_message_size(config.max_encoding_message_size)
             .max_decoding_message_size(config.max_decoding_message_size);
@@ -94,7 +98,12 @@ impl Client {
             .retry
             .run(|| {
                 let mut inner = self.inner.clone();
-                async move { inner.list_models(ListModelsRequest {}).await.map_err(ClientError::from) }
+                async move {
+                    inner
+                        .list_models(ListModelsRequest {})
+                        .await
+                        .map_err(ClientError::from)
+                }
             })
             .await?;
         Ok(response.into_inner().models)
@@ -102,7 +111,10 @@ impl Client {
 
     /// The prompt `request` would be given (chat template applied, tokenized), with where its
     /// images went; nothing is generated.
-    pub async fn tokenize(&self, request: impl Into<wire::GenerateRequest>) -> Result<TokenizeResponse, ClientError> {
+    pub async fn tokenize(
+        &self,
+        request: impl Into<wire::GenerateRequest>,
+    ) -> Result<TokenizeResponse, ClientError> {
         let request = request.into();
         let tokenize = wire::TokenizeRequest {
             model: request.model,
@@ -121,7 +133,10 @@ impl Client {
 
     /// Starts a generation and returns its event stream. Errors before the first token (a bad
     /// request, a full queue, an unreachable server after retries) come back here, typed.
-    pub async fn generate(&self, request: impl Into<wire::GenerateRequest>) -> Result<GenerationStream, ClientError> {
+    pub async fn generate(
+        &self,
+        request: impl Into<wire::GenerateRequest>,
+    ) -> Result<GenerationStream, ClientError> {
         let request = request.into();
         let response = self
             .retry
@@ -134,7 +149,10 @@ impl Client {
     }
 
     /// Runs a generation to its end and returns the whole [`Completion`].
-    pub async fn generate_text(&self, request: impl Into<wire::GenerateRequest>) -> Result<Completion, ClientError> {
+    pub async fn generate_text(
+        &self,
+        request: impl Into<wire::GenerateRequest>,
+    ) -> Result<Completion, ClientError> {
         self.generate(request).await?.collect_completion().await
     }
 }

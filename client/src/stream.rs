@@ -20,7 +20,10 @@ pub struct GenerationStream {
 
 impl GenerationStream {
     pub(crate) fn new(inner: Streaming<GenerateResponse>) -> Self {
-        GenerationStream { inner, finished: false }
+        GenerationStream {
+            inner,
+            finished: false,
+        }
     }
 
     /// Reads the whole stream into one [`Completion`]: reasoning and answer text, token ids and
@@ -32,7 +35,9 @@ impl GenerationStream {
                 return Ok(completion);
             }
         }
-        Err(ClientError::Protocol("the stream ended without a final message".into()))
+        Err(ClientError::Protocol(
+            "the stream ended without a final message".into(),
+        ))
     }
 }
 
@@ -46,7 +51,9 @@ impl Stream for GenerationStream {
         let item = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
             Some(Ok(response)) => GenerationEvent::try_from(response),
             Some(Err(status)) => Err(ClientError::from(status)),
-            None => Err(ClientError::Protocol("the stream ended without a final message".into())),
+            None => Err(ClientError::Protocol(
+                "the stream ended without a final message".into(),
+            )),
         };
         self.finished = !matches!(item, Ok(GenerationEvent::Delta { .. }));
         Poll::Ready(Some(item))

@@ -45,7 +45,10 @@ impl Admission {
 
     /// Admits a request of `prompt_tokens`, or says why not.
     pub fn try_admit(&self, prompt_tokens: usize) -> Result<AdmissionPermit, Status> {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if in_flight.requests >= self.limits.max_requests {
             return Err(Status::resource_exhausted(format!(
                 "the server is at its limit of {} requests in flight; retry later",
@@ -54,7 +57,9 @@ impl Admission {
         }
         // A single request larger than the whole budget is still admitted when nothing else runs,
         // so no valid request is refused forever.
-        if in_flight.requests > 0 && in_flight.prompt_tokens + prompt_tokens > self.limits.max_prompt_tokens {
+        if in_flight.requests > 0
+            && in_flight.prompt_tokens + prompt_tokens > self.limits.max_prompt_tokens
+        {
             return Err(Status::resource_exhausted(format!(
                 "the server is at its limit of {} queued prompt tokens; retry later",
                 self.limits.max_prompt_tokens
@@ -70,13 +75,19 @@ impl Admission {
 
     /// Requests in flight now.
     pub fn in_flight_requests(&self) -> usize {
-        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).requests
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .requests
     }
 }
 
 impl Drop for AdmissionPermit {
     fn drop(&mut self) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         in_flight.requests -= 1;
         in_flight.prompt_tokens -= self.prompt_tokens;
     }
@@ -106,8 +117,13 @@ mod tests {
             max_requests: 10,
             max_prompt_tokens: 100,
         });
-        let big = admission.try_admit(500).expect("alone, even an oversized request runs");
-        assert_eq!(admission.try_admit(1).unwrap_err().code(), tonic::Code::ResourceExhausted);
+        let big = admission
+            .try_admit(500)
+            .expect("alone, even an oversized request runs");
+        assert_eq!(
+            admission.try_admit(1).unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
         drop(big);
         assert_eq!(admission.in_flight_requests(), 0);
     }

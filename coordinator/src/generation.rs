@@ -17,8 +17,9 @@ use fovea_model::input::RequestPreparer;
 use fovea_model::text::{Mode, TextTokenizer};
 use fovea_proto::v1::generation_server::Generation;
 use fovea_proto::v1::{
-    self as wire, FinishReason, GenerateFinal, GenerateRequest, GenerateResponse, ListModelsRequest, ListModelsResponse,
-    ModelInfo, TokenDelta, TokenizeRequest, TokenizeResponse, generate_response,
+    self as wire, FinishReason, GenerateFinal, GenerateRequest, GenerateResponse,
+    ListModelsRequest, ListModelsResponse, ModelInfo, TokenDelta, TokenizeRequest,
+    TokenizeResponse, generate_response,
 };
 use fovea_proto::worker::v1::{self as worker_wire, GenerateJob, GeneratedTokens, generate_event};
 use tokio::sync::mpsc;
@@ -80,12 +81,17 @@ impl GenerationService {
         if name.is_empty() || name == self.model.name {
             Ok(())
         } else {
-            Err(Status::not_found(format!("unknown model {name:?}; this server serves {:?}", self.model.name)))
+            Err(Status::not_found(format!(
+                "unknown model {name:?}; this server serves {:?}",
+                self.model.name
+            )))
         }
     }
 
     /// Runs `work` (image decoding, tokenizing) off the async threads.
-    async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
+    async fn off_thread<T: Send + 'static>(
+        work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
         tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| Status::internal(format!("request preparation failed: {e}")))?
@@ -136,7 +142,10 @@ fn job(request_id: &str, valid: &ValidRequest, seed: u64, eos_token_ids: &[u32])
 impl Generation for GenerationService {
     type GenerateStream = ReceiverStream<Result<GenerateResponse, Status>>;
 
-    async fn generate(&self, request: Request<GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
         let received = Instant::now();
         let deadline = grpc_deadline(&request);
         let request = request.into_inner();
@@ -144,21 +153,30 @@ impl Generation for GenerationService {
         let (preparer, limits) = (Arc::clone(&self.preparer), self.limits.clone());
         let valid = Self::off_thread(move || validate(&request, &preparer, &limits)).await?;
         let permit = self.admission.try_admit(valid.prepared.prompt_ids.len())?;
-        let request_id = valid
-            .request_id
-            .clone()
-            .unwrap_or_else(|| format!("req-{}", self.next_request.fetch_add(1, Ordering::Relaxed)));
-        let seed = valid.seed.unwrap_or_else(|| self.next_request.fetch_add(1, Ordering::Relaxed));
+        let request_id = valid.request_id.clone().unwrap_or_else(|| {
+            format!("req-{}", self.next_request.fetch_add(1, Ordering::Relaxed))
+        });
+        let seed = valid
+            .seed
+            .unwrap_or_else(|| self.next_request.fetch_add(1, Ordering::Relaxed));
         let job = job(&request_id, &valid, seed, &self.model.eos_token_ids);
         let events = ResumableEvents::start(Arc::clone(&self.splitter), job).await?;
         let (tx, rx) = mpsc::channel(64);
-        let first_segment = if valid.mode == Mode::Think { Segment::Reasoning } else { Segment::Answer };
+        let first_segment = if valid.mode == Mode::Think {
+            Segment::Reasoning
+        } else {
+            Segment::Answer
+        };
         let forward = Forward {
             request_id,
             seed,
             events,
             tx,
-            shaper: Some(OutputShaper::new(Arc::clone(self.preparer.tokenizer()), first_segment, valid.stop.clone())),
+            shaper: Some(OutputShaper::new(
+                Arc::clone(self.preparer.tokenizer()),
+                first_segment,
+                valid.stop.clone(),
+            )),
             logprobs: valid.logprobs.is_some(),
             usage: wire::Usage {
                 prompt_tokens: valid.prepared.prompt_ids.len() as u32,
@@ -173,7 +191,10 @@ impl Generation for GenerationService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn list_models(&self, _request: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+    async fn list_models(
+        &self,
+        _request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
         Ok(Response::new(ListModelsResponse {
             models: vec![ModelInfo {
                 name: self.model.name.clone(),
@@ -185,7 +206,10 @@ impl Generation for GenerationService {
         }))
     }
 
-    async fn tokenize(&self, request: Request<TokenizeRequest>) -> Result<Response<TokenizeResponse>, Status> {
+    async fn tokenize(
+        &self,
+        request: Request<TokenizeRequest>,
+    ) -> Result<Response<TokenizeResponse>, Status> {
         let request = request.into_inner();
         self.check_model(&request.model)?;
         let (preparer, limits) = (Arc::clone(&self.preparer), self.limits.clone());
@@ -281,18 +305,31 @@ impl Forward {
                             Err(why) => break Outcome::WorkerLost(why),
                         }
                     }
-                    Some(generate_event::Event::Finished(finished)) => break Outcome::Finished(finished),
+                    Some(generate_event::Event::Finished(finished)) => {
+                        break Outcome::Finished(finished);
+                    }
                     None => {}
                 },
-                Ok(None) => break Outcome::WorkerLost("the worker ended the stream without a final event".into()),
-                Err(status) => break Outcome::WorkerLost(format!("the worker failed: {}", status.message())),
+                Ok(None) => {
+                    break Outcome::WorkerLost(
+                        "the worker ended the stream without a final event".into(),
+                    );
+                }
+                Err(status) => {
+                    break Outcome::WorkerLost(format!("the worker failed: {}", status.message()));
+                }
             }
         };
         let (reason, error, matched_stop, queue_us) = match outcome {
             Outcome::Finished(finished) => {
                 self.usage.cached_tokens = finished.cached_tokens;
                 self.send_rest().await;
-                (finished.finish_reason(), finished.error, String::new(), finished.queue_us)
+                (
+                    finished.finish_reason(),
+                    finished.error,
+                    String::new(),
+                    finished.queue_us,
+                )
             }
             Outcome::StopString(stop) => {
                 self.events.abort().await;
@@ -306,7 +343,8 @@ impl Forward {
         };
         let timings = wire::Timings {
             queue_us,
-            time_to_first_token_us: first_token_at.map_or(0, |t| (t - self.received).as_micros() as u64),
+            time_to_first_token_us: first_token_at
+                .map_or(0, |t| (t - self.received).as_micros() as u64),
             total_us: self.received.elapsed().as_micros() as u64,
         };
         let last = GenerateFinal {
@@ -318,14 +356,20 @@ impl Forward {
             usage: Some(self.usage),
             timings: Some(timings),
         };
-        let _ = self.tx.send(Ok(response(generate_response::Event::Final(last)))).await;
+        let _ = self
+            .tx
+            .send(Ok(response(generate_response::Event::Final(last))))
+            .await;
     }
 
     /// Sends the deltas of `tokens`, each with its token's log probabilities when asked for;
     /// returns the stop string one of them completed, if any, or why the tokens could not be
     /// decoded.
     async fn forward_tokens(&mut self, tokens: GeneratedTokens) -> Result<Option<String>, String> {
-        let GeneratedTokens { token_ids, logprobs } = tokens;
+        let GeneratedTokens {
+            token_ids,
+            logprobs,
+        } = tokens;
         let expected_logprobs = if self.logprobs { token_ids.len() } else { 0 };
         if logprobs.len() != expected_logprobs {
             return Err(format!(
@@ -375,7 +419,10 @@ impl Forward {
             segment: segment as i32,
             logprobs: logprobs.into_iter().collect(),
         };
-        let _ = self.tx.send(Ok(response(generate_response::Event::Delta(message)))).await;
+        let _ = self
+            .tx
+            .send(Ok(response(generate_response::Event::Delta(message))))
+            .await;
     }
 }
 

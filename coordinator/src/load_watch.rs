@@ -16,7 +16,11 @@ const REPORT_INTERVAL_MS: u32 = 100;
 const REOPEN_DELAY: Duration = Duration::from_millis(200);
 
 /// Reads `worker`'s load reports into `health` until the task is aborted.
-pub(crate) async fn watch_load(worker_id: String, client: WorkerClient<Channel>, health: Arc<Mutex<WorkerHealth>>) {
+pub(crate) async fn watch_load(
+    worker_id: String,
+    client: WorkerClient<Channel>,
+    health: Arc<Mutex<WorkerHealth>>,
+) {
     let lock = || health.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let request = WatchLoadRequest {
@@ -30,7 +34,9 @@ pub(crate) async fn watch_load(worker_id: String, client: WorkerClient<Channel>,
                 }
                 tracing::debug!(worker = %worker_id, "load stream ended");
             }
-            Err(status) => tracing::debug!(worker = %worker_id, "load stream refused: {}", status.message()),
+            Err(status) => {
+                tracing::debug!(worker = %worker_id, "load stream refused: {}", status.message())
+            }
         }
         lock().lost_contact();
         tokio::time::sleep(REOPEN_DELAY).await;

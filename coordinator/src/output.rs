@@ -87,7 +87,8 @@ mod tests {
     use std::path::PathBuf;
 
     fn tokenizer() -> Arc<TextTokenizer> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/model/tokenizer.json");
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/golden/model/tokenizer.json");
         Arc::new(TextTokenizer::from_file(&path).unwrap())
     }
 
@@ -101,7 +102,11 @@ mod tests {
         let mut shaper = OutputShaper::new(tok, Segment::Answer, vec![]);
         let deltas: Vec<Delta> = ids.iter().map(|&t| shaper.push(t).unwrap().delta).collect();
         let text_of = |segment| -> String {
-            deltas.iter().filter(|d| d.segment == segment).map(|d| d.text.as_str()).collect()
+            deltas
+                .iter()
+                .filter(|d| d.segment == segment)
+                .map(|d| d.text.as_str())
+                .collect()
         };
         assert_eq!(text_of(Segment::Reasoning), "reason");
         assert_eq!(text_of(Segment::Answer), " answer");

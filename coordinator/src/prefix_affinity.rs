@@ -33,7 +33,10 @@ impl PromptBlocks {
             .images
             .iter()
             .map(|input| {
-                let hash = input.image.as_ref().map_or(&[][..], |image| &image.content_hash[..]);
+                let hash = input
+                    .image
+                    .as_ref()
+                    .map_or(&[][..], |image| &image.content_hash[..]);
                 (input.start as usize, hash)
             })
             .collect();
@@ -81,7 +84,11 @@ impl WorkerBlocks {
     }
 
     fn cached_blocks(&self, blocks: &PromptBlocks) -> usize {
-        blocks.0.iter().take_while(|hash| self.last_used.contains_key(hash)).count()
+        blocks
+            .0
+            .iter()
+            .take_while(|hash| self.last_used.contains_key(hash))
+            .count()
     }
 }
 
@@ -95,13 +102,18 @@ impl PrefixAffinity {
     /// Prompt tokens of `blocks` that the worker at `address` probably holds already.
     pub fn cached_tokens(&self, address: &str, blocks: &PromptBlocks) -> usize {
         let workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
-        workers.get(address).map_or(0, |worker| worker.cached_blocks(blocks) * BLOCK_TOKENS)
+        workers
+            .get(address)
+            .map_or(0, |worker| worker.cached_blocks(blocks) * BLOCK_TOKENS)
     }
 
     /// Notes that the worker at `address` computes (or receives) the prompt of `blocks`.
     pub fn record(&self, address: &str, blocks: &PromptBlocks) {
         let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
-        workers.entry(address.to_string()).or_default().record(blocks);
+        workers
+            .entry(address.to_string())
+            .or_default()
+            .record(blocks);
     }
 }
 
@@ -144,14 +156,20 @@ mod tests {
             prompt_token_ids: tokens,
             ..Default::default()
         };
-        assert_eq!(affinity.cached_tokens("a", &PromptBlocks::of(&diverging)), 32);
+        assert_eq!(
+            affinity.cached_tokens("a", &PromptBlocks::of(&diverging)),
+            32
+        );
     }
 
     #[test]
     fn blocks_after_an_image_depend_on_its_content() {
         let affinity = PrefixAffinity::default();
         affinity.record("a", &PromptBlocks::of(&job(0..64, &[(20, 1)])));
-        assert_eq!(affinity.cached_tokens("a", &PromptBlocks::of(&job(0..64, &[(20, 1)]))), 64);
+        assert_eq!(
+            affinity.cached_tokens("a", &PromptBlocks::of(&job(0..64, &[(20, 1)]))),
+            64
+        );
         assert_eq!(
             affinity.cached_tokens("a", &PromptBlocks::of(&job(0..64, &[(20, 2)]))),
             16,
@@ -164,7 +182,8 @@ mod tests {
         let mut worker = WorkerBlocks::default();
         let old = PromptBlocks((0..BLOCKS_PER_WORKER as u128).collect());
         worker.record(&old);
-        let new = PromptBlocks((BLOCKS_PER_WORKER as u128..BLOCKS_PER_WORKER as u128 + 10).collect());
+        let new =
+            PromptBlocks((BLOCKS_PER_WORKER as u128..BLOCKS_PER_WORKER as u128 + 10).collect());
         worker.record(&new);
         assert_eq!(worker.cached_blocks(&new), 10);
         assert_eq!(worker.cached_blocks(&old), 0);

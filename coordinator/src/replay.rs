@@ -51,7 +51,9 @@ impl ResumableEvents {
                     }
                     return Ok(Some(event));
                 }
-                Ok(None) => Status::unavailable("the worker ended the stream without a final event"),
+                Ok(None) => {
+                    Status::unavailable("the worker ended the stream without a final event")
+                }
                 Err(status) => status,
             };
             if let Some(finished) = self.finished_already() {
@@ -70,7 +72,10 @@ impl ResumableEvents {
                 lost.message()
             );
             self.excluded.push(address);
-            self.current = self.splitter.start(&self.replay_job(), &mut self.excluded).await?;
+            self.current = self
+                .splitter
+                .start(&self.replay_job(), &mut self.excluded)
+                .await?;
         }
     }
 
@@ -88,7 +93,11 @@ impl ResumableEvents {
     /// `max_tokens` of them.
     fn finished_already(&self) -> Option<GenerateEvent> {
         let last = *self.generated.last()?;
-        let stop_tokens = self.job.sampling.as_ref().map_or(&[][..], |s| &s.stop_token_ids[..]);
+        let stop_tokens = self
+            .job
+            .sampling
+            .as_ref()
+            .map_or(&[][..], |s| &s.stop_token_ids[..]);
         let reason = if stop_tokens.contains(&last) {
             FinishReason::Stop
         } else if self.generated.len() >= self.job.max_tokens as usize {

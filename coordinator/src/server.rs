@@ -96,7 +96,8 @@ pub async fn serve(
     health_reporter
         .set_serving::<GenerationServer<GenerationService>>()
         .await;
-    let reflection = fovea_proto::reflection_service().map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection =
+        fovea_proto::reflection_service().map_err(|e| ServeError::Reflection(e.to_string()))?;
     let (stop, stopping) = watch::channel(false);
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -106,7 +107,10 @@ pub async fn serve(
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped(stopping.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            stopped(stopping.clone()),
+        );
     let http = axum::serve(listeners.http, openai::router(service, config.model_name))
         .with_graceful_shutdown(stopped(stopping));
     let signal = async {
@@ -116,7 +120,11 @@ pub async fn serve(
         }
         let _ = stop.send(true);
     };
-    let ((), grpc, http) = tokio::join!(signal, then_stop(grpc, &stop), then_stop(http.into_future(), &stop));
+    let ((), grpc, http) = tokio::join!(
+        signal,
+        then_stop(grpc, &stop),
+        then_stop(http.into_future(), &stop)
+    );
     grpc?;
     http.map_err(ServeError::Http)
 }

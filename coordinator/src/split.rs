@@ -92,7 +92,11 @@ impl JobSplitter {
     }
 
     /// Starts `job`, avoiding the workers in `excluded` and adding those that fail to it.
-    pub async fn start(&self, job: &GenerateJob, excluded: &mut Vec<String>) -> Result<Started, Status> {
+    pub async fn start(
+        &self,
+        job: &GenerateJob,
+        excluded: &mut Vec<String>,
+    ) -> Result<Started, Status> {
         let job = with_content_hashes(job);
         let mut last_error = None;
         for _ in 0..=self.policy.job_retries {
@@ -106,7 +110,8 @@ impl JobSplitter {
                 }
             }
         }
-        let status = last_error.unwrap_or_else(|| Status::unavailable("no worker could take the job"));
+        let status =
+            last_error.unwrap_or_else(|| Status::unavailable("no worker could take the job"));
         Err(Status::unavailable(format!(
             "the job failed on {} workers: {}",
             self.policy.job_retries + 1,
@@ -120,21 +125,29 @@ impl JobSplitter {
         let _vision = self.assign_vision_workers(&mut job, excluded);
         // A transfer carries the first token without its log probabilities: such requests stay whole.
         let wants_logprobs = job.sampling.as_ref().is_some_and(|s| s.logprobs.is_some());
-        let long = job.prompt_token_ids.len() >= self.policy.disagg_min_prompt_tokens && !wants_logprobs;
+        let long =
+            job.prompt_token_ids.len() >= self.policy.disagg_min_prompt_tokens && !wants_logprobs;
         let blocks = PromptBlocks::of(&job);
         let prompt_tokens = job.prompt_token_ids.len();
         let cached_tokens = |address: &str| self.prefixes.cached_tokens(address, &blocks) as u64;
         // Without a prefill worker left, the decode worker prefills itself.
         let prefill = if long && self.workers.has_role(WorkerRole::Decode) {
             let roles = [WorkerRole::Prefill];
-            self.workers.pick_for(&roles, excluded, prompt_tokens as u64, cached_tokens).ok()
+            self.workers
+                .pick_for(&roles, excluded, prompt_tokens as u64, cached_tokens)
+                .ok()
         } else {
             None
         };
         let Some(prefill) = prefill else {
             let mut worker = self
                 .workers
-                .pick_for(&GENERATE_ROLES, excluded, prompt_tokens as u64, cached_tokens)
+                .pick_for(
+                    &GENERATE_ROLES,
+                    excluded,
+                    prompt_tokens as u64,
+                    cached_tokens,
+                )
                 .map_err(Failure::Final)?;
             let events = match worker.generate(job).await {
                 Ok(response) => response.into_inner(),
@@ -184,13 +197,20 @@ impl JobSplitter {
         // received them.
         self.prefixes.record(&prefill_address, &blocks);
         self.prefixes.record(&decode_address, &blocks);
-        Ok(Started { events, worker: decode })
+        Ok(Started {
+            events,
+            worker: decode,
+        })
     }
 
     /// Names a vision worker in each image of `job`; with no vision worker left, the image is
     /// encoded where it is prefilled. The leases count the encodings
     /// against the workers until the attempt ends.
-    fn assign_vision_workers(&self, job: &mut GenerateJob, excluded: &[String]) -> Vec<WorkerLease> {
+    fn assign_vision_workers(
+        &self,
+        job: &mut GenerateJob,
+        excluded: &[String],
+    ) -> Vec<WorkerLease> {
         if !self.workers.has_role(WorkerRole::Vision) {
             return Vec::new();
         }
@@ -206,7 +226,10 @@ impl JobSplitter {
             };
             let remembered = affinity
                 .get(&hash)
-                .filter(|address| self.workers.contains(WorkerRole::Vision, address) && !excluded.contains(address))
+                .filter(|address| {
+                    self.workers.contains(WorkerRole::Vision, address)
+                        && !excluded.contains(address)
+                })
                 .cloned();
             let address = match remembered {
                 Some(address) => address,
@@ -229,7 +252,10 @@ impl JobSplitter {
     }
 
     fn prefiller(&self, address: &str) -> Result<PrefillerClient<Channel>, Status> {
-        let mut clients = self.prefillers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut clients = self
+            .prefillers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(address) {
             return Ok(client.clone());
         }
@@ -252,7 +278,11 @@ fn peer_address(address: &str) -> &str {
 /// `job` with every image's content hash filled in, the key of the vision workers' caches.
 fn with_content_hashes(job: &GenerateJob) -> GenerateJob {
     let mut job = job.clone();
-    for image in job.images.iter_mut().filter_map(|input| input.image.as_mut()) {
+    for image in job
+        .images
+        .iter_mut()
+        .filter_map(|input| input.image.as_mut())
+    {
         if image.content_hash.is_empty() {
             image.content_hash = image_content_hash(&image.data).to_vec().into();
         }
@@ -263,7 +293,11 @@ fn with_content_hashes(job: &GenerateJob) -> GenerateJob {
 /// `job` with its images' data left out (their hashes and grids stay).
 fn without_image_data(job: &GenerateJob) -> GenerateJob {
     let mut job = job.clone();
-    for image in job.images.iter_mut().filter_map(|input| input.image.as_mut()) {
+    for image in job
+        .images
+        .iter_mut()
+        .filter_map(|input| input.image.as_mut())
+    {
         image.data = Default::default();
     }
     job

@@ -5,7 +5,9 @@
 use fovea_model::input::{InputError, PreparedRequest, RequestPreparer};
 use fovea_model::logprobs::MAX_TOP_LOGPROBS;
 use fovea_model::text::{ChatMessage, IMAGE_MARKER, Mode};
-use fovea_proto::v1::{ChatMessage as WireMessage, GenerateRequest, ReasoningMode, Role, content_part};
+use fovea_proto::v1::{
+    ChatMessage as WireMessage, GenerateRequest, ReasoningMode, Role, content_part,
+};
 use tonic::Status;
 
 /// What the server accepts, beyond what the model itself imposes.
@@ -47,7 +49,11 @@ pub struct ValidRequest {
 impl ValidRequest {
     /// Tokens of the prompt that are image patches.
     pub fn image_tokens(&self) -> usize {
-        self.prepared.images.iter().map(|(placement, _)| placement.len).sum()
+        self.prepared
+            .images
+            .iter()
+            .map(|(placement, _)| placement.len)
+            .sum()
     }
 }
 
@@ -57,13 +63,18 @@ fn invalid(message: impl Into<String>) -> Status {
 
 fn printable_id(value: &str, field: &str) -> Result<(), Status> {
     if value.len() > MAX_ID_BYTES || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err(invalid(format!("{field} must be at most {MAX_ID_BYTES} printable ASCII characters")));
+        return Err(invalid(format!(
+            "{field} must be at most {MAX_ID_BYTES} printable ASCII characters"
+        )));
     }
     Ok(())
 }
 
 /// The chat messages with each image part replaced by an `<image>` marker, and the images' bytes in order.
-pub fn chat_messages(messages: &[WireMessage], limits: &Limits) -> Result<(Vec<ChatMessage>, Vec<Vec<u8>>), Status> {
+pub fn chat_messages(
+    messages: &[WireMessage],
+    limits: &Limits,
+) -> Result<(Vec<ChatMessage>, Vec<Vec<u8>>), Status> {
     if messages.is_empty() {
         return Err(invalid("messages must hold at least one message"));
     }
@@ -101,7 +112,11 @@ pub fn chat_messages(messages: &[WireMessage], limits: &Limits) -> Result<(Vec<C
                     content.push_str(IMAGE_MARKER);
                     images.push(image.data.to_vec());
                 }
-                None => return Err(invalid(format!("messages[{index}].content[{part_index}] is empty"))),
+                None => {
+                    return Err(invalid(format!(
+                        "messages[{index}].content[{part_index}] is empty"
+                    )));
+                }
             }
         }
         chat.push(ChatMessage {
@@ -129,24 +144,43 @@ pub fn mode(mode: ReasoningMode) -> Mode {
 }
 
 /// Checks `request` and prepares its prompt (template, tokenizer, image preprocessing).
-pub fn validate(request: &GenerateRequest, preparer: &RequestPreparer, limits: &Limits) -> Result<ValidRequest, Status> {
+pub fn validate(
+    request: &GenerateRequest,
+    preparer: &RequestPreparer,
+    limits: &Limits,
+) -> Result<ValidRequest, Status> {
     printable_id(&request.request_id, "request_id")?;
     printable_id(&request.tenant, "tenant")?;
     let sampling = request.sampling.clone().unwrap_or_default();
     if !(sampling.temperature.is_finite() && (0.0..=100.0).contains(&sampling.temperature)) {
-        return Err(invalid(format!("temperature must be in [0, 100], got {}", sampling.temperature)));
+        return Err(invalid(format!(
+            "temperature must be in [0, 100], got {}",
+            sampling.temperature
+        )));
     }
     let top_p = sampling.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(invalid(format!("top_p must be in (0, 1], got {top_p}")));
     }
     if sampling.stop.len() > MAX_STOP_STRINGS {
-        return Err(invalid(format!("at most {MAX_STOP_STRINGS} stop strings, got {}", sampling.stop.len())));
+        return Err(invalid(format!(
+            "at most {MAX_STOP_STRINGS} stop strings, got {}",
+            sampling.stop.len()
+        )));
     }
-    if let Some(bad) = sampling.stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
-        return Err(invalid(format!("stop strings must be 1 to {MAX_STOP_BYTES} bytes, got {bad:?}")));
+    if let Some(bad) = sampling
+        .stop
+        .iter()
+        .find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+    {
+        return Err(invalid(format!(
+            "stop strings must be 1 to {MAX_STOP_BYTES} bytes, got {bad:?}"
+        )));
     }
-    if let Some(top) = sampling.logprobs.filter(|&top| top as usize > MAX_TOP_LOGPROBS) {
+    if let Some(top) = sampling
+        .logprobs
+        .filter(|&top| top as usize > MAX_TOP_LOGPROBS)
+    {
         return Err(invalid(format!(
             "logprobs must be 0 to {MAX_TOP_LOGPROBS} (alternatives reported per token), got {top}"
         )));
@@ -156,10 +190,12 @@ pub fn validate(request: &GenerateRequest, preparer: &RequestPreparer, limits: &
     }
     let (messages, images) = chat_messages(&request.messages, limits)?;
     let mode = mode(request.mode());
-    let prepared = preparer.prepare(&messages, &images, mode).map_err(|e| match e {
-        InputError::Image { .. } | InputError::Text(_) => invalid(e.to_string()),
-        InputError::PreprocessConfig(_) => Status::internal(e.to_string()),
-    })?;
+    let prepared = preparer
+        .prepare(&messages, &images, mode)
+        .map_err(|e| match e {
+            InputError::Image { .. } | InputError::Text(_) => invalid(e.to_string()),
+            InputError::PreprocessConfig(_) => Status::internal(e.to_string()),
+        })?;
     let prompt_tokens = prepared.prompt_ids.len();
     if prompt_tokens >= limits.context_length {
         return Err(invalid(format!(

@@ -46,8 +46,13 @@ impl Worker {
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let health = Arc::default();
-        let load_stream = (record.role != WorkerRole::Vision)
-            .then(|| tokio::spawn(watch_load(record.id.clone(), client.clone(), Arc::clone(&health))));
+        let load_stream = (record.role != WorkerRole::Vision).then(|| {
+            tokio::spawn(watch_load(
+                record.id.clone(),
+                client.clone(),
+                Arc::clone(&health),
+            ))
+        });
         Ok(Worker {
             record,
             client,
@@ -112,7 +117,11 @@ pub struct WorkerLease {
 
 impl WorkerPool {
     /// A pool of the workers in `members` that serve `model`, following its changes.
-    pub fn follow(model: String, mut members: watch::Receiver<Members>, policy: HealthPolicy) -> Self {
+    pub fn follow(
+        model: String,
+        mut members: watch::Receiver<Members>,
+        policy: HealthPolicy,
+    ) -> Self {
         let shared = Arc::new(Shared {
             model,
             policy,
@@ -125,7 +134,11 @@ impl WorkerPool {
 
     /// The least-loaded ready worker of one of `roles` whose address is not in `excluded`
     /// (workers that failed this request), or UNAVAILABLE saying why there is none.
-    pub fn pick_except(&self, roles: &[WorkerRole], excluded: &[String]) -> Result<WorkerLease, Status> {
+    pub fn pick_except(
+        &self,
+        roles: &[WorkerRole],
+        excluded: &[String],
+    ) -> Result<WorkerLease, Status> {
         self.pick_for(roles, excluded, 0, |_| 0)
     }
 
@@ -141,12 +154,16 @@ impl WorkerPool {
         cached_tokens: impl Fn(&str) -> u64,
     ) -> Result<WorkerLease, Status> {
         let now = Instant::now();
-        let workers = self.shared.workers.read().unwrap_or_else(PoisonError::into_inner);
+        let workers = self
+            .shared
+            .workers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut not_ready = Vec::new();
         let mut ready = Vec::new();
-        let candidates = workers
-            .values()
-            .filter(|worker| roles.contains(&worker.record.role) && !excluded.contains(&worker.record.address));
+        let candidates = workers.values().filter(|worker| {
+            roles.contains(&worker.record.role) && !excluded.contains(&worker.record.address)
+        });
         for worker in candidates {
             let health = worker.health();
             let condition = health.condition(now, &self.shared.policy);
@@ -158,21 +175,45 @@ impl WorkerPool {
             let load = health.load().cloned().unwrap_or_default();
             ready.push((worker, load, worker.in_flight.load(Ordering::Relaxed)));
         }
-        let least_in_flight = ready.iter().map(|(_, _, in_flight)| *in_flight).min().unwrap_or(0);
+        let least_in_flight = ready
+            .iter()
+            .map(|(_, _, in_flight)| *in_flight)
+            .min()
+            .unwrap_or(0);
         let best = ready.into_iter().min_by_key(|(worker, load, in_flight)| {
-            let cached = if *in_flight == least_in_flight { cached_tokens(&worker.record.address) } else { 0 };
+            let cached = if *in_flight == least_in_flight {
+                cached_tokens(&worker.record.address)
+            } else {
+                0
+            };
             let tokens = prompt_tokens.saturating_sub(cached);
-            let free_sixteenths = u64::from(load.free_kv_blocks) * 16 / u64::from(load.total_kv_blocks.max(1));
-            (load.queued_tokens + tokens, Reverse(free_sixteenths), *in_flight)
+            let free_sixteenths =
+                u64::from(load.free_kv_blocks) * 16 / u64::from(load.total_kv_blocks.max(1));
+            (
+                load.queued_tokens + tokens,
+                Reverse(free_sixteenths),
+                *in_flight,
+            )
         });
         let Some((worker, _, _)) = best else {
-            let roles = roles.iter().map(|&role| role_name(role)).collect::<Vec<_>>().join(" or ");
+            let roles = roles
+                .iter()
+                .map(|&role| role_name(role))
+                .collect::<Vec<_>>()
+                .join(" or ");
             let model = &self.shared.model;
-            let others = if excluded.is_empty() { "" } else { " other than those that failed this request" };
+            let others = if excluded.is_empty() {
+                ""
+            } else {
+                " other than those that failed this request"
+            };
             return Err(Status::unavailable(if not_ready.is_empty() {
                 format!("no live {roles} worker{others} serves model {model:?}")
             } else {
-                format!("no {roles} worker of model {model:?} is ready: {}", not_ready.join(", "))
+                format!(
+                    "no {roles} worker of model {model:?} is ready: {}",
+                    not_ready.join(", ")
+                )
             }));
         };
         worker.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +225,9 @@ impl WorkerPool {
 
     /// Whether the pool has a worker of `role` (ready or not).
     pub fn has_role(&self, role: WorkerRole) -> bool {
-        self.workers().values().any(|worker| worker.record.role == role)
+        self.workers()
+            .values()
+            .any(|worker| worker.record.role == role)
     }
 
     /// Whether the pool has a worker of `role` at `address`.
@@ -195,7 +238,10 @@ impl WorkerPool {
     }
 
     fn workers(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Worker>>> {
-        self.shared.workers.read().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .workers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -8,9 +8,20 @@ use std::time::Instant;
 use fovea_kernels::attention::{AttentionShape, HeadGroups, Mask, attention};
 
 fn measure(name: &str, shape: AttentionShape) {
-    let AttentionShape { q_heads, kv_heads, q_len, kv_len, head_dim, .. } = shape;
-    let q: Vec<f32> = (0..q_heads * q_len * head_dim).map(|i| ((i % 101) as f32 - 50.0) * 1e-2).collect();
-    let kv: Vec<f32> = (0..kv_heads * kv_len * head_dim).map(|i| ((i % 97) as f32 - 48.0) * 1e-2).collect();
+    let AttentionShape {
+        q_heads,
+        kv_heads,
+        q_len,
+        kv_len,
+        head_dim,
+        ..
+    } = shape;
+    let q: Vec<f32> = (0..q_heads * q_len * head_dim)
+        .map(|i| ((i % 101) as f32 - 50.0) * 1e-2)
+        .collect();
+    let kv: Vec<f32> = (0..kv_heads * kv_len * head_dim)
+        .map(|i| ((i % 97) as f32 - 48.0) * 1e-2)
+        .collect();
     let mut out = vec![0f32; q.len()];
     attention(&q, &kv, &kv, shape, &mut out);
     let repeats = 7;
@@ -28,7 +39,11 @@ fn measure(name: &str, shape: AttentionShape) {
         Mask::Full => (q_len * kv_len) as f64,
     };
     let flops = 4.0 * q_heads as f64 * head_dim as f64 * visible_pairs;
-    println!("{name:<34} median {:.1} ms, {:.1} GFLOP/s (useful work)", median * 1e3, flops / median / 1e9);
+    println!(
+        "{name:<34} median {:.1} ms, {:.1} GFLOP/s (useful work)",
+        median * 1e3,
+        flops / median / 1e9
+    );
 }
 
 fn main() {

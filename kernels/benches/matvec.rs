@@ -15,8 +15,8 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use fovea_kernels::matvec::{
-    bf16_bits, bf16_value, matmul_transposed, matmul_transposed_bf16, matmul_transposed_bf16_row_dots,
-    matmul_transposed_row_dots,
+    bf16_bits, bf16_value, matmul_transposed, matmul_transposed_bf16,
+    matmul_transposed_bf16_row_dots, matmul_transposed_row_dots,
 };
 use gemm::{Parallelism, gemm};
 
@@ -100,14 +100,23 @@ struct Timing {
 fn main() {
     // `cargo bench -p fovea-kernels --bench matvec -- lm_head` measures only the weights whose
     // names contain one of the arguments (the step totals then cover only those).
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let selected: Vec<&Weight> = WEIGHTS
         .iter()
         .filter(|w| filters.is_empty() || filters.iter().any(|f| w.name.contains(f.as_str())))
         .collect();
     for weight_type in [WeightType::F32, WeightType::Bf16] {
-        let label = if weight_type == WeightType::F32 { "f32" } else { "bf16" };
-        println!("\n{label} weights: time per call, new kernel vs old path (row dots <= 8 rows, candle GEMM above)");
+        let label = if weight_type == WeightType::F32 {
+            "f32"
+        } else {
+            "bf16"
+        };
+        println!(
+            "\n{label} weights: time per call, new kernel vs old path (row dots <= 8 rows, candle GEMM above)"
+        );
         let timings: Vec<Vec<Timing>> = selected
             .iter()
             .map(|weight| measure_weight(weight, weight_type))
@@ -153,11 +162,18 @@ fn measure_weight(weight: &Weight, weight_type: WeightType) -> Vec<Timing> {
     let bytes = n * k * weight_type.bytes();
     let copies = ROTATED_BYTES.div_ceil(bytes).clamp(1, 64);
     let w: Vec<Vec<f32>> = (0..copies)
-        .map(|copy| (0..n * k).map(|i| (((i + copy) % 97) as f32 - 48.0) * 1e-3).collect())
+        .map(|copy| {
+            (0..n * k)
+                .map(|i| (((i + copy) % 97) as f32 - 48.0) * 1e-3)
+                .collect()
+        })
         .collect();
     let w_bf16: Vec<Vec<u16>> = match weight_type {
         WeightType::F32 => Vec::new(),
-        WeightType::Bf16 => w.iter().map(|w| w.iter().map(|&v| bf16_bits(v)).collect()).collect(),
+        WeightType::Bf16 => w
+            .iter()
+            .map(|w| w.iter().map(|&v| bf16_bits(v)).collect())
+            .collect(),
     };
     ROW_COUNTS
         .into_iter()
@@ -201,7 +217,9 @@ fn alternate<A, B>(mut new: impl FnMut() -> A, mut old: impl FnMut() -> B) -> Ti
     std::hint::black_box(old());
     let started = Instant::now();
     let (mut new_times, mut old_times) = (Vec::new(), Vec::new());
-    while new_times.len() < 5 || (started.elapsed() < Duration::from_millis(500) && new_times.len() < 100) {
+    while new_times.len() < 5
+        || (started.elapsed() < Duration::from_millis(500) && new_times.len() < 100)
+    {
         new_times.push(seconds(&mut new));
         old_times.push(seconds(&mut old));
     }

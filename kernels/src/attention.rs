@@ -101,37 +101,51 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, out: &m
         kv_head_stride,
         mask,
     } = shape;
-    assert!(groups.fits(q_heads, kv_heads), "the head groups do not map q_heads onto kv_heads");
-    assert_eq!(q.len(), q_heads * q_len * head_dim, "q is not [q_heads, q_len, head_dim]");
+    assert!(
+        groups.fits(q_heads, kv_heads),
+        "the head groups do not map q_heads onto kv_heads"
+    );
+    assert_eq!(
+        q.len(),
+        q_heads * q_len * head_dim,
+        "q is not [q_heads, q_len, head_dim]"
+    );
     assert_eq!(out.len(), q.len(), "out is not [q_heads, q_len, head_dim]");
     let kv_needed = (kv_heads - 1) * kv_head_stride + kv_len * head_dim;
-    assert!(k.len() >= kv_needed && v.len() >= kv_needed, "k or v is shorter than the shape");
+    assert!(
+        k.len() >= kv_needed && v.len() >= kv_needed,
+        "k or v is shorter than the shape"
+    );
     if q_len == 0 || head_dim == 0 {
         return;
     }
     let scale = 1.0 / (head_dim as f32).sqrt();
-    out.par_chunks_mut(q_len * head_dim).enumerate().for_each(|(head, out_head)| {
-        let kv_offset = groups.kv_head(head) * kv_head_stride;
-        let (k_head, v_head) = (&k[kv_offset..], &v[kv_offset..]);
-        let q_head = &q[head * q_len * head_dim..(head + 1) * q_len * head_dim];
-        out_head
-            .par_chunks_mut(QUERY_BLOCK * head_dim)
-            .enumerate()
-            .for_each(|(block, out_block)| {
-                let first_row = block * QUERY_BLOCK;
-                let rows = out_block.len() / head_dim;
-                let q_block = &q_head[first_row * head_dim..(first_row + rows) * head_dim];
-                let block_shape = BlockShape {
-                    rows,
-                    first_row,
-                    kv_len,
-                    head_dim,
-                    scale,
-                    mask,
-                };
-                SCORES.with_borrow_mut(|scores| attend_block(q_block, k_head, v_head, block_shape, scores, out_block));
-            });
-    });
+    out.par_chunks_mut(q_len * head_dim)
+        .enumerate()
+        .for_each(|(head, out_head)| {
+            let kv_offset = groups.kv_head(head) * kv_head_stride;
+            let (k_head, v_head) = (&k[kv_offset..], &v[kv_offset..]);
+            let q_head = &q[head * q_len * head_dim..(head + 1) * q_len * head_dim];
+            out_head
+                .par_chunks_mut(QUERY_BLOCK * head_dim)
+                .enumerate()
+                .for_each(|(block, out_block)| {
+                    let first_row = block * QUERY_BLOCK;
+                    let rows = out_block.len() / head_dim;
+                    let q_block = &q_head[first_row * head_dim..(first_row + rows) * head_dim];
+                    let block_shape = BlockShape {
+                        rows,
+                        first_row,
+                        kv_len,
+                        head_dim,
+                        scale,
+                        mask,
+                    };
+                    SCORES.with_borrow_mut(|scores| {
+                        attend_block(q_block, k_head, v_head, block_shape, scores, out_block)
+                    });
+                });
+        });
 }
 
 #[derive(Clone, Copy)]
@@ -155,7 +169,14 @@ impl BlockShape {
 }
 
 /// One block of queries against one KV head: scores, softmax, weighted sum of values.
-fn attend_block(q: &[f32], k: &[f32], v: &[f32], shape: BlockShape, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend_block(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: BlockShape,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let BlockShape { rows, head_dim, .. } = shape;
     let keys = shape.visible_keys(rows - 1);
     scores.clear();
@@ -165,11 +186,25 @@ fn attend_block(q: &[f32], k: &[f32], v: &[f32], shape: BlockShape, scores: &mut
     unsafe {
         // scores = scale · q · kᵀ   (k read as [head_dim, keys]: row stride 1, column stride head_dim)
         gemm(
-            rows, keys, head_dim,
-            scores.as_mut_ptr(), 1, keys as isize, false,
-            q.as_ptr(), 1, head_dim as isize,
-            k.as_ptr(), head_dim as isize, 1,
-            0.0, shape.scale, false, false, false, Parallelism::None,
+            rows,
+            keys,
+            head_dim,
+            scores.as_mut_ptr(),
+            1,
+            keys as isize,
+            false,
+            q.as_ptr(),
+            1,
+            head_dim as isize,
+            k.as_ptr(),
+            head_dim as isize,
+            1,
+            0.0,
+            shape.scale,
+            false,
+            false,
+            false,
+            Parallelism::None,
         );
     }
     let mut inverse_sums = [0f32; QUERY_BLOCK];
@@ -183,11 +218,25 @@ fn attend_block(q: &[f32], k: &[f32], v: &[f32], shape: BlockShape, scores: &mut
     unsafe {
         // out = p · v
         gemm(
-            rows, head_dim, keys,
-            out.as_mut_ptr(), 1, head_dim as isize, false,
-            scores.as_ptr(), 1, keys as isize,
-            v.as_ptr(), 1, head_dim as isize,
-            0.0, 1.0, false, false, false, Parallelism::None,
+            rows,
+            head_dim,
+            keys,
+            out.as_mut_ptr(),
+            1,
+            head_dim as isize,
+            false,
+            scores.as_ptr(),
+            1,
+            keys as isize,
+            v.as_ptr(),
+            1,
+            head_dim as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
         );
     }
     for (row, out_row) in out.chunks_exact_mut(head_dim).enumerate() {
@@ -209,7 +258,8 @@ mod tests {
         let d = shape.head_dim;
         let mut out = vec![0f32; q.len()];
         for h in 0..shape.q_heads {
-            let kv = ((shape.groups.first_in_group + h) / shape.groups.per_kv) * shape.kv_head_stride;
+            let kv =
+                ((shape.groups.first_in_group + h) / shape.groups.per_kv) * shape.kv_head_stride;
             for i in 0..shape.q_len {
                 let visible = match shape.mask {
                     Mask::Causal { past } => (past + i + 1).min(shape.kv_len),
@@ -217,13 +267,22 @@ mod tests {
                 };
                 let qi = &q[(h * shape.q_len + i) * d..][..d];
                 let scores: Vec<f64> = (0..visible)
-                    .map(|j| (0..d).map(|c| qi[c] as f64 * k[kv + j * d + c] as f64).sum::<f64>() / (d as f64).sqrt())
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| qi[c] as f64 * k[kv + j * d + c] as f64)
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::MIN, f64::max);
                 let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let total: f64 = exps.iter().sum();
                 for c in 0..d {
-                    let value: f64 = exps.iter().enumerate().map(|(j, e)| e * v[kv + j * d + c] as f64).sum();
+                    let value: f64 = exps
+                        .iter()
+                        .enumerate()
+                        .map(|(j, e)| e * v[kv + j * d + c] as f64)
+                        .sum();
                     out[(h * shape.q_len + i) * d + c] = (value / total) as f32;
                 }
             }
@@ -239,11 +298,20 @@ mod tests {
         let mut out = vec![f32::NAN; q.len()];
         attention(&q, &k, &v, shape, &mut out);
         for (got, expected) in out.iter().zip(reference(&q, &k, &v, shape)) {
-            assert!((got - expected).abs() < 1e-5, "{shape:?}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < 1e-5,
+                "{shape:?}: {got} vs {expected}"
+            );
         }
     }
 
-    fn shape(q_heads: usize, kv_heads: usize, q_len: usize, kv_len: usize, mask: Mask) -> AttentionShape {
+    fn shape(
+        q_heads: usize,
+        kv_heads: usize,
+        q_len: usize,
+        kv_len: usize,
+        mask: Mask,
+    ) -> AttentionShape {
         AttentionShape {
             q_heads,
             kv_heads,
@@ -276,11 +344,26 @@ mod tests {
     fn a_run_of_query_heads_may_start_and_end_inside_groups() {
         // Query heads 5..10 of a model with 4 per KV head read KV heads 1, 1, 1, 2, 2.
         let mut uneven = shape(5, 2, 7, 7, Mask::Causal { past: 0 });
-        uneven.groups = HeadGroups { per_kv: 4, first_in_group: 1 };
+        uneven.groups = HeadGroups {
+            per_kv: 4,
+            first_in_group: 1,
+        };
         check(uneven);
-        assert_eq!((0..5).map(|h| uneven.groups.kv_head(h)).collect::<Vec<_>>(), [0, 0, 0, 1, 1]);
-        assert!(!uneven.groups.fits(5, 3), "three KV heads for two groups' heads");
-        assert!(!HeadGroups { per_kv: 4, first_in_group: 4 }.fits(4, 1));
+        assert_eq!(
+            (0..5).map(|h| uneven.groups.kv_head(h)).collect::<Vec<_>>(),
+            [0, 0, 0, 1, 1]
+        );
+        assert!(
+            !uneven.groups.fits(5, 3),
+            "three KV heads for two groups' heads"
+        );
+        assert!(
+            !HeadGroups {
+                per_kv: 4,
+                first_in_group: 4
+            }
+            .fits(4, 1)
+        );
     }
 
     #[test]

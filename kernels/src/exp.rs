@@ -8,7 +8,14 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// Below this the result is under f32's normal range; clamping keeps the exponent arithmetic valid.
 const MIN_INPUT: f32 = -87.0;
 const MAX_INPUT: f32 = 88.0;
-const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.0e-1];
+const POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.0e-1,
+];
 
 /// Replaces each `x` of `values` by `e^(x − shift)` and returns their sum.
 pub fn exp_shifted_in_place(values: &mut [f32], shift: f32) -> f32 {
@@ -45,15 +52,23 @@ fn exp_shifted_avx512(values: &mut [f32], shift: f32) -> f32 {
     while i + 16 <= len {
         // SAFETY: `i + 16 <= len`.
         let x = unsafe { _mm512_loadu_ps(ptr.add(i)) };
-        let x = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(x, shift_v), _mm512_set1_ps(MIN_INPUT)), _mm512_set1_ps(MAX_INPUT));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(LOG2_E)));
+        let x = _mm512_min_ps(
+            _mm512_max_ps(_mm512_sub_ps(x, shift_v), _mm512_set1_ps(MIN_INPUT)),
+            _mm512_set1_ps(MAX_INPUT),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(LOG2_E)),
+        );
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
         let mut p = _mm512_setzero_ps();
         for c in POLY {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
-        let y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
+        let y = _mm512_add_ps(
+            _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
+            _mm512_set1_ps(1.0),
+        );
         let e = _mm512_scalef_ps(y, n);
         // SAFETY: as for the load.
         unsafe { _mm512_storeu_ps(ptr.add(i), e) };
@@ -77,7 +92,10 @@ mod tests {
         for i in 0..=20_000 {
             let x = -87.0 + i as f32 * 87.0 / 20_000.0;
             let (got, expected) = (exp(x), x.exp());
-            assert!((got - expected).abs() <= 2.5e-7 * expected, "exp({x}) = {got}, std {expected}");
+            assert!(
+                (got - expected).abs() <= 2.5e-7 * expected,
+                "exp({x}) = {got}, std {expected}"
+            );
         }
     }
 
@@ -87,7 +105,10 @@ mod tests {
         let expected: Vec<f32> = values.iter().map(|x| exp(x - 2.0)).collect();
         let sum = exp_shifted_in_place(&mut values, 2.0);
         for (got, want) in values.iter().zip(&expected) {
-            assert!((got - want).abs() <= 1e-7 * want.max(1e-30), "{got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-7 * want.max(1e-30),
+                "{got} vs {want}"
+            );
         }
         assert!((sum - expected.iter().sum::<f32>()).abs() < 1e-5);
     }

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod cuda;
 pub mod exp;
 pub mod matvec;
+pub mod paged_attention;
 
 /// Deterministic pseudo-random inputs for the kernels' tests.
 #[cfg(test)]

@@ -45,7 +45,14 @@ pub fn matmul_transposed(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize, 
 ///
 /// # Panics
 /// If the slice lengths do not match `rows`, `k` and `n`.
-pub fn matmul_transposed_bf16(x: &[f32], w: &[u16], rows: usize, k: usize, n: usize, out: &mut [f32]) {
+pub fn matmul_transposed_bf16(
+    x: &[f32],
+    w: &[u16],
+    rows: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
     check_shapes(x.len(), w.len(), out.len(), rows, k, n);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f")
@@ -68,10 +75,19 @@ pub fn matmul_transposed_bf16(x: &[f32], w: &[u16], rows: usize, k: usize, n: us
 ///
 /// # Panics
 /// If the slice lengths do not match `rows`, `k` and `n`.
-pub fn matmul_transposed_row_dots(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize, out: &mut [f32]) {
+pub fn matmul_transposed_row_dots(
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
     check_shapes(x.len(), w.len(), out.len(), rows, k, n);
     let dot = row_dots::best_dot();
-    for_each_column_band(rows, n, 1, out, |band| row_dots::fill_band(x, w, rows, k, band, dot));
+    for_each_column_band(rows, n, 1, out, |band| {
+        row_dots::fill_band(x, w, rows, k, band, dot)
+    });
 }
 
 /// The same product as [`matmul_transposed_bf16`] with one dot product per output (AVX-512 BF16
@@ -79,7 +95,14 @@ pub fn matmul_transposed_row_dots(x: &[f32], w: &[f32], rows: usize, k: usize, n
 ///
 /// # Panics
 /// If the slice lengths do not match `rows`, `k` and `n`.
-pub fn matmul_transposed_bf16_row_dots(x: &[f32], w: &[u16], rows: usize, k: usize, n: usize, out: &mut [f32]) {
+pub fn matmul_transposed_bf16_row_dots(
+    x: &[f32],
+    w: &[u16],
+    rows: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
     check_shapes(x.len(), w.len(), out.len(), rows, k, n);
     let x_bf16 = to_bf16(x);
     let dot = row_dots::best_bf16_dot();
@@ -126,7 +149,9 @@ mod tests {
         let mut out = vec![0f32; rows * n];
         for r in 0..rows {
             for j in 0..n {
-                out[r * n + j] = (0..k).map(|i| x[r * k + i] as f64 * w[j * k + i] as f64).sum::<f64>() as f32;
+                out[r * n + j] = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                    .sum::<f64>() as f32;
             }
         }
         out
@@ -134,12 +159,23 @@ mod tests {
 
     /// `(k, n)` pairs with `k` off the 16- and 32-value vector widths and `n` below, at and off the
     /// 4-column tile, and one layer wide enough for several column bands.
-    const AWKWARD_SHAPES: [(usize, usize); 8] =
-        [(1, 1), (5, 3), (16, 4), (17, 5), (32, 7), (33, 8), (100, 257), (775, 6)];
+    const AWKWARD_SHAPES: [(usize, usize); 8] = [
+        (1, 1),
+        (5, 3),
+        (16, 4),
+        (17, 5),
+        (32, 7),
+        (33, 8),
+        (100, 257),
+        (775, 6),
+    ];
 
     fn assert_close(got: &[f32], expected: &[f32], what: &str) {
         for (j, (got, expected)) in got.iter().zip(expected).enumerate() {
-            assert!((got - expected).abs() < 1e-4, "{what}, output {j}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < 1e-4,
+                "{what}, output {j}: {got} vs {expected}"
+            );
         }
     }
 
@@ -167,7 +203,9 @@ mod tests {
 
     #[test]
     fn bf16_kernels_match_the_product_of_rounded_values_for_1_to_512_rows() {
-        let rounded = |values: &[f32]| -> Vec<f32> { values.iter().map(|&v| bf16_value(bf16_bits(v))).collect() };
+        let rounded = |values: &[f32]| -> Vec<f32> {
+            values.iter().map(|&v| bf16_value(bf16_bits(v))).collect()
+        };
         for (k, n) in AWKWARD_SHAPES {
             let w = to_bf16(&values(n * k, 6));
             let w_values: Vec<f32> = w.iter().map(|&b| bf16_value(b)).collect();
@@ -176,7 +214,11 @@ mod tests {
                 let expected = naive(&rounded(&x), &w_values, rows, k, n);
                 let mut out = vec![f32::NAN; rows * n];
                 matmul_transposed_bf16(&x, &w, rows, k, n, &mut out);
-                assert_close(&out, &expected, &format!("best bf16 kernel, {rows}x{k}x{n}"));
+                assert_close(
+                    &out,
+                    &expected,
+                    &format!("best bf16 kernel, {rows}x{k}x{n}"),
+                );
                 let mut out = vec![f32::NAN; rows * n];
                 matmul_transposed_bf16_row_dots(&x, &w, rows, k, n, &mut out);
                 assert_close(&out, &expected, &format!("bf16 row dots, {rows}x{k}x{n}"));

@@ -15,7 +15,11 @@ use fovea_kernels::cuda::{CudaKernelError, KernelFloat, activation as gpu};
 /// A stream on GPU 0, or `None` (with the reason printed) where there is no GPU.
 fn gpu_stream() -> Option<Arc<CudaStream>> {
     match CudaContext::device_count() {
-        Ok(count) if count > 0 => Some(CudaContext::new(0).expect("a context on GPU 0").default_stream()),
+        Ok(count) if count > 0 => Some(
+            CudaContext::new(0)
+                .expect("a context on GPU 0")
+                .default_stream(),
+        ),
         Ok(_) => {
             eprintln!("skipping: the CUDA driver sees no GPU");
             None
@@ -28,7 +32,9 @@ fn gpu_stream() -> Option<Arc<CudaStream>> {
 }
 
 fn inputs(len: usize) -> Vec<f32> {
-    (0..len).map(|i| ((i * 7919) % 2001) as f32 * 0.01 - 10.0).collect()
+    (0..len)
+        .map(|i| ((i * 7919) % 2001) as f32 * 0.01 - 10.0)
+        .collect()
 }
 
 /// The GPU's `silu_mul` of `gate_up` stored as `T`, read back as f32.
@@ -43,7 +49,12 @@ fn silu_mul_on_gpu<T: KernelFloat + ValidAsZeroBits + Copy>(
         .unwrap();
     let mut out = stream.alloc_zeros::<T>(gate_up.len() / 2).unwrap();
     gpu::silu_mul(stream, &input.as_view(), inter, &mut out.as_view_mut()).unwrap();
-    stream.clone_dtoh(&out).unwrap().into_iter().map(to_f32).collect()
+    stream
+        .clone_dtoh(&out)
+        .unwrap()
+        .into_iter()
+        .map(to_f32)
+        .collect()
 }
 
 /// The GPU's `gelu_tanh` of f32 `input`.
@@ -78,7 +89,12 @@ fn silu_mul_on_the_gpu_matches_the_cpu_kernel_in_every_dtype() {
     let (rows, inter) = (37, 300);
     let gate_up = inputs(rows * 2 * inter);
     let f32_out = silu_mul_on_gpu(&stream, &gate_up, inter, (|x| x, |x| x));
-    assert_close(&f32_out, &silu_mul_on_cpu(&gate_up, inter, |x| x), 1e-5, "f32");
+    assert_close(
+        &f32_out,
+        &silu_mul_on_cpu(&gate_up, inter, |x| x),
+        1e-5,
+        "f32",
+    );
     // The output is rounded to the 16-bit type too: bf16 keeps 8 bits, f16 11.
     let bf16_out = silu_mul_on_gpu(&stream, &gate_up, inter, (bf16::from_f32, bf16::to_f32));
     assert_close(

@@ -89,7 +89,10 @@ mod tests {
         let view = members.wait_for(|m| m.len() == 2).await.unwrap().clone();
         assert_eq!(view["a"], record("a"));
         first.withdraw().await;
-        assert_eq!(members.borrow_and_update().keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            members.borrow_and_update().keys().collect::<Vec<_>>(),
+            ["b"]
+        );
         drop(second);
         members.wait_for(|m| m.is_empty()).await.unwrap();
     }

@@ -26,7 +26,12 @@ struct Setup {
     collectives_per_step: Vec<Duration>,
 }
 
-fn setup(dir: &std::path::Path, name: &'static str, world: usize, threads_per_rank: usize) -> Setup {
+fn setup(
+    dir: &std::path::Path,
+    name: &'static str,
+    world: usize,
+    threads_per_rank: usize,
+) -> Setup {
     let options = RankOptions {
         threads_per_rank,
         ..RankOptions::new(world)
@@ -62,7 +67,10 @@ fn main() {
         ignore_eos: true,
     };
     // The single rank runs on rayon's global pool, sized by RAYON_NUM_THREADS (2 here).
-    let mut setups = [setup(&dir, "TP 1, 2 threads", 1, 2), setup(&dir, "TP 2, 1 thread per rank", 2, 1)];
+    let mut setups = [
+        setup(&dir, "TP 1, 2 threads", 1, 2),
+        setup(&dir, "TP 2, 1 thread per rank", 2, 1),
+    ];
     for round in 0..=ROUNDS {
         for setup in &mut setups {
             let generation = generate(&mut setup.ranks, &request, |_| {}).expect("generation runs");
@@ -70,8 +78,12 @@ fn main() {
                 continue; // warm-up
             }
             let steps = (generation.token_ids.len() - 1) as u32;
-            setup.tokens_per_second.push(steps as f64 / generation.timings.decode.as_secs_f64());
-            setup.collectives_per_step.push(generation.timings.decode_collectives / steps);
+            setup
+                .tokens_per_second
+                .push(steps as f64 / generation.timings.decode.as_secs_f64());
+            setup
+                .collectives_per_step
+                .push(generation.timings.decode_collectives / steps);
         }
     }
     for setup in &setups {

@@ -23,7 +23,9 @@ pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
             activation::silu_mul(gate_up, inter, out)
         }),
         #[cfg(feature = "cuda")]
-        Device::Cuda(_) => crate::gpu::map_cuda(gate_up, (rows, inter), &gpu_kernels::SiluMul { inter }),
+        Device::Cuda(_) => {
+            crate::gpu::map_cuda(gate_up, (rows, inter), &gpu_kernels::SiluMul { inter })
+        }
         other => Err(unsupported(other)),
     }
 }
@@ -39,7 +41,10 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 }
 
 fn unsupported(device: &Device) -> ModelError {
-    ModelError::BadInput(format!("no fused activation kernels for {:?}", device.location()))
+    ModelError::BadInput(format!(
+        "no fused activation kernels for {:?}",
+        device.location()
+    ))
 }
 
 /// The CUDA kernels of `fovea_kernels::cuda::activation` as [`crate::gpu::ElementwiseKernel`]s.

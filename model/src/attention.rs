@@ -6,8 +6,8 @@
 //! Tensors on a GPU are copied to host memory for the kernel and the output copied back.
 
 use candle_core::{DType, Device, Tensor};
-use fovea_kernels::attention::{AttentionShape, Mask, attention as fused_attention};
 pub use fovea_kernels::attention::HeadGroups;
+use fovea_kernels::attention::{AttentionShape, Mask, attention as fused_attention};
 
 use crate::cpu::with_f32_slice;
 use crate::error::{ModelError, Result};
@@ -24,7 +24,13 @@ pub enum Visibility {
 /// Attention of `q` `[q_heads, L, D]` over `k`, `v` `[kv_heads, S, D]`, giving `[L, q_heads · D]`
 /// in `q`'s dtype. Query head `h` reads KV head `groups.kv_head(h)` (for a whole model,
 /// `h / (q_heads / kv_heads)`, as Hugging Face's `repeat_kv` does). Computed in f32.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, groups: HeadGroups, visibility: Visibility) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    groups: HeadGroups,
+    visibility: Visibility,
+) -> Result<Tensor> {
     let (q_heads, q_len, head_dim) = q.dims3()?;
     let (kv_heads, kv_len, _) = k.dims3()?;
     if !groups.fits(q_heads, kv_heads) || v.dims3()? != (kv_heads, kv_len, head_dim) {
@@ -35,7 +41,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, groups: HeadGroups, visibil
             v.dims()
         )));
     }
-    let q32 = q.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?;
+    let q32 = q
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .contiguous()?;
     let (k32, k_stride) = heads_with_stride(k)?;
     let (v32, v_stride) = heads_with_stride(v)?;
     // Both views come from buffers of the same layout; fall back to packed copies if not.
@@ -60,11 +69,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, groups: HeadGroups, visibil
     let mut out = vec![0f32; q_heads * q_len * head_dim];
     with_f32_slice(&q32, |q_values| {
         with_f32_slice(&k32, |k_values| {
-            with_f32_slice(&v32, |v_values| fused_attention(q_values, k_values, v_values, shape, &mut out))
+            with_f32_slice(&v32, |v_values| {
+                fused_attention(q_values, k_values, v_values, shape, &mut out)
+            })
         })
     })???;
     let out = Tensor::from_vec(out, (q_heads, q_len, head_dim), &Device::Cpu)?;
-    let out = out.transpose(0, 1)?.reshape((q_len, q_heads * head_dim))?.to_dtype(q.dtype())?;
+    let out = out
+        .transpose(0, 1)?
+        .reshape((q_len, q_heads * head_dim))?
+        .to_dtype(q.dtype())?;
     Ok(out.to_device(q.device())?)
 }
 

@@ -180,7 +180,12 @@ fn required(value: Option<usize>, key: &str) -> Result<usize> {
     }
 }
 
-fn divides(numerator: usize, numerator_key: &str, denominator: usize, denominator_key: &str) -> Result<()> {
+fn divides(
+    numerator: usize,
+    numerator_key: &str,
+    denominator: usize,
+    denominator_key: &str,
+) -> Result<()> {
     if !numerator.is_multiple_of(denominator) {
         return Err(ModelError::config(
             numerator_key,
@@ -225,7 +230,10 @@ impl ModelConfig {
         {
             return Err(ModelError::config(
                 "mm_hidden_size",
-                format!("({mm_hidden}) must equal vision_config.hidden_size ({})", vision.hidden_size),
+                format!(
+                    "({mm_hidden}) must equal vision_config.hidden_size ({})",
+                    vision.hidden_size
+                ),
             ));
         }
         match raw.mm_projector_type.as_deref() {
@@ -242,7 +250,9 @@ impl ModelConfig {
         if min_num_patches == 0 || min_num_patches > max_num_patches {
             return Err(ModelError::config(
                 "min_num_patches",
-                format!("({min_num_patches}) must be positive and at most max_num_patches ({max_num_patches})"),
+                format!(
+                    "({min_num_patches}) must be positive and at most max_num_patches ({max_num_patches})"
+                ),
             ));
         }
         let mut eos_token_ids = raw.eos_token_id.map(EosIds::into_vec).unwrap_or_default();
@@ -264,8 +274,16 @@ impl ModelConfig {
 fn text_config(raw: &RawConfig) -> Result<TextConfig> {
     let hidden_size = required(raw.hidden_size, "hidden_size")?;
     let num_heads = required(raw.num_attention_heads, "num_attention_heads")?;
-    let num_kv_heads = required(raw.num_key_value_heads.or(Some(num_heads)), "num_key_value_heads")?;
-    divides(num_heads, "num_attention_heads", num_kv_heads, "num_key_value_heads")?;
+    let num_kv_heads = required(
+        raw.num_key_value_heads.or(Some(num_heads)),
+        "num_key_value_heads",
+    )?;
+    divides(
+        num_heads,
+        "num_attention_heads",
+        num_kv_heads,
+        "num_key_value_heads",
+    )?;
     let head_dim = match raw.head_dim {
         Some(d) => required(Some(d), "head_dim")?,
         None => {
@@ -274,13 +292,18 @@ fn text_config(raw: &RawConfig) -> Result<TextConfig> {
         }
     };
     if !(raw.partial_rotary_factor > 0.0 && raw.partial_rotary_factor <= 1.0) {
-        return Err(ModelError::config("partial_rotary_factor", "must be in (0, 1]"));
+        return Err(ModelError::config(
+            "partial_rotary_factor",
+            "must be in (0, 1]",
+        ));
     }
     let rotary_dim = (head_dim as f64 * raw.partial_rotary_factor) as usize;
     if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
         return Err(ModelError::config(
             "partial_rotary_factor",
-            format!("gives an odd or empty rotary dimension ({rotary_dim}) for head_dim {head_dim}"),
+            format!(
+                "gives an odd or empty rotary dimension ({rotary_dim}) for head_dim {head_dim}"
+            ),
         ));
     }
     if let Some(scaling) = &raw.rope_scaling
@@ -305,7 +328,10 @@ fn text_config(raw: &RawConfig) -> Result<TextConfig> {
         ));
     }
     if raw.attention_bias {
-        return Err(ModelError::config("attention_bias", "is true; this family has no attention bias"));
+        return Err(ModelError::config(
+            "attention_bias",
+            "is true; this family has no attention bias",
+        ));
     }
     match raw.hidden_act.as_deref() {
         None | Some("silu") => {}
@@ -330,7 +356,10 @@ fn text_config(raw: &RawConfig) -> Result<TextConfig> {
         vocab_size: required(raw.vocab_size, "vocab_size")?,
         rope_theta: raw.rope_theta,
         rms_norm_eps: raw.rms_norm_eps,
-        max_position_embeddings: required(Some(raw.max_position_embeddings), "max_position_embeddings")?,
+        max_position_embeddings: required(
+            Some(raw.max_position_embeddings),
+            "max_position_embeddings",
+        )?,
     })
 }
 
@@ -397,7 +426,10 @@ mod tests {
         let cfg = ModelConfig::from_dir(&golden_dir().join("model")).unwrap();
         assert_eq!(cfg.text.hidden_size, 64);
         assert_eq!(cfg.text.num_layers, 2);
-        assert_eq!((cfg.text.num_heads, cfg.text.num_kv_heads, cfg.text.head_dim), (4, 2, 16));
+        assert_eq!(
+            (cfg.text.num_heads, cfg.text.num_kv_heads, cfg.text.head_dim),
+            (4, 2, 16)
+        );
         assert_eq!(cfg.text.rotary_dim, 16);
         assert_eq!(cfg.text.intermediate_size, 160);
         assert_eq!(cfg.text.vocab_size, 100352);
@@ -414,7 +446,10 @@ mod tests {
         let mut json = golden_config_json();
         json["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});
         let err = parse(&json).unwrap_err().to_string();
-        assert!(err.contains("rope_scaling") && err.contains("yarn"), "{err}");
+        assert!(
+            err.contains("rope_scaling") && err.contains("yarn"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -422,7 +457,10 @@ mod tests {
         let mut json = golden_config_json();
         json["num_key_value_heads"] = serde_json::json!(3);
         let err = parse(&json).unwrap_err().to_string();
-        assert!(err.contains("num_attention_heads") && err.contains("num_key_value_heads"), "{err}");
+        assert!(
+            err.contains("num_attention_heads") && err.contains("num_key_value_heads"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -17,10 +17,16 @@ pub fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 
 /// Applies `kernel(input, output)` to `input` (converted to packed f32) and returns the output,
 /// of `out_shape`, converted back to `input`'s dtype.
-pub fn map_f32(input: &Tensor, out_shape: impl Into<Shape>, kernel: impl FnOnce(&[f32], &mut [f32])) -> Result<Tensor> {
+pub fn map_f32(
+    input: &Tensor,
+    out_shape: impl Into<Shape>,
+    kernel: impl FnOnce(&[f32], &mut [f32]),
+) -> Result<Tensor> {
     let out_shape = out_shape.into();
     let packed = input.to_dtype(DType::F32)?.contiguous()?;
     let mut out = vec![0f32; out_shape.elem_count()];
-    with_f32_slice(&packed, |values| kernel(&values[..packed.elem_count()], &mut out))?;
+    with_f32_slice(&packed, |values| {
+        kernel(&values[..packed.elem_count()], &mut out)
+    })?;
     Ok(Tensor::from_vec(out, out_shape, &Device::Cpu)?.to_dtype(input.dtype())?)
 }

@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::activation::silu_mul;
+use crate::attention::HeadGroups;
 use crate::batch::BatchLayout;
 use crate::config::TextConfig;
-use crate::activation::silu_mul;
 use crate::error::{ModelError, Result};
-use crate::attention::HeadGroups;
 use crate::kv_cache::{AttentionHeads, KvCache};
 use crate::layers::{Linear, RmsNorm, split_heads};
 use crate::rotary::RotaryEmbedding;
@@ -67,7 +67,12 @@ impl SelfAttention {
         ]);
         let qkv_out = (heads + 2 * kv_heads) * head_dim;
         Ok(SelfAttention {
-            qkv_proj: Linear::load_rows(&weights.pp("qkv_proj"), cfg.hidden_size, qkv_out, &qkv_rows)?,
+            qkv_proj: Linear::load_rows(
+                &weights.pp("qkv_proj"),
+                cfg.hidden_size,
+                qkv_out,
+                &qkv_rows,
+            )?,
             o_proj: Linear::load_columns(
                 &weights.pp("o_proj"),
                 heads * head_dim,
@@ -82,11 +87,21 @@ impl SelfAttention {
     }
 
     /// `[T, hidden]` → this rank's part of `[T, hidden]` (ranks' parts add up) for the tokens of `step`.
-    fn forward(&self, x: &Tensor, layer: usize, step: &Step, cache: &mut dyn KvCache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        step: &Step,
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
         let qkv = self.qkv_proj.forward(x)?;
         let heads = |first_head, count| split_heads(&qkv, first_head, count, self.head_dim);
-        let q = step.rotary.apply(&heads(0, self.num_heads)?, &step.angles)?;
-        let k = step.rotary.apply(&heads(self.num_heads, self.num_kv_heads)?, &step.angles)?;
+        let q = step
+            .rotary
+            .apply(&heads(0, self.num_heads)?, &step.angles)?;
+        let k = step
+            .rotary
+            .apply(&heads(self.num_heads, self.num_kv_heads)?, &step.angles)?;
         let v = heads(self.num_heads + self.num_kv_heads, self.num_kv_heads)?;
         let projected = AttentionHeads {
             q: &q,
@@ -112,8 +127,18 @@ impl GatedMlp {
         let part = rank.part_of(inter);
         let gate_up_rows = coalesced(&[part.clone(), inter + part.start..inter + part.end]);
         Ok(GatedMlp {
-            gate_up_proj: Linear::load_rows(&weights.pp("gate_up_proj"), cfg.hidden_size, 2 * inter, &gate_up_rows)?,
-            down_proj: Linear::load_columns(&weights.pp("down_proj"), inter, cfg.hidden_size, part.clone())?,
+            gate_up_proj: Linear::load_rows(
+                &weights.pp("gate_up_proj"),
+                cfg.hidden_size,
+                2 * inter,
+                &gate_up_rows,
+            )?,
+            down_proj: Linear::load_columns(
+                &weights.pp("down_proj"),
+                inter,
+                cfg.hidden_size,
+                part.clone(),
+            )?,
             intermediate_size: part.len(),
         })
     }
@@ -143,7 +168,11 @@ struct DecoderLayer {
 impl DecoderLayer {
     fn load(weights: &Weights, cfg: &TextConfig, rank: TpRank) -> Result<Self> {
         Ok(DecoderLayer {
-            input_layernorm: RmsNorm::load(&weights.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            input_layernorm: RmsNorm::load(
+                &weights.pp("input_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
             self_attn: SelfAttention::load(&weights.pp("self_attn"), cfg, rank)?,
             post_attention_layernorm: RmsNorm::load(
                 &weights.pp("post_attention_layernorm"),
@@ -154,12 +183,20 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, layer: usize, step: &Step, cache: &mut dyn KvCache) -> Result<Tensor> {
-        let attended = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x)?, layer, step, cache)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        step: &Step,
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
+        let attended =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(x)?, layer, step, cache)?;
         let x = (x + step.comm.all_reduce_sum(&attended)?)?;
-        let mlp_out = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let mlp_out = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
         Ok((x + step.comm.all_reduce_sum(&mlp_out)?)?)
     }
 }
@@ -195,8 +232,18 @@ impl Phi4Decoder {
         let vocab_part = rank.part_of(cfg.vocab_size);
         let table_shape = [cfg.vocab_size, cfg.hidden_size];
         Ok(Phi4Decoder {
-            embed_tokens: model.pp("embed_tokens").get_part("weight", &table_shape, 0, vocab_part.clone())?,
-            lm_head: Linear::load_rows(&root.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, std::slice::from_ref(&vocab_part))?,
+            embed_tokens: model.pp("embed_tokens").get_part(
+                "weight",
+                &table_shape,
+                0,
+                vocab_part.clone(),
+            )?,
+            lm_head: Linear::load_rows(
+                &root.pp("lm_head"),
+                cfg.hidden_size,
+                cfg.vocab_size,
+                std::slice::from_ref(&vocab_part),
+            )?,
             vocab_part,
             layers,
             norm: RmsNorm::load(&model.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
@@ -242,22 +289,37 @@ impl Phi4Decoder {
             )));
         }
         if self.comm.world_size() == 1 {
-            return Ok(self.embed_tokens.index_select(&Tensor::new(ids, self.device())?, 0)?);
+            return Ok(self
+                .embed_tokens
+                .index_select(&Tensor::new(ids, self.device())?, 0)?);
         }
         // Each rank looks up the ids in its part of the vocabulary, zeros for the others; the
         // ranks' rows add up to the full embeddings.
         let part = &self.vocab_part;
         let mine = |id: &u32| part.contains(&(*id as usize));
-        let local: Vec<u32> = ids.iter().map(|id| if mine(id) { id - part.start as u32 } else { 0 }).collect();
-        let mask: Vec<f32> = ids.iter().map(|id| if mine(id) { 1.0 } else { 0.0 }).collect();
-        let rows = self.embed_tokens.index_select(&Tensor::new(local, self.device())?, 0)?;
+        let local: Vec<u32> = ids
+            .iter()
+            .map(|id| if mine(id) { id - part.start as u32 } else { 0 })
+            .collect();
+        let mask: Vec<f32> = ids
+            .iter()
+            .map(|id| if mine(id) { 1.0 } else { 0.0 })
+            .collect();
+        let rows = self
+            .embed_tokens
+            .index_select(&Tensor::new(local, self.device())?, 0)?;
         let mask = Tensor::from_vec(mask, (ids.len(), 1), self.device())?.to_dtype(rows.dtype())?;
         self.comm.all_reduce_sum(&rows.broadcast_mul(&mask)?)
     }
 
     /// Runs `embeddings` `[T, hidden]`, laid out as `batch` says, through the decoder, returning
     /// f32 logits `[segments, vocab]` of each segment's last token.
-    pub fn forward(&self, embeddings: &Tensor, batch: &BatchLayout, cache: &mut dyn KvCache) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        embeddings: &Tensor,
+        batch: &BatchLayout,
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
         let tokens = embeddings.dim(0)?;
         if tokens == 0 || tokens != batch.total_tokens() {
             return Err(ModelError::BadInput(format!(

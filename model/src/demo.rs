@@ -39,7 +39,9 @@ impl FromStr for DemoPreset {
         match s {
             "tiny" => Ok(DemoPreset::Tiny),
             "bench" => Ok(DemoPreset::Bench),
-            other => Err(format!("unknown preset {other:?}; expected \"tiny\" or \"bench\"")),
+            other => Err(format!(
+                "unknown preset {other:?}; expected \"tiny\" or \"bench\""
+            )),
         }
     }
 }
@@ -182,13 +184,22 @@ const VISION_PREFIX: &str = "model.vision_tower.vision_tower.vision_model";
 
 /// Tensors of real checkpoints that the network never reads: the last encoder layer (a copy of
 /// layer 0's shapes), `post_layernorm` and the attention-pooling head.
-fn skipped_tensors(config: &ModelConfig, inventory: &[(String, Vec<usize>)]) -> Vec<(String, Vec<usize>)> {
+fn skipped_tensors(
+    config: &ModelConfig,
+    inventory: &[(String, Vec<usize>)],
+) -> Vec<(String, Vec<usize>)> {
     let (h, inter) = (config.vision.hidden_size, config.vision.intermediate_size);
     let layer0 = format!("{VISION_PREFIX}.encoder.layers.0.");
-    let last = format!("{VISION_PREFIX}.encoder.layers.{}.", config.vision.num_layers - 1);
+    let last = format!(
+        "{VISION_PREFIX}.encoder.layers.{}.",
+        config.vision.num_layers - 1
+    );
     let mut extra: Vec<(String, Vec<usize>)> = inventory
         .iter()
-        .filter_map(|(name, shape)| name.strip_prefix(&layer0).map(|rest| (format!("{last}{rest}"), shape.clone())))
+        .filter_map(|(name, shape)| {
+            name.strip_prefix(&layer0)
+                .map(|rest| (format!("{last}{rest}"), shape.clone()))
+        })
         .collect();
     let head = [
         ("post_layernorm.weight", vec![h]),
@@ -205,7 +216,10 @@ fn skipped_tensors(config: &ModelConfig, inventory: &[(String, Vec<usize>)]) -> 
         ("head.mlp.fc2.weight", vec![h, inter]),
         ("head.mlp.fc2.bias", vec![h]),
     ];
-    extra.extend(head.into_iter().map(|(name, shape)| (format!("{VISION_PREFIX}.{name}"), shape)));
+    extra.extend(
+        head.into_iter()
+            .map(|(name, shape)| (format!("{VISION_PREFIX}.{name}"), shape)),
+    );
     extra
 }
 
@@ -214,7 +228,11 @@ type RandomTensor = (String, Vec<usize>, Vec<u8>);
 
 /// Random bf16 values: normalisation scales near 1, everything else N(0, 0.02²).
 fn random_values(name: &str, count: usize, rng: &mut SplitMix64) -> Vec<u8> {
-    let center = if name.contains("norm") && name.ends_with(".weight") { 1.0 } else { 0.0 };
+    let center = if name.contains("norm") && name.ends_with(".weight") {
+        1.0
+    } else {
+        0.0
+    };
     let mut bytes = Vec::with_capacity(count * 2);
     for _ in 0..count {
         let value = bf16::from_f64(center + 0.02 * rng.next_normal());
@@ -273,7 +291,8 @@ pub fn write_demo_checkpoint(preset: DemoPreset, out: &Path, seed: u64) -> Resul
             .iter()
             .map(|(name, shape, bytes)| {
                 weight_map.insert(name.clone(), file_name.clone());
-                let view = TensorView::new(Dtype::BF16, shape.clone(), bytes).expect("sizes match shapes");
+                let view =
+                    TensorView::new(Dtype::BF16, shape.clone(), bytes).expect("sizes match shapes");
                 (name.clone(), view)
             })
             .collect::<Vec<_>>();
@@ -288,8 +307,14 @@ pub fn write_demo_checkpoint(preset: DemoPreset, out: &Path, seed: u64) -> Resul
         &json!({ "metadata": { "total_size": total_size }, "weight_map": weight_map }),
     )?;
     write_json(&out.join("config.json"), &config_json)?;
-    write_json(&out.join("preprocessor_config.json"), &preprocessor_config_json())?;
-    write_json(&out.join("generation_config.json"), &generation_config_json())?;
+    write_json(
+        &out.join("preprocessor_config.json"),
+        &preprocessor_config_json(),
+    )?;
+    write_json(
+        &out.join("generation_config.json"),
+        &generation_config_json(),
+    )?;
     write_file(&out.join("chat_template.jinja"), CHAT_TEMPLATE.as_bytes())?;
     let tokenizer = build_phi4_tokenizer_json()?;
     write_file(&out.join("tokenizer.json"), tokenizer.as_bytes())?;

@@ -71,13 +71,21 @@ fn open_cuda(ordinal: usize) -> Result<Device> {
 fn open_cuda(ordinal: usize) -> Result<Device> {
     use cudarc::driver::{CudaContext, result};
 
-    let unavailable = |problem: String| ModelError::DeviceUnavailable(format!("cannot use cuda:{ordinal}: {problem}"));
-    result::init().map_err(|e| unavailable(format!("the CUDA driver did not initialise ({e}); is there a GPU?")))?;
-    let count = CudaContext::device_count().map_err(|e| unavailable(format!("cannot count GPUs ({e})")))?;
+    let unavailable = |problem: String| {
+        ModelError::DeviceUnavailable(format!("cannot use cuda:{ordinal}: {problem}"))
+    };
+    result::init().map_err(|e| {
+        unavailable(format!(
+            "the CUDA driver did not initialise ({e}); is there a GPU?"
+        ))
+    })?;
+    let count =
+        CudaContext::device_count().map_err(|e| unavailable(format!("cannot count GPUs ({e})")))?;
     if ordinal >= count.max(0) as usize {
         return Err(unavailable(format!("the CUDA driver sees {count} GPU(s)")));
     }
-    Device::new_cuda(ordinal).map_err(|e| unavailable(format!("cannot create a CUDA context ({e})")))
+    Device::new_cuda(ordinal)
+        .map_err(|e| unavailable(format!("cannot create a CUDA context ({e})")))
 }
 
 #[cfg(test)]
@@ -101,7 +109,10 @@ mod tests {
     fn unknown_device_names_are_refused_with_the_accepted_forms() {
         for text in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", "metal"] {
             let error = text.parse::<DeviceSpec>().unwrap_err();
-            assert!(error.contains("expected cpu, cuda or cuda:N"), "{text}: {error}");
+            assert!(
+                error.contains("expected cpu, cuda or cuda:N"),
+                "{text}: {error}"
+            );
         }
     }
 

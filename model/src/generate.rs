@@ -98,7 +98,9 @@ pub fn generate(
     let model = Arc::clone(&ranks.local().model);
     let mut sampler = Sampler::new(request.sampling.clone())?;
     if request.max_new_tokens == 0 {
-        return Err(ModelError::BadInput("max_new_tokens must be at least 1".into()));
+        return Err(ModelError::BadInput(
+            "max_new_tokens must be at least 1".into(),
+        ));
     }
     let max_positions = model.config().text.max_position_embeddings;
     if request.prompt_ids.len() + request.max_new_tokens > max_positions {
@@ -123,8 +125,11 @@ pub fn generate(
     let mut logits = ranks.run(move |rank| {
         rank.cache = ContiguousKvCache::new(rank.model.config().text.num_layers);
         let embeddings = rank.model.prompt_embeddings(&prompt_ids, &features)?;
-        rank.model
-            .forward(&embeddings, &rank.cache.next_batch(prompt_ids.len()), &mut rank.cache)
+        rank.model.forward(
+            &embeddings,
+            &rank.cache.next_batch(prompt_ids.len()),
+            &mut rank.cache,
+        )
     })?;
     timings.prefill = started.elapsed();
 
@@ -143,7 +148,8 @@ pub fn generate(
         }
         logits = ranks.run(move |rank| {
             let embeddings = rank.model.decoder().embed(&[token])?;
-            rank.model.forward(&embeddings, &rank.cache.next_batch(1), &mut rank.cache)
+            rank.model
+                .forward(&embeddings, &rank.cache.next_batch(1), &mut rank.cache)
         })?;
     };
     timings.decode = started.elapsed();

@@ -29,7 +29,11 @@ pub trait ElementwiseKernel {
 
 /// Applies `kernel` to CUDA tensor `input` (f32, bf16 or f16) and returns its output, of
 /// `out_shape` and `input`'s dtype, on the same device.
-pub fn map_cuda(input: &Tensor, out_shape: impl Into<Shape>, kernel: &impl ElementwiseKernel) -> Result<Tensor> {
+pub fn map_cuda(
+    input: &Tensor,
+    out_shape: impl Into<Shape>,
+    kernel: &impl ElementwiseKernel,
+) -> Result<Tensor> {
     let out_shape = out_shape.into();
     match input.dtype() {
         DType::F32 => map_typed::<f32>(input, out_shape, kernel),
@@ -49,10 +53,14 @@ fn map_typed<T: KernelFloat + CudaDType>(
     let input = input.contiguous()?;
     let (storage, layout) = input.storage_and_layout();
     let Storage::Cuda(cuda) = &*storage else {
-        return Err(ModelError::BadInput("CUDA kernels need CUDA tensors".into()));
+        return Err(ModelError::BadInput(
+            "CUDA kernels need CUDA tensors".into(),
+        ));
     };
     let start = layout.start_offset();
-    let view = cuda.as_cuda_slice::<T>()?.slice(start..start + input.elem_count());
+    let view = cuda
+        .as_cuda_slice::<T>()?
+        .slice(start..start + input.elem_count());
     let stream = cuda.device.cuda_stream();
     // SAFETY: the kernel writes every element of `out` before anything reads it.
     let mut out = unsafe { cuda.device.alloc::<T>(out_shape.elem_count()) }?;

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::model::ImagePlacement;
-use crate::preprocess::{ImageError, PreparedImage, PreprocessConfig, PreprocessConfigError, prepare_image};
+use crate::preprocess::{
+    ImageError, PreparedImage, PreprocessConfig, PreprocessConfigError, prepare_image,
+};
 use crate::text::{ChatMessage, IMAGE_MARKER, Mode, PromptBuilder, TextError, TextTokenizer};
 
 /// Why a request could not be turned into model input.
@@ -58,7 +60,12 @@ impl RequestPreparer {
     }
 
     /// Renders `messages` in `mode`, prepares `images` (encoded bytes, in marker order) and tokenizes.
-    pub fn prepare(&self, messages: &[ChatMessage], images: &[Vec<u8>], mode: Mode) -> Result<PreparedRequest, InputError> {
+    pub fn prepare(
+        &self,
+        messages: &[ChatMessage],
+        images: &[Vec<u8>],
+        mode: Mode,
+    ) -> Result<PreparedRequest, InputError> {
         let prompt_text = self.prompt_builder.render_prompt(messages, mode)?;
         let markers = prompt_text.matches(IMAGE_MARKER).count();
         if markers != images.len() {
@@ -71,9 +78,15 @@ impl RequestPreparer {
         let prepared = images
             .iter()
             .enumerate()
-            .map(|(index, bytes)| prepare_image(bytes, &self.preprocess).map_err(|source| InputError::Image { index, source }))
+            .map(|(index, bytes)| {
+                prepare_image(bytes, &self.preprocess)
+                    .map_err(|source| InputError::Image { index, source })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let counts: Vec<usize> = prepared.iter().map(|image| image.grid_h * image.grid_w).collect();
+        let counts: Vec<usize> = prepared
+            .iter()
+            .map(|image| image.grid_h * image.grid_w)
+            .collect();
         let tokenized = self.prompt_builder.tokenize_prompt(&prompt_text, &counts)?;
         let images = tokenized
             .image_spans

@@ -26,7 +26,12 @@ pub trait KvCache {
     /// segment's tokens right after its `past` cached ones) and returns causal attention of
     /// `q` `[q_heads, T, D]`, every token over its own sequence, query head `h` reading KV head
     /// `groups.kv_head(h)`, as `[T, q_heads · D]`.
-    fn attend(&mut self, layer: usize, batch: &BatchLayout, heads: AttentionHeads) -> Result<Tensor>;
+    fn attend(
+        &mut self,
+        layer: usize,
+        batch: &BatchLayout,
+        heads: AttentionHeads,
+    ) -> Result<Tensor>;
 }
 
 /// One growable contiguous buffer per layer for a single sequence: the simplest cache, for
@@ -57,7 +62,12 @@ impl ContiguousKvCache {
 }
 
 /// A zeroed `[heads, capacity, D]` buffer holding a copy of `old`'s first `len` positions.
-fn grown_buffer(old: Option<&Tensor>, len: usize, like: &Tensor, capacity: usize) -> Result<Tensor> {
+fn grown_buffer(
+    old: Option<&Tensor>,
+    len: usize,
+    like: &Tensor,
+    capacity: usize,
+) -> Result<Tensor> {
     let (heads, _, head_dim) = like.dims3()?;
     let buffer = Tensor::zeros((heads, capacity, head_dim), like.dtype(), like.device())?;
     if let Some(old) = old
@@ -69,10 +79,17 @@ fn grown_buffer(old: Option<&Tensor>, len: usize, like: &Tensor, capacity: usize
 }
 
 impl KvCache for ContiguousKvCache {
-    fn attend(&mut self, layer: usize, batch: &BatchLayout, heads: AttentionHeads) -> Result<Tensor> {
+    fn attend(
+        &mut self,
+        layer: usize,
+        batch: &BatchLayout,
+        heads: AttentionHeads,
+    ) -> Result<Tensor> {
         let AttentionHeads { q, k, v, groups } = heads;
         let [segment] = batch.segments() else {
-            return Err(ModelError::BadInput("a contiguous KV cache holds exactly one sequence".into()));
+            return Err(ModelError::BadInput(
+                "a contiguous KV cache holds exactly one sequence".into(),
+            ));
         };
         if segment.past > self.len {
             return Err(ModelError::BadInput(format!(
@@ -84,7 +101,9 @@ impl KvCache for ContiguousKvCache {
         let needed = past + segment.tokens;
         let is_last_layer = layer + 1 == self.layers.len();
         let slot = &mut self.layers[layer];
-        let capacity = slot.as_ref().map_or(0, |(k_buf, _)| k_buf.dim(1).unwrap_or(0));
+        let capacity = slot
+            .as_ref()
+            .map_or(0, |(k_buf, _)| k_buf.dim(1).unwrap_or(0));
         if needed > capacity {
             let capacity = needed.max(capacity * 2).max(256);
             let k_buf = grown_buffer(slot.as_ref().map(|(k, _)| k), past, k, capacity)?;

@@ -21,7 +21,12 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `weight` (and `bias` when `with_bias`) of a `[out_features, in_features]` layer.
-    pub fn load(weights: &Weights, in_features: usize, out_features: usize, with_bias: bool) -> Result<Self> {
+    pub fn load(
+        weights: &Weights,
+        in_features: usize,
+        out_features: usize,
+        with_bias: bool,
+    ) -> Result<Self> {
         let weight = weights.get("weight", &[out_features, in_features])?;
         let bias = if with_bias {
             Some(weights.get("bias", &[out_features])?)
@@ -34,7 +39,12 @@ impl Linear {
     /// A column-parallel slice of a bias-free `[out_features, in_features]` layer: the output
     /// features in `rows` (several ranges, stacked in order, for fused projections), read from the
     /// checkpoint without loading the rest.
-    pub fn load_rows(weights: &Weights, in_features: usize, out_features: usize, rows: &[Range<usize>]) -> Result<Self> {
+    pub fn load_rows(
+        weights: &Weights,
+        in_features: usize,
+        out_features: usize,
+        rows: &[Range<usize>],
+    ) -> Result<Self> {
         let shape = [out_features, in_features];
         let parts = rows
             .iter()
@@ -48,7 +58,12 @@ impl Linear {
 
     /// A row-parallel slice of a bias-free `[out_features, in_features]` layer: the input
     /// features in `columns` (its output is a partial sum that ranks add up).
-    pub fn load_columns(weights: &Weights, in_features: usize, out_features: usize, columns: Range<usize>) -> Result<Self> {
+    pub fn load_columns(
+        weights: &Weights,
+        in_features: usize,
+        out_features: usize,
+        columns: Range<usize>,
+    ) -> Result<Self> {
         Ok(Linear {
             weight: weights
                 .get_part("weight", &[out_features, in_features], 1, columns)?
@@ -70,7 +85,9 @@ impl Linear {
     /// Applies the layer to `[tokens, in]`, giving `[tokens, out]` in `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, _) = x.dims2()?;
-        let streamable = matches!(x.device(), Device::Cpu) && self.weight.is_contiguous() && rows <= matvec::MAX_ROWS;
+        let streamable = matches!(x.device(), Device::Cpu)
+            && self.weight.is_contiguous()
+            && rows <= matvec::MAX_ROWS;
         let y = match self.weight.dtype() {
             DType::F32 | DType::BF16 if streamable => self.stream_weights(x)?,
             // The GEMM library has no bf16 kernels: widen to f32, which is also what a bf16 GEMM
@@ -96,19 +113,28 @@ impl Linear {
         let n = self.weight.dim(0)?;
         let (storage, layout) = self.weight.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else {
-            return Err(ModelError::BadInput("the streaming kernel needs CPU weights".into()));
+            return Err(ModelError::BadInput(
+                "the streaming kernel needs CPU weights".into(),
+            ));
         };
         let weights = layout.start_offset()..layout.start_offset() + n * k;
         match cpu {
             CpuStorage::BF16(w) => {
                 let w: &[u16] = w[weights].reinterpret_cast();
-                map_f32(x, (rows, n), |x, out| matvec::matmul_transposed_bf16(x, w, rows, k, n, out))
+                map_f32(x, (rows, n), |x, out| {
+                    matvec::matmul_transposed_bf16(x, w, rows, k, n, out)
+                })
             }
             CpuStorage::F32(w) => {
                 let w = &w[weights];
-                map_f32(x, (rows, n), |x, out| matvec::matmul_transposed(x, w, rows, k, n, out))
+                map_f32(x, (rows, n), |x, out| {
+                    matvec::matmul_transposed(x, w, rows, k, n, out)
+                })
             }
-            _ => Err(ModelError::BadInput(format!("no streaming kernel for {:?} weights", self.weight.dtype()))),
+            _ => Err(ModelError::BadInput(format!(
+                "no streaming kernel for {:?} weights",
+                self.weight.dtype()
+            ))),
         }
     }
 
@@ -135,7 +161,11 @@ impl RmsNorm {
 
     /// Normalises each row of `x`; accumulates in f32 whatever the dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?)
     }
 }
 
@@ -158,13 +188,23 @@ impl LayerNorm {
 
     /// Normalises each row of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)?)
+        Ok(candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
     }
 }
 
 /// Heads `first_head..first_head + count` of a fused projection `[L, heads · head_dim]`, as a
 /// packed `[count, L, head_dim]` tensor (the layout attention takes).
-pub fn split_heads(fused: &Tensor, first_head: usize, count: usize, head_dim: usize) -> Result<Tensor> {
+pub fn split_heads(
+    fused: &Tensor,
+    first_head: usize,
+    count: usize,
+    head_dim: usize,
+) -> Result<Tensor> {
     let len = fused.dim(0)?;
     Ok(fused
         .narrow(1, first_head * head_dim, count * head_dim)?
@@ -184,8 +224,13 @@ mod tests {
     use super::*;
 
     fn pseudo_random(rows: usize, columns: usize, seed: usize, dtype: DType) -> Tensor {
-        let values: Vec<f32> = (0..rows * columns).map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
-        Tensor::from_vec(values, (rows, columns), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+        let values: Vec<f32> = (0..rows * columns)
+            .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        Tensor::from_vec(values, (rows, columns), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
     }
 
     /// Every row count of an engine step streams the weights and agrees with the GEMM that
@@ -205,15 +250,27 @@ mod tests {
                 let streamed = layer.forward(&x.narrow(0, 0, rows).unwrap()).unwrap();
                 assert_eq!(streamed.dtype(), dtype);
                 let expected = by_gemm.narrow(0, 0, rows).unwrap();
-                let difference = (streamed.to_dtype(DType::F32).unwrap() - &expected).unwrap().abs().unwrap();
-                let scale = expected.abs().unwrap().max_keepdim(1).unwrap().max_keepdim(0).unwrap();
+                let difference = (streamed.to_dtype(DType::F32).unwrap() - &expected)
+                    .unwrap()
+                    .abs()
+                    .unwrap();
+                let scale = expected
+                    .abs()
+                    .unwrap()
+                    .max_keepdim(1)
+                    .unwrap()
+                    .max_keepdim(0)
+                    .unwrap();
                 let relative = (difference.max_keepdim(1).unwrap().max_keepdim(0).unwrap() / scale)
                     .unwrap()
                     .flatten_all()
                     .unwrap()
                     .to_vec1::<f32>()
                     .unwrap()[0];
-                assert!(relative <= tolerance, "{dtype:?}, {rows} rows: relative difference {relative}");
+                assert!(
+                    relative <= tolerance,
+                    "{dtype:?}, {rows} rows: relative difference {relative}"
+                );
             }
         }
     }

@@ -99,10 +99,19 @@ mod tests {
     fn probabilities_of_the_whole_vocabulary_sum_to_one() {
         let logits = [0.5, -1.25, 3.0, 2.0, 0.0, -7.5];
         let logprobs = token_logprobs(&logits, 4, logits.len());
-        let total: f64 = logprobs.top.iter().map(|t| f64::from(t.logprob).exp()).sum();
+        let total: f64 = logprobs
+            .top
+            .iter()
+            .map(|t| f64::from(t.logprob).exp())
+            .sum();
         assert!((total - 1.0).abs() < 1e-6, "probabilities sum to {total}");
         assert_eq!(ids(&logprobs), [2, 3, 0, 4, 1, 5]);
-        assert!(logprobs.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert!(
+            logprobs
+                .top
+                .windows(2)
+                .all(|w| w[0].logprob >= w[1].logprob)
+        );
         assert_eq!(
             logprobs.logprob, logprobs.top[3].logprob,
             "the chosen token's own entry"
@@ -113,7 +122,14 @@ mod tests {
     fn differences_of_logprobs_are_differences_of_logits() {
         let logits = [1.0, 4.0, 2.5];
         let logprobs = token_logprobs(&logits, 0, 3);
-        let by_id = |id: u32| logprobs.top.iter().find(|t| t.token_id == id).unwrap().logprob;
+        let by_id = |id: u32| {
+            logprobs
+                .top
+                .iter()
+                .find(|t| t.token_id == id)
+                .unwrap()
+                .logprob
+        };
         assert!((by_id(1) - by_id(0) - 3.0).abs() < 1e-6);
         assert!((by_id(2) - by_id(0) - 1.5).abs() < 1e-6);
     }
@@ -142,8 +158,16 @@ mod tests {
     fn huge_and_tiny_logits_neither_overflow_nor_turn_nan() {
         let logits = [1e30, 1e30, -1e30, f32::NEG_INFINITY];
         let logprobs = token_logprobs(&logits, 2, 4);
-        assert!((logprobs.top[0].logprob + 2f32.ln()).abs() < 1e-6, "two equal maxima");
-        assert!(logprobs.top.iter().all(|t| t.logprob <= 0.0 && !t.logprob.is_nan()));
+        assert!(
+            (logprobs.top[0].logprob + 2f32.ln()).abs() < 1e-6,
+            "two equal maxima"
+        );
+        assert!(
+            logprobs
+                .top
+                .iter()
+                .all(|t| t.logprob <= 0.0 && !t.logprob.is_nan())
+        );
         assert!(logprobs.logprob.is_finite() && logprobs.logprob < -1e29);
         assert_eq!(
             logprobs.top[3].logprob,

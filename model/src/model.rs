@@ -58,7 +58,12 @@ impl Phi4VisionModel {
 
     /// Loads rank `comm.rank()` of a tensor-parallel group: its part of the decoder, and on rank 0
     /// the vision tower. A group size that does not divide the query heads is an error.
-    pub fn load_rank(dir: &Path, dtype: DType, device: &Device, comm: Arc<dyn Communicator>) -> Result<Self> {
+    pub fn load_rank(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        comm: Arc<dyn Communicator>,
+    ) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
         let checkpoint = Checkpoint::open(dir, dtype, device)?;
         let model = Self::from_checkpoint(config, &checkpoint, comm)?;
@@ -79,7 +84,10 @@ impl Phi4VisionModel {
     ) -> Result<RankGroup<S>> {
         TpRank::check_world(options.world, &ModelConfig::from_dir(dir)?.text)?;
         let transport = transport_for(device, options.world);
-        let options = RankOptions { transport, ..options };
+        let options = RankOptions {
+            transport,
+            ..options
+        };
         let (dir, device) = (dir.to_path_buf(), device.clone());
         RankGroup::start(options, move |comm| {
             let device = match transport {
@@ -91,10 +99,17 @@ impl Phi4VisionModel {
         })
     }
 
-    fn from_checkpoint(config: ModelConfig, checkpoint: &Checkpoint, comm: Arc<dyn Communicator>) -> Result<Self> {
+    fn from_checkpoint(
+        config: ModelConfig,
+        checkpoint: &Checkpoint,
+        comm: Arc<dyn Communicator>,
+    ) -> Result<Self> {
         let root = checkpoint.root();
         let model = root.pp("model");
-        let vision_model = model.pp("vision_tower").pp("vision_tower").pp("vision_model");
+        let vision_model = model
+            .pp("vision_tower")
+            .pp("vision_tower")
+            .pp("vision_model");
         let vision = if comm.rank() == 0 {
             Some((
                 VisionTower::load(&vision_model, &config.vision)?,
@@ -139,7 +154,9 @@ impl Phi4VisionModel {
     /// matrix products.
     pub fn encode_images(&self, images: &[&PreparedImage]) -> Result<Vec<Tensor>> {
         let Some((vision, projector)) = &self.vision else {
-            return Err(ModelError::BadInput("only tensor-parallel rank 0 holds the vision tower".into()));
+            return Err(ModelError::BadInput(
+                "only tensor-parallel rank 0 holds the vision tower".into(),
+            ));
         };
         if images.is_empty() {
             return Ok(Vec::new());
@@ -158,7 +175,11 @@ impl Phi4VisionModel {
                         count * patch_dim
                     )));
                 }
-                Ok(Tensor::from_slice(&image.patches, (count, patch_dim), self.decoder.device())?)
+                Ok(Tensor::from_slice(
+                    &image.patches,
+                    (count, patch_dim),
+                    self.decoder.device(),
+                )?)
             })
             .collect::<Result<Vec<_>>>()?;
         let batch: Vec<_> = patches
@@ -186,12 +207,19 @@ impl Phi4VisionModel {
 
     /// Prompt embeddings `[L, hidden]`: token embeddings with each image's features written over
     /// its placement. `ids` at image positions may be any valid id (they are overwritten).
-    pub fn prompt_embeddings(&self, ids: &[u32], images: &[(ImagePlacement, Tensor)]) -> Result<Tensor> {
+    pub fn prompt_embeddings(
+        &self,
+        ids: &[u32],
+        images: &[(ImagePlacement, Tensor)],
+    ) -> Result<Tensor> {
         let mut pieces = Vec::with_capacity(2 * images.len() + 1);
         let mut cursor = 0;
         for (placement, features) in images {
             let rows = features.dim(0)?;
-            if placement.start < cursor || placement.start + placement.len > ids.len() || rows != placement.len {
+            if placement.start < cursor
+                || placement.start + placement.len > ids.len()
+                || rows != placement.len
+            {
                 return Err(ModelError::BadInput(format!(
                     "image placement {placement:?} with {rows} feature rows does not fit a {}-token prompt in order",
                     ids.len()
@@ -211,7 +239,12 @@ impl Phi4VisionModel {
 
     /// Runs `embeddings` laid out as `batch` says; f32 logits `[segments, vocab]` of each
     /// segment's last token.
-    pub fn forward(&self, embeddings: &Tensor, batch: &BatchLayout, cache: &mut dyn KvCache) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        embeddings: &Tensor,
+        batch: &BatchLayout,
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
         self.decoder.forward(embeddings, batch, cache)
     }
 }

@@ -49,7 +49,10 @@ impl RotaryEmbedding {
             )));
         }
         let index = Tensor::new(positions, self.cos.device())?;
-        Ok((self.cos.index_select(&index, 0)?, self.sin.index_select(&index, 0)?))
+        Ok((
+            self.cos.index_select(&index, 0)?,
+            self.sin.index_select(&index, 0)?,
+        ))
     }
 
     /// Rotates `x` `[heads, T, head_dim]` whose rows sit at the positions `angles` was made for.

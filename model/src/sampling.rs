@@ -42,7 +42,10 @@ impl SamplingParams {
             )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ModelError::BadInput(format!("top_p must be in (0, 1], got {}", self.top_p)));
+            return Err(ModelError::BadInput(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
         }
         self.logprobs.map_or(Ok(()), validate_top)
     }
@@ -87,7 +90,10 @@ impl Sampler {
         let id = self.choose(logits);
         SampledToken {
             id,
-            logprobs: self.params.logprobs.map(|top| token_logprobs(logits, id, top)),
+            logprobs: self
+                .params
+                .logprobs
+                .map(|top| token_logprobs(logits, id, top)),
         }
     }
 
@@ -95,14 +101,21 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let mut candidates: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
         candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if self.params.top_k > 0 {
             candidates.truncate(self.params.top_k);
         }
         let max = candidates[0].1;
         let inv_t = 1.0 / self.params.temperature as f64;
-        let weights: Vec<f64> = candidates.iter().map(|&(_, l)| ((l - max) as f64 * inv_t).exp()).collect();
+        let weights: Vec<f64> = candidates
+            .iter()
+            .map(|&(_, l)| ((l - max) as f64 * inv_t).exp())
+            .collect();
         let total: f64 = weights.iter().sum();
         let mut kept = 0;
         let mut mass = 0.0;
@@ -178,11 +191,17 @@ mod tests {
         let logits = [1.0, 1.0, 1.0, 1.0];
         let draw = |seed| {
             let mut sampler = Sampler::new(params(1.0, 1.0, 0, seed)).unwrap();
-            (0..64).map(|_| sampler.sample(&logits).id).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| sampler.sample(&logits).id)
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(42), draw(42));
         let seen: std::collections::BTreeSet<u32> = draw(42).into_iter().collect();
-        assert_eq!(seen.len(), 4, "uniform logits should reach every token in 64 draws");
+        assert_eq!(
+            seen.len(),
+            4,
+            "uniform logits should reach every token in 64 draws"
+        );
     }
 
     #[test]
@@ -212,7 +231,13 @@ mod tests {
     #[test]
     fn logprobs_come_only_when_asked_and_ignore_temperature() {
         let logits = [0.0, 2.0, 1.0];
-        assert_eq!(Sampler::new(params(0.0, 1.0, 0, 0)).unwrap().sample(&logits).logprobs, None);
+        assert_eq!(
+            Sampler::new(params(0.0, 1.0, 0, 0))
+                .unwrap()
+                .sample(&logits)
+                .logprobs,
+            None
+        );
         let with_logprobs = |temperature| SamplingParams {
             logprobs: Some(2),
             ..params(temperature, 1.0, 1, 5)
@@ -220,9 +245,15 @@ mod tests {
         let greedy = Sampler::new(with_logprobs(0.0)).unwrap().sample(&logits);
         let hot = Sampler::new(with_logprobs(7.0)).unwrap().sample(&logits);
         assert_eq!((greedy.id, hot.id), (1, 1), "top_k 1 leaves one choice");
-        assert_eq!(greedy.logprobs, hot.logprobs, "the raw logits' distribution, whatever the temperature");
+        assert_eq!(
+            greedy.logprobs, hot.logprobs,
+            "the raw logits' distribution, whatever the temperature"
+        );
         let logprobs = greedy.logprobs.unwrap();
-        assert_eq!(logprobs.top.iter().map(|t| t.token_id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            logprobs.top.iter().map(|t| t.token_id).collect::<Vec<_>>(),
+            [1, 2]
+        );
         assert_eq!(logprobs.logprob, logprobs.top[0].logprob);
     }
 }

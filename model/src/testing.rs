@@ -27,7 +27,8 @@ pub fn golden_model_dir() -> PathBuf {
 
 /// The golden checkpoint, computing in `dtype`.
 pub fn golden_model(dtype: DType) -> Phi4VisionModel {
-    Phi4VisionModel::load(&golden_model_dir(), dtype, &Device::Cpu).expect("the golden checkpoint loads")
+    Phi4VisionModel::load(&golden_model_dir(), dtype, &Device::Cpu)
+        .expect("the golden checkpoint loads")
 }
 
 /// The golden checkpoint's front end (chat template, tokenizer, image preprocessing).
@@ -76,7 +77,9 @@ pub struct GoldenCase {
 impl GoldenCase {
     /// The reasoning mode.
     pub fn mode(&self) -> Mode {
-        self.mode_name.parse().expect("a golden case names a known mode")
+        self.mode_name
+            .parse()
+            .expect("a golden case names a known mode")
     }
 
     /// The images' paths, in prompt order.
@@ -126,7 +129,8 @@ pub fn golden_cases() -> Vec<GoldenCase> {
     struct GoldenFile {
         cases: Vec<GoldenCase>,
     }
-    let json = std::fs::read_to_string(golden_dir().join("golden.json")).expect("golden.json reads");
+    let json =
+        std::fs::read_to_string(golden_dir().join("golden.json")).expect("golden.json reads");
     serde_json::from_str::<GoldenFile>(&json)
         .expect("golden.json parses")
         .cases
@@ -147,7 +151,9 @@ impl GoldenTensors {
     /// Loads `golden.safetensors`.
     pub fn load() -> Self {
         let path = golden_dir().join("golden.safetensors");
-        GoldenTensors(candle_core::safetensors::load(path, &Device::Cpu).expect("golden.safetensors loads"))
+        GoldenTensors(
+            candle_core::safetensors::load(path, &Device::Cpu).expect("golden.safetensors loads"),
+        )
     }
 
     fn values(&self, key: &str) -> Vec<f32> {
@@ -190,6 +196,12 @@ pub fn reference_log_softmax(logits: &[f32]) -> Vec<f64> {
 /// magnitude in `expected`.
 pub fn max_relative_difference(got: &[f32], expected: &[f32]) -> f32 {
     assert_eq!(got.len(), expected.len(), "lengths differ");
-    let scale = expected.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
-    got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+    let scale = expected
+        .iter()
+        .fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+        / scale
 }

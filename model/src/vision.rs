@@ -47,8 +47,16 @@ impl EncoderAttention {
             .iter()
             .map(|rows| {
                 let qkv = qkv.narrow(0, rows.start, rows.len())?;
-                let heads = |part: usize| split_heads(&qkv, part * self.num_heads, self.num_heads, self.head_dim);
-                attention(&heads(0)?, &heads(1)?, &heads(2)?, HeadGroups::even(1, 1), Visibility::Full)
+                let heads = |part: usize| {
+                    split_heads(&qkv, part * self.num_heads, self.num_heads, self.head_dim)
+                };
+                attention(
+                    &heads(0)?,
+                    &heads(1)?,
+                    &heads(2)?,
+                    HeadGroups::even(1, 1),
+                    Visibility::Full,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         self.out_proj.forward(&Tensor::cat(&attended, 0)?)
@@ -70,13 +78,25 @@ impl EncoderLayer {
             layer_norm1: LayerNorm::load(&weights.pp("layer_norm1"), hidden, eps)?,
             self_attn: EncoderAttention::load(&weights.pp("self_attn"), cfg)?,
             layer_norm2: LayerNorm::load(&weights.pp("layer_norm2"), hidden, eps)?,
-            fc1: Linear::load(&weights.pp("mlp").pp("fc1"), hidden, cfg.intermediate_size, true)?,
-            fc2: Linear::load(&weights.pp("mlp").pp("fc2"), cfg.intermediate_size, hidden, true)?,
+            fc1: Linear::load(
+                &weights.pp("mlp").pp("fc1"),
+                hidden,
+                cfg.intermediate_size,
+                true,
+            )?,
+            fc2: Linear::load(
+                &weights.pp("mlp").pp("fc2"),
+                cfg.intermediate_size,
+                hidden,
+                true,
+            )?,
         })
     }
 
     fn forward(&self, x: &Tensor, images: &[Range<usize>]) -> Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, images)?)?;
+        let x = (x + self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x)?, images)?)?;
         let hidden = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         let activated = gelu_tanh(&hidden)?;
         let mlp = self.fc2.forward(&activated)?;
@@ -110,7 +130,12 @@ impl VisionTower {
             .map(|i| EncoderLayer::load(&weights.pp("encoder").pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
         Ok(VisionTower {
-            patch_embedding: Linear::load(&embeddings.pp("patch_embedding"), cfg.patch_dim(), cfg.hidden_size, true)?,
+            patch_embedding: Linear::load(
+                &embeddings.pp("patch_embedding"),
+                cfg.patch_dim(),
+                cfg.hidden_size,
+                true,
+            )?,
             position_grid,
             layers,
             config: cfg.clone(),
@@ -134,12 +159,22 @@ impl VisionTower {
                     self.config.patch_dim()
                 )));
             }
-            let start = rows.last().map_or(0, |previous: &Range<usize>| previous.end);
+            let start = rows
+                .last()
+                .map_or(0, |previous: &Range<usize>| previous.end);
             rows.push(start..start + count);
-            let resized = resize_position_grid(&self.position_grid, hidden, side, side, grid_h, grid_w);
-            positions.push(Tensor::from_vec(resized, (count, hidden), patches.device())?);
+            let resized =
+                resize_position_grid(&self.position_grid, hidden, side, side, grid_h, grid_w);
+            positions.push(Tensor::from_vec(
+                resized,
+                (count, hidden),
+                patches.device(),
+            )?);
         }
-        let patches: Vec<Tensor> = images.iter().map(|(patches, _, _)| (*patches).clone()).collect();
+        let patches: Vec<Tensor> = images
+            .iter()
+            .map(|(patches, _, _)| (*patches).clone())
+            .collect();
         let patches = Tensor::cat(&patches, 0)?.to_dtype(dtype)?;
         let positions = Tensor::cat(&positions, 0)?.to_dtype(dtype)?;
         let mut x = (self.patch_embedding.forward(&patches)? + positions)?;
@@ -168,6 +203,7 @@ impl Projector {
 
     /// `[N, vision_hidden]` → `[N, text_hidden]`.
     pub fn forward(&self, features: &Tensor) -> Result<Tensor> {
-        self.second.forward(&self.first.forward(features)?.gelu_erf()?)
+        self.second
+            .forward(&self.first.forward(features)?.gelu_erf()?)
     }
 }

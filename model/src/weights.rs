@@ -73,10 +73,11 @@ impl Checkpoint {
         }
         // SAFETY: the files are opened read-only; like every mmap-based loader we rely on them not
         // being truncated while the checkpoint is open.
-        let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::BadJson {
-            path: dir.to_path_buf(),
-            message: format!("unreadable safetensors file: {e}"),
-        })?;
+        let tensors =
+            unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::BadJson {
+                path: dir.to_path_buf(),
+                message: format!("unreadable safetensors file: {e}"),
+            })?;
         let progress = ProgressBar::new(total_bytes).with_style(
             ProgressStyle::with_template("loading weights {bar:40} {bytes}/{total_bytes} ({eta})")
                 .expect("progress template is valid"),
@@ -126,12 +127,19 @@ impl Checkpoint {
 
     /// Loads `name`, which must have `shape`; with `part = Some((dim, range))`, only that range of
     /// dimension `dim` is read from the file (a tensor-parallel rank's slice).
-    fn load_part(&self, name: &str, shape: &[usize], part: Option<(usize, Range<usize>)>) -> Result<Tensor> {
+    fn load_part(
+        &self,
+        name: &str,
+        shape: &[usize],
+        part: Option<(usize, Range<usize>)>,
+    ) -> Result<Tensor> {
         let part = part.filter(|(dim, range)| *range != (0..shape[*dim]));
         let tensors = match &self.source {
             TensorSource::Files(tensors) => tensors,
             TensorSource::Inventory(requests) => {
-                requests.borrow_mut().push((name.to_string(), shape.to_vec()));
+                requests
+                    .borrow_mut()
+                    .push((name.to_string(), shape.to_vec()));
                 let mut part_shape = shape.to_vec();
                 if let Some((dim, range)) = &part {
                     part_shape[*dim] = range.len();
@@ -179,7 +187,13 @@ impl Checkpoint {
 }
 
 /// The bytes of `range` along dimension `dim` of a row-major tensor of `shape` stored in `data`.
-fn slice_bytes(data: &[u8], shape: &[usize], dim: usize, range: &Range<usize>, element_size: usize) -> Vec<u8> {
+fn slice_bytes(
+    data: &[u8],
+    shape: &[usize],
+    dim: usize,
+    range: &Range<usize>,
+    element_size: usize,
+) -> Vec<u8> {
     let outer: usize = shape[..dim].iter().product();
     let inner: usize = shape[dim + 1..].iter().product::<usize>() * element_size;
     let mut bytes = Vec::with_capacity(outer * range.len() * inner);
@@ -212,7 +226,13 @@ impl<'a> Weights<'a> {
 
     /// Loads only `range` of dimension `dim` of `prefix.name`, which must have exactly `shape`;
     /// the rest of the tensor is never read.
-    pub fn get_part(&self, name: &str, shape: &[usize], dim: usize, range: Range<usize>) -> Result<Tensor> {
+    pub fn get_part(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dim: usize,
+        range: Range<usize>,
+    ) -> Result<Tensor> {
         if dim >= shape.len() || range.start > range.end || range.end > shape[dim] {
             return Err(ModelError::BadInput(format!(
                 "cannot take {range:?} of dimension {dim} of `{name}` shaped {shape:?}"

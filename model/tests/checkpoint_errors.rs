@@ -16,11 +16,18 @@ fn edited_checkpoint(name: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let golden = golden_model_dir();
-    for file in ["config.json", "generation_config.json", "preprocessor_config.json"] {
+    for file in [
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+    ] {
         std::fs::copy(golden.join(file), dir.join(file)).unwrap();
     }
     let mut tensors = HashMap::new();
-    for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
         tensors.extend(candle_core::safetensors::load(golden.join(shard), &Device::Cpu).unwrap());
     }
     edit(&mut tensors);
@@ -47,7 +54,10 @@ fn missing_tensor_is_named() {
     let dir = edited_checkpoint("missing", |tensors| {
         tensors.remove(name);
     });
-    let err = load(&dir).err().expect("a checkpoint without a decoder weight must not load").to_string();
+    let err = load(&dir)
+        .err()
+        .expect("a checkpoint without a decoder weight must not load")
+        .to_string();
     assert!(err.contains(name), "{err}");
 }
 
@@ -55,19 +65,34 @@ fn missing_tensor_is_named() {
 fn misshaped_tensor_is_named_with_both_shapes() {
     let name = "model.mm_projector.0.weight";
     let dir = edited_checkpoint("misshaped", |tensors| {
-        tensors.insert(name.to_string(), Tensor::zeros((64, 31), DType::BF16, &Device::Cpu).unwrap());
+        tensors.insert(
+            name.to_string(),
+            Tensor::zeros((64, 31), DType::BF16, &Device::Cpu).unwrap(),
+        );
     });
-    let err = load(&dir).err().expect("a mis-shaped projector must not load").to_string();
-    assert!(err.contains(name) && err.contains("[64, 31]") && err.contains("[64, 32]"), "{err}");
+    let err = load(&dir)
+        .err()
+        .expect("a mis-shaped projector must not load")
+        .to_string();
+    assert!(
+        err.contains(name) && err.contains("[64, 31]") && err.contains("[64, 32]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn integer_tensor_is_refused_by_dtype() {
     let name = "model.norm.weight";
     let dir = edited_checkpoint("dtype", |tensors| {
-        tensors.insert(name.to_string(), Tensor::zeros(64, DType::U32, &Device::Cpu).unwrap());
+        tensors.insert(
+            name.to_string(),
+            Tensor::zeros(64, DType::U32, &Device::Cpu).unwrap(),
+        );
     });
-    let err = load(&dir).err().expect("an integer norm weight must not load").to_string();
+    let err = load(&dir)
+        .err()
+        .expect("an integer norm weight must not load")
+        .to_string();
     assert!(err.contains(name) && err.contains("U32"), "{err}");
 }
 
@@ -75,7 +100,11 @@ fn integer_tensor_is_refused_by_dtype() {
 fn directory_without_weights_says_so() {
     let dir = std::env::temp_dir().join(format!("fovea-checkpoint-empty-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(golden_model_dir().join("config.json"), dir.join("config.json")).unwrap();
+    std::fs::copy(
+        golden_model_dir().join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
     let err = load(&dir).err().expect("no weights, no model").to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }

@@ -6,12 +6,17 @@
 use candle_core::{DType, Tensor};
 use fovea_model::kv_cache::ContiguousKvCache;
 use fovea_model::sampling::{Sampler, SamplingParams, argmax};
-use fovea_model::testing::{GoldenTensors, golden_cases, golden_model, golden_preparer, reference_log_softmax};
+use fovea_model::testing::{
+    GoldenTensors, golden_cases, golden_model, golden_preparer, reference_log_softmax,
+};
 use fovea_model::text::IMAGE_PLACEHOLDER_ID;
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn logits(t: Tensor) -> Vec<f32> {
@@ -30,21 +35,40 @@ fn every_golden_case_matches_the_reference_in_f32() {
         assert_eq!(request.prompt_ids, case.input_ids, "{name}: input_ids");
 
         let mut features = Vec::new();
-        for (i, ((placement, image), span)) in request.images.iter().zip(&case.image_spans).enumerate() {
+        for (i, ((placement, image), span)) in
+            request.images.iter().zip(&case.image_spans).enumerate()
+        {
             assert_eq!(placement.start, span.start, "{name}: image {i} start");
-            assert_eq!([image.grid_h, image.grid_w], span.grid, "{name}: image {i} grid");
+            assert_eq!(
+                [image.grid_h, image.grid_w],
+                span.grid,
+                "{name}: image {i} grid"
+            );
             let got = model.encode_image(image).unwrap();
             let expected = golden.image_features(name, i);
             let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
             let relative = max_abs_diff(&logits(got.clone()), &expected) / scale;
             println!("{name}: image {i} features max relative diff {relative:e}");
-            assert!(relative < 1e-4, "{name}: image {i} features differ by {relative} relative");
+            assert!(
+                relative < 1e-4,
+                "{name}: image {i} features differ by {relative} relative"
+            );
             features.push((*placement, got));
         }
 
         let mut cache = ContiguousKvCache::new(model.config().text.num_layers);
-        let embeddings = model.prompt_embeddings(&request.prompt_ids, &features).unwrap();
-        let mut step_logits = logits(model.forward(&embeddings, &cache.next_batch(embeddings.dim(0).unwrap()), &mut cache).unwrap());
+        let embeddings = model
+            .prompt_embeddings(&request.prompt_ids, &features)
+            .unwrap();
+        let mut step_logits = logits(
+            model
+                .forward(
+                    &embeddings,
+                    &cache.next_batch(embeddings.dim(0).unwrap()),
+                    &mut cache,
+                )
+                .unwrap(),
+        );
         let expected = golden.prefill_last_logits(name);
         let diff = max_abs_diff(&step_logits, &expected);
         println!("{name}: prefill logits max |diff| {diff:e}");
@@ -59,14 +83,22 @@ fn every_golden_case_matches_the_reference_in_f32() {
                 break;
             }
             let next = model.decoder().embed(&tokens[tokens.len() - 1..]).unwrap();
-            step_logits = logits(model.forward(&next, &cache.next_batch(1), &mut cache).unwrap());
+            step_logits = logits(
+                model
+                    .forward(&next, &cache.next_batch(1), &mut cache)
+                    .unwrap(),
+            );
         }
         assert_eq!(&tokens, expected_tokens, "{name}: greedy tokens");
         let expected = golden.greedy_last_logits(name);
         let diff = max_abs_diff(&step_logits, &expected);
         println!("{name}: last greedy step logits max |diff| {diff:e}");
         assert!(diff < 1e-3, "{name}: last-step logits differ by {diff}");
-        assert!(request.images.iter().all(|(p, _)| request.prompt_ids[p.start..p.start + p.len].iter().all(|&t| t == IMAGE_PLACEHOLDER_ID)));
+        assert!(request.images.iter().all(|(p, _)| {
+            request.prompt_ids[p.start..p.start + p.len]
+                .iter()
+                .all(|&t| t == IMAGE_PLACEHOLDER_ID)
+        }));
     }
 }
 
@@ -81,11 +113,21 @@ fn assert_first_token_logprobs(name: &str, fovea_logits: &[f32], reference_logit
     let logprobs = sampled.logprobs.unwrap();
     let reference = reference_log_softmax(reference_logits);
     let diff = |token: u32, logprob: f32| (f64::from(logprob) - reference[token as usize]).abs();
-    assert!(diff(sampled.id, logprobs.logprob) < 1e-4, "{name}: chosen token's logprob");
+    assert!(
+        diff(sampled.id, logprobs.logprob) < 1e-4,
+        "{name}: chosen token's logprob"
+    );
     assert_eq!(logprobs.top.len(), 20, "{name}");
-    assert_eq!(logprobs.top[0].token_id, sampled.id, "{name}: greedy picks the most likely");
+    assert_eq!(
+        logprobs.top[0].token_id, sampled.id,
+        "{name}: greedy picks the most likely"
+    );
     for entry in &logprobs.top {
-        assert!(diff(entry.token_id, entry.logprob) < 1e-4, "{name}: logprob of {}", entry.token_id);
+        assert!(
+            diff(entry.token_id, entry.logprob) < 1e-4,
+            "{name}: logprob of {}",
+            entry.token_id
+        );
     }
 }
 
@@ -98,10 +140,24 @@ fn bf16_compute_stays_close_to_the_reference() {
     for case in &golden_cases() {
         let name = &case.name;
         let request = case.prepare(&preparer);
-        let features: Vec<_> = request.images.iter().map(|(p, image)| (*p, model.encode_image(image).unwrap())).collect();
+        let features: Vec<_> = request
+            .images
+            .iter()
+            .map(|(p, image)| (*p, model.encode_image(image).unwrap()))
+            .collect();
         let mut cache = ContiguousKvCache::new(model.config().text.num_layers);
-        let embeddings = model.prompt_embeddings(&request.prompt_ids, &features).unwrap();
-        let got = logits(model.forward(&embeddings, &cache.next_batch(embeddings.dim(0).unwrap()), &mut cache).unwrap());
+        let embeddings = model
+            .prompt_embeddings(&request.prompt_ids, &features)
+            .unwrap();
+        let got = logits(
+            model
+                .forward(
+                    &embeddings,
+                    &cache.next_batch(embeddings.dim(0).unwrap()),
+                    &mut cache,
+                )
+                .unwrap(),
+        );
         let expected = golden.prefill_last_logits(name);
         let diff = max_abs_diff(&got, &expected);
         println!("{name}: bf16 prefill logits max |diff| {diff:e}");
@@ -124,7 +180,11 @@ fn golden_images_encoded_in_one_batch_match_their_lone_encodings() {
             images.push((case.name.clone(), i, image));
         }
     }
-    assert!(images.len() >= 2, "the golden cases hold {} images; a batch needs two", images.len());
+    assert!(
+        images.len() >= 2,
+        "the golden cases hold {} images; a batch needs two",
+        images.len()
+    );
     let batch: Vec<_> = images.iter().map(|(_, _, image)| image).collect();
     let batched = model.encode_images(&batch).unwrap();
     assert_eq!(batched.len(), images.len());
@@ -134,8 +194,14 @@ fn golden_images_encoded_in_one_batch_match_their_lone_encodings() {
         let scale = alone.iter().fold(0f32, |m, v| m.max(v.abs()));
         let relative = max_abs_diff(&got, &alone) / scale;
         println!("{name}: image {i} batched vs alone max relative diff {relative:e}");
-        assert!(relative < 1e-6, "{name}: image {i} batched differs from alone by {relative} relative");
+        assert!(
+            relative < 1e-6,
+            "{name}: image {i} batched differs from alone by {relative} relative"
+        );
         let expected = golden.image_features(name, *i);
-        assert!(max_abs_diff(&got, &expected) / scale < 1e-4, "{name}: image {i} batched features differ from the reference");
+        assert!(
+            max_abs_diff(&got, &expected) / scale < 1e-4,
+            "{name}: image {i} batched features differ from the reference"
+        );
     }
 }

@@ -38,8 +38,9 @@ fn on_every_rank(world_size: usize, rank_body: impl Fn(&NcclCommunicator, &Devic
             scope.spawn(move || {
                 let device = Device::new_cuda(rank).expect("a CUDA device");
                 let id = NcclUniqueId::from_bytes(&id_bytes).expect("the id from its bytes");
-                let comm = NcclCommunicator::new(&device, rank, world_size, &id, Duration::from_secs(60))
-                    .expect("the rank joins the group");
+                let comm =
+                    NcclCommunicator::new(&device, rank, world_size, &id, Duration::from_secs(60))
+                        .expect("the rank joins the group");
                 rank_body(&comm, &device);
             });
         }
@@ -57,7 +58,9 @@ fn collectives_combine_every_ranks_tensor() {
         let rank = comm.rank();
         assert_eq!(comm.world_size(), world);
 
-        let summed = comm.all_reduce_sum(&filled(rank as f32 + 1.0, (3, 5), device)).unwrap();
+        let summed = comm
+            .all_reduce_sum(&filled(rank as f32 + 1.0, (3, 5), device))
+            .unwrap();
         let expected = (world * (world + 1) / 2) as f32;
         assert_eq!(summed.to_vec2::<f32>().unwrap(), vec![vec![expected; 5]; 3]);
 
@@ -67,13 +70,19 @@ fn collectives_combine_every_ranks_tensor() {
                 .unwrap();
             assert_eq!(summed.dtype(), dtype);
             assert_eq!(
-                summed.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(),
+                summed
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap(),
                 vec![vec![world as f32; 4]; 2]
             );
         }
 
         // Rank r contributes r + 1 columns of value r: gathered along dim 1 in rank order.
-        let gathered = comm.all_gather(&filled(rank as f32, (2, rank + 1), device), 1).unwrap();
+        let gathered = comm
+            .all_gather(&filled(rank as f32, (2, rank + 1), device), 1)
+            .unwrap();
         let row: Vec<f32> = (0..world).flat_map(|r| vec![r as f32; r + 1]).collect();
         assert_eq!(gathered.to_vec2::<f32>().unwrap(), vec![row.clone(), row]);
 
@@ -81,7 +90,10 @@ fn collectives_combine_every_ranks_tensor() {
         let sent = comm
             .broadcast(&filled(rank as f32 * 10.0, (4, 2), device), root)
             .unwrap();
-        assert_eq!(sent.to_vec2::<f32>().unwrap(), vec![vec![root as f32 * 10.0; 2]; 4]);
+        assert_eq!(
+            sent.to_vec2::<f32>().unwrap(),
+            vec![vec![root as f32 * 10.0; 2]; 4]
+        );
 
         comm.barrier().unwrap();
     });
@@ -107,7 +119,12 @@ fn unsupported_inputs_are_errors_that_leave_the_group_usable() {
         );
         assert!(comm.broadcast(&filled(1.0, (1, 1), device), 1).is_err());
         assert!(comm.all_gather(&filled(1.0, (1, 1), device), 2).is_err());
-        assert!(comm.all_gather(&cpu_tensor, 0).unwrap_err().to_string().contains("CUDA tensors"));
+        assert!(
+            comm.all_gather(&cpu_tensor, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("CUDA tensors")
+        );
         comm.barrier().unwrap();
     });
 }

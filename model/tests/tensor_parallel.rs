@@ -9,12 +9,17 @@ use candle_core::{DType, Device};
 use fovea_model::generate::{GenerationRequest, SequenceRank, generate};
 use fovea_model::kv_cache::ContiguousKvCache;
 use fovea_model::sampling::{SamplingParams, argmax};
-use fovea_model::testing::{GoldenTensors, golden_model_dir, golden_preparer, prepared_golden_cases};
+use fovea_model::testing::{
+    GoldenTensors, golden_model_dir, golden_preparer, prepared_golden_cases,
+};
 use fovea_model::tp::{RankGroup, RankOptions};
 use fovea_model::{ModelError, Phi4VisionModel};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// A rank's part of the model and the one sequence's cache.
@@ -26,13 +31,19 @@ struct Rank {
 fn ranks(world: usize) -> RankGroup<Rank> {
     let mut options = RankOptions::new(world);
     options.threads_per_rank = 1;
-    Phi4VisionModel::load_ranks(&golden_model_dir(), DType::F32, &Device::Cpu, options, |model| {
-        let layers = model.config().text.num_layers;
-        Ok(Rank {
-            model,
-            cache: ContiguousKvCache::new(layers),
-        })
-    })
+    Phi4VisionModel::load_ranks(
+        &golden_model_dir(),
+        DType::F32,
+        &Device::Cpu,
+        options,
+        |model| {
+            let layers = model.config().text.num_layers;
+            Ok(Rank {
+                model,
+                cache: ContiguousKvCache::new(layers),
+            })
+        },
+    )
     .unwrap()
 }
 
@@ -48,22 +59,35 @@ fn golden_cases_give_the_reference_tokens_and_logits_at_tp_1_2_and_4() {
             let features: Vec<_> = request
                 .images
                 .iter()
-                .map(|(placement, image)| (*placement, ranks.local().model.encode_image(image).unwrap()))
+                .map(|(placement, image)| {
+                    (*placement, ranks.local().model.encode_image(image).unwrap())
+                })
                 .collect();
             let ids = request.prompt_ids.clone();
             let prefill = ranks
                 .run(move |rank| {
                     rank.cache = ContiguousKvCache::new(rank.model.config().text.num_layers);
                     let embeddings = rank.model.prompt_embeddings(&ids, &features)?;
-                    rank.model.forward(&embeddings, &rank.cache.next_batch(ids.len()), &mut rank.cache)
+                    rank.model.forward(
+                        &embeddings,
+                        &rank.cache.next_batch(ids.len()),
+                        &mut rank.cache,
+                    )
                 })
                 .unwrap();
             let mut logits: Vec<f32> = prefill.flatten_all().unwrap().to_vec1().unwrap();
             let expected = tensors.prefill_last_logits(name);
-            assert_eq!(logits.len(), expected.len(), "TP {world} {name}: gathered logits cover the vocabulary");
+            assert_eq!(
+                logits.len(),
+                expected.len(),
+                "TP {world} {name}: gathered logits cover the vocabulary"
+            );
             let diff = max_abs_diff(&logits, &expected);
             println!("TP {world} {name}: prefill logits max |diff| {diff:e}");
-            assert!(diff < 1e-3, "TP {world} {name}: prefill logits differ by {diff}");
+            assert!(
+                diff < 1e-3,
+                "TP {world} {name}: prefill logits differ by {diff}"
+            );
 
             let expected_tokens = &case.golden.greedy_tokens;
             let mut tokens = vec![argmax(&logits)];
@@ -72,7 +96,8 @@ fn golden_cases_give_the_reference_tokens_and_logits_at_tp_1_2_and_4() {
                 let step = ranks
                     .run(move |rank| {
                         let embeddings = rank.model.decoder().embed(&[token])?;
-                        rank.model.forward(&embeddings, &rank.cache.next_batch(1), &mut rank.cache)
+                        rank.model
+                            .forward(&embeddings, &rank.cache.next_batch(1), &mut rank.cache)
                     })
                     .unwrap();
                 logits = step.flatten_all().unwrap().to_vec1().unwrap();
@@ -81,7 +106,10 @@ fn golden_cases_give_the_reference_tokens_and_logits_at_tp_1_2_and_4() {
             assert_eq!(&tokens, expected_tokens, "TP {world} {name}: greedy tokens");
             let expected = tensors.greedy_last_logits(name);
             let diff = max_abs_diff(&logits, &expected);
-            assert!(diff < 1e-3, "TP {world} {name}: last-step logits differ by {diff}");
+            assert!(
+                diff < 1e-3,
+                "TP {world} {name}: last-step logits differ by {diff}"
+            );
         }
     }
 }
@@ -91,9 +119,13 @@ fn generate_runs_on_a_group_and_matches_one_rank() {
     let case = &prepared_golden_cases(&golden_preparer())[0];
     let (dir, request) = (golden_model_dir(), &case.request);
     let generate_on = |world: usize| {
-        let mut ranks = Phi4VisionModel::load_ranks(&dir, DType::F32, &Device::Cpu, RankOptions::new(world), |model| {
-            Ok(SequenceRank::new(Arc::new(model)))
-        })
+        let mut ranks = Phi4VisionModel::load_ranks(
+            &dir,
+            DType::F32,
+            &Device::Cpu,
+            RankOptions::new(world),
+            |model| Ok(SequenceRank::new(Arc::new(model))),
+        )
         .unwrap();
         let request = GenerationRequest {
             prompt_ids: &request.prompt_ids,
@@ -111,10 +143,19 @@ fn generate_runs_on_a_group_and_matches_one_rank() {
 
 #[test]
 fn a_tp_size_that_does_not_divide_the_query_heads_fails_at_load_with_the_choices() {
-    let result = Phi4VisionModel::load_ranks(&golden_model_dir(), DType::F32, &Device::Cpu, RankOptions::new(3), Ok);
+    let result = Phi4VisionModel::load_ranks(
+        &golden_model_dir(),
+        DType::F32,
+        &Device::Cpu,
+        RankOptions::new(3),
+        Ok,
+    );
     let Err(error @ ModelError::TensorParallel(_)) = result else {
         panic!("TP 3 over 4 heads must be refused");
     };
     let message = error.to_string();
-    assert!(message.contains("TP size of 3") && message.contains("1, 2, 4"), "{message}");
+    assert!(
+        message.contains("TP size of 3") && message.contains("1, 2, 4"),
+        "{message}"
+    );
 }

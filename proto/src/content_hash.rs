@@ -33,7 +33,9 @@ impl ContentHasher {
 
     /// Adds `bytes`.
     pub fn write(&mut self, bytes: &[u8]) {
-        self.halves.iter_mut().for_each(|hasher| hasher.write(bytes));
+        self.halves
+            .iter_mut()
+            .for_each(|hasher| hasher.write(bytes));
     }
 
     /// Adds `value`'s little-endian bytes.

@@ -15,7 +15,9 @@ use fovea_model::input::RequestPreparer;
 use fovea_model::preprocess::PreprocessConfig;
 use fovea_proto::worker::v1::prefiller_client::PrefillerClient;
 use fovea_proto::worker::v1::worker_client::WorkerClient;
-use fovea_proto::worker::v1::{GenerateJob, PrefillJob, SamplingParams, WorkerInfo, WorkerRole, generate_event};
+use fovea_proto::worker::v1::{
+    GenerateJob, PrefillJob, SamplingParams, WorkerInfo, WorkerRole, generate_event,
+};
 use fovea_worker::EngineConfig;
 use fovea_worker::node::WorkerNode;
 
@@ -58,7 +60,9 @@ async fn time_to_first_token(
         .into_inner();
     let result = match prefill {
         Some(prefill) => {
-            let mut client = PrefillerClient::connect(format!("http://{prefill}")).await.unwrap();
+            let mut client = PrefillerClient::connect(format!("http://{prefill}"))
+                .await
+                .unwrap();
             let prefill_job = PrefillJob {
                 transfer_id: job.kv_transfer_id.clone(),
                 decode_worker: decode.to_string(),
@@ -79,7 +83,10 @@ async fn time_to_first_token(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = std::path::PathBuf::from(args.next().expect("usage: kv_transfer_cost MODEL_DIR PROMPT_TOKENS"));
+    let dir = std::path::PathBuf::from(
+        args.next()
+            .expect("usage: kv_transfer_cost MODEL_DIR PROMPT_TOKENS"),
+    );
     let tokens: usize = args
         .next()
         .map_or(2048, |n| n.parse().expect("PROMPT_TOKENS is a number"));
@@ -89,7 +96,9 @@ async fn main() {
     // Distinct prompts, so that no prefix cache helps either run.
     let job = |run: u32, transfer: bool| GenerateJob {
         request_id: format!("run-{run}"),
-        prompt_token_ids: (0..tokens as u32).map(|i| 1000 + (i * 7 + run * 13) % 50_000).collect(),
+        prompt_token_ids: (0..tokens as u32)
+            .map(|i| 1000 + (i * 7 + run * 13) % 50_000)
+            .collect(),
         sampling: Some(SamplingParams {
             top_p: 1.0,
             ..Default::default()
@@ -108,7 +117,10 @@ async fn main() {
     let (whole, _) = time_to_first_token(&decode, None, job(2, false)).await;
     let (split, result) = time_to_first_token(&decode, Some(&prefill), job(3, true)).await;
     let result = result.unwrap();
-    println!("{tokens}-token prompt, {} MB of KV", result.bytes_sent as f64 / 1e6);
+    println!(
+        "{tokens}-token prompt, {} MB of KV",
+        result.bytes_sent as f64 / 1e6
+    );
     println!("time to first token, whole on one worker: {whole:.3} s");
     println!("time to first token, prefill worker -> decode worker: {split:.3} s");
     println!("split / whole: {:.3}", split / whole);

@@ -144,7 +144,10 @@ impl BlockAllocator {
 
     /// Takes the least recently released cached block out of the cache.
     fn evict_oldest(&mut self) -> BlockId {
-        let (_, block) = self.cached.pop_first().expect("free_blocks() counted a cached block");
+        let (_, block) = self
+            .cached
+            .pop_first()
+            .expect("free_blocks() counted a cached block");
         self.cached_at[block.index()] = None;
         if let Some(hash) = self.registered_as[block.index()].take() {
             self.by_hash.remove(&hash);
@@ -186,7 +189,10 @@ impl BlockAllocator {
     /// Fills empty `table` with the registered blocks of the longest prefix of `hashes` and
     /// returns how many blocks that is.
     pub fn share_prefix(&mut self, table: &mut KvBlockTable, hashes: &[BlockHash]) -> usize {
-        debug_assert!(table.blocks.is_empty(), "prefixes are shared into empty tables");
+        debug_assert!(
+            table.blocks.is_empty(),
+            "prefixes are shared into empty tables"
+        );
         for hash in hashes {
             let Some(&block) = self.by_hash.get(hash) else {
                 break;
@@ -252,7 +258,10 @@ mod tests {
         let mut allocator = BlockAllocator::new(3, 16);
         let mut table = KvBlockTable::default();
         allocator.grow(&mut table, 16).unwrap();
-        assert_eq!(allocator.grow(&mut table, 64), Err(OutOfBlocks { needed: 3, free: 2 }));
+        assert_eq!(
+            allocator.grow(&mut table, 64),
+            Err(OutOfBlocks { needed: 3, free: 2 })
+        );
         assert_eq!(table.blocks().len(), 1);
         assert_eq!(allocator.free_blocks(), 2);
         assert_eq!(allocator.reachable_tokens(&table), 48);

@@ -8,8 +8,8 @@
 
 use fovea_model::ImagePlacement;
 
-use fovea_proto::content_hash::ContentHasher;
 use crate::image_cache::ImageKey;
+use fovea_proto::content_hash::ContentHasher;
 
 /// The hash of one full block and all blocks before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,7 +107,11 @@ mod tests {
         let with_a = hashes(&tokens, &image(key(0.5)));
         let with_b = hashes(&tokens, &image(key(0.25)));
         assert_eq!(with_a, hashes(&tokens, &image(key(0.5))));
-        assert_eq!(with_a[0], hashes(&tokens, &[])[0], "block 0 ends before the image");
+        assert_eq!(
+            with_a[0],
+            hashes(&tokens, &[])[0],
+            "block 0 ends before the image"
+        );
         assert_ne!(with_a[1], with_b[1]);
         assert_ne!(with_a[2], with_b[2]);
     }

@@ -54,7 +54,10 @@ impl EngineConfig {
             ("kv_blocks", self.kv_blocks),
             ("block_size", self.block_size),
             ("max_batch_tokens", self.max_batch_tokens),
-            ("max_prefill_tokens_while_decoding", self.max_prefill_tokens_while_decoding),
+            (
+                "max_prefill_tokens_while_decoding",
+                self.max_prefill_tokens_while_decoding,
+            ),
             ("max_running", self.max_running),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
@@ -67,7 +70,9 @@ impl EngineConfig {
             )));
         }
         let shape = KvPoolShape::for_decoder(text, self.kv_blocks, self.block_size);
-        if shape.bytes().is_none_or(|bytes| bytes > isize::MAX as usize)
+        if shape
+            .bytes()
+            .is_none_or(|bytes| bytes > isize::MAX as usize)
             || self.kv_blocks.checked_mul(self.block_size).is_none()
         {
             return Err(EngineError::Config(format!(

@@ -255,7 +255,11 @@ impl Engine {
 
     /// The keys and values of `id`'s first `prompt_tokens` positions, in whole blocks of every
     /// KV head, gathered from the ranks that hold them.
-    fn export_prompt_kv(&mut self, id: RequestId, prompt_tokens: usize) -> fovea_model::Result<PromptKv> {
+    fn export_prompt_kv(
+        &mut self,
+        id: RequestId,
+        prompt_tokens: usize,
+    ) -> fovea_model::Result<PromptKv> {
         let table = self
             .scheduler
             .running_table(id)
@@ -264,7 +268,10 @@ impl Engine {
         let rank = self.ranks.local();
         let (block_len, shape) = (rank.transfer_block_len(), *rank.pool().shape());
         let blocks = prompt_tokens.div_ceil(shape.block_size);
-        let layers = Arc::new(Mutex::new(vec![LayerKv::zeroed(blocks * block_len); shape.layers]));
+        let layers = Arc::new(Mutex::new(vec![
+            LayerKv::zeroed(blocks * block_len);
+            shape.layers
+        ]));
         let filled = Arc::clone(&layers);
         self.ranks.run(move |rank| {
             let mut layers = filled.lock().unwrap_or_else(PoisonError::into_inner);
@@ -308,10 +315,18 @@ impl Engine {
             }
         }
         let model = Arc::clone(self.ranks.local().model());
-        let vision = provide_image_features(&model, &mut self.images, &mut self.sequences, &schedule.chunks);
+        let vision = provide_image_features(
+            &model,
+            &mut self.images,
+            &mut self.sequences,
+            &schedule.chunks,
+        );
         self.image_batches += u64::from(vision.encoded_batch);
         if let Some((ids, error)) = vision.failed {
-            tracing::warn!("encoding the images of {} sequences failed: {error}", ids.len());
+            tracing::warn!(
+                "encoding the images of {} sequences failed: {error}",
+                ids.len()
+            );
             for id in ids {
                 self.finish(id, model_failure(&error));
             }
@@ -347,7 +362,11 @@ impl Engine {
 
     /// The model, on every rank, over `chunks` (whose inputs are `inputs`): logits of each
     /// chunk's last token, `[chunks, vocab]` flattened.
-    fn forward(&mut self, chunks: &[Chunk], inputs: Vec<ChunkInput>) -> fovea_model::Result<Vec<f32>> {
+    fn forward(
+        &mut self,
+        chunks: &[Chunk],
+        inputs: Vec<ChunkInput>,
+    ) -> fovea_model::Result<Vec<f32>> {
         let segments = chunks
             .iter()
             .map(|chunk| BatchSegment {
@@ -381,7 +400,11 @@ impl Engine {
             let end = chunk.positions.end;
             sequence.release_features_before(end);
             let generates = end == sequence.known_tokens();
-            let mut finished = if generates { sequence.sample_next(row) } else { None };
+            let mut finished = if generates {
+                sequence.sample_next(row)
+            } else {
+                None
+            };
             let (tokens, hashes) = (chunk.positions.len(), sequence.block_hashes());
             self.scheduler.computed(chunk.id, tokens, generates, hashes);
             if generates && sequence.handoff() == KvHandoff::Export {

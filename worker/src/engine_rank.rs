@@ -75,16 +75,28 @@ impl EngineRank {
     /// group copies into the same `layers`, which then hold each head once.
     pub fn export_prompt(&self, table: &KvBlockTable, tokens: usize, layers: &mut [LayerKv]) {
         for (layer, kv) in layers.iter_mut().enumerate() {
-            self.pool
-                .export_prompt_blocks(layer, table, tokens, &self.heads, &mut kv.keys, &mut kv.values);
+            self.pool.export_prompt_blocks(
+                layer,
+                table,
+                tokens,
+                &self.heads,
+                &mut kv.keys,
+                &mut kv.values,
+            );
         }
     }
 
     /// Stores the heads this rank holds of a transferred `run` in `table`'s blocks (the engine
     /// checked that the run fits them).
     pub fn import_run(&mut self, table: &KvBlockTable, run: &KvBlockRun) {
-        self.pool
-            .import_blocks(run.layer, table, run.first_block, &self.heads, &run.keys, &run.values);
+        self.pool.import_blocks(
+            run.layer,
+            table,
+            run.first_block,
+            &self.heads,
+            &run.keys,
+            &run.values,
+        );
     }
 
     /// Runs `step` through this rank's part of the model: logits `[chunks, vocab]` (gathered
@@ -105,7 +117,10 @@ impl EngineRank {
 }
 
 /// A single rank holding all of `model`.
-pub fn single_rank(model: Arc<Phi4VisionModel>, config: &EngineConfig) -> Result<EngineRanks, EngineError> {
+pub fn single_rank(
+    model: Arc<Phi4VisionModel>,
+    config: &EngineConfig,
+) -> Result<EngineRanks, EngineError> {
     let shape = config.pool_shape(&model.config().text)?;
     Ok(RankGroup::single(EngineRank::new(model, shape)))
 }

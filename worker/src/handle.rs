@@ -192,7 +192,10 @@ impl EngineHandle {
 
     /// Ends request `id`'s transfer: it decodes from `first_token`, which the prefill chose.
     pub fn complete_kv(&self, id: RequestId, first_token: u32) {
-        let _ = self.shared.commands.send(Command::CompleteKv(id, first_token));
+        let _ = self
+            .shared
+            .commands
+            .send(Command::CompleteKv(id, first_token));
     }
 
     /// Ends request `id` with `error` (a broken transfer); nothing happens if it already finished.
@@ -219,8 +222,10 @@ impl EngineHandle {
         });
         match sequence {
             Ok(sequence) => {
-                if let Err(SendError(Command::Submit(sequence))) =
-                    self.shared.commands.send(Command::Submit(Box::new(sequence)))
+                if let Err(SendError(Command::Submit(sequence))) = self
+                    .shared
+                    .commands
+                    .send(Command::Submit(Box::new(sequence)))
                 {
                     sequence.finish(FinishReason::Error(RequestError::EngineStopped));
                 }
@@ -241,12 +246,21 @@ impl EngineHandle {
 
     /// The engine's load as of its last step.
     pub fn stats(&self) -> EngineStats {
-        *self.shared.stats.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Sends the final event of a request that never reached the engine.
-fn reject(events: &UnboundedSender<Event>, error: RequestError, prompt_tokens: usize, submitted: Instant) {
+fn reject(
+    events: &UnboundedSender<Event>,
+    error: RequestError,
+    prompt_tokens: usize,
+    submitted: Instant,
+) {
     let waited = submitted.elapsed();
     let _ = events.send(Event::Finished(Completion {
         reason: FinishReason::Error(error),

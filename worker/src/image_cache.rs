@@ -180,7 +180,10 @@ mod tests {
         cache.insert(b, features(2.0));
         let again = cache.get(a).expect("a is cached");
         assert_eq!(again.to_vec1::<f32>().unwrap(), vec![1.0; 4]);
-        assert_eq!((cache.hits(), cache.encoded(), cache.used_bytes()), (1, 2, 32));
+        assert_eq!(
+            (cache.hits(), cache.encoded(), cache.used_bytes()),
+            (1, 2, 32)
+        );
         // c evicts b, the least recently used.
         cache.insert(c, features(3.0));
         assert_eq!(cache.used_bytes(), 32);

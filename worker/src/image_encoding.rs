@@ -31,12 +31,20 @@ pub(crate) struct EncodingCost {
 impl EncodingCost {
     pub fn for_model(config: &ModelConfig) -> Self {
         let (vision, text) = (&config.vision, &config.text);
-        let (hv, iv, ht) = (vision.hidden_size as f64, vision.intermediate_size as f64, text.hidden_size as f64);
+        let (hv, iv, ht) = (
+            vision.hidden_size as f64,
+            vision.intermediate_size as f64,
+            text.hidden_size as f64,
+        );
         let layers = vision.used_layers() as f64;
-        let per_patch = vision.patch_dim() as f64 * hv + layers * (4.0 * hv * hv + 2.0 * hv * iv) + hv * ht + ht * ht;
+        let per_patch = vision.patch_dim() as f64 * hv
+            + layers * (4.0 * hv * hv + 2.0 * hv * iv)
+            + hv * ht
+            + ht * ht;
         let qkv = (text.num_heads + 2 * text.num_kv_heads) * text.head_dim;
         let attention_projections = ht * qkv as f64 + (text.num_heads * text.head_dim) as f64 * ht;
-        let per_token = text.num_layers as f64 * (attention_projections + 3.0 * ht * text.intermediate_size as f64);
+        let per_token = text.num_layers as f64
+            * (attention_projections + 3.0 * ht * text.intermediate_size as f64);
         EncodingCost {
             per_patch,
             per_patch_pair: layers * 2.0 * hv,
@@ -61,7 +69,9 @@ pub(crate) struct StepContent<'a> {
 
 impl SequenceContent for StepContent<'_> {
     fn block_hashes(&self, id: RequestId) -> &[BlockHash] {
-        self.sequences.get(&id).map_or(&[][..], Sequence::block_hashes)
+        self.sequences
+            .get(&id)
+            .map_or(&[][..], Sequence::block_hashes)
     }
 
     fn images_to_encode(&self, id: RequestId, range: std::ops::Range<usize>) -> Vec<ImageCost> {
@@ -168,14 +178,19 @@ mod tests {
 
     use candle_core::DType;
     use fovea_model::sampling::SamplingParams;
-    use fovea_model::testing::{golden_model, golden_preparer, max_relative_difference, prepared_golden_cases};
+    use fovea_model::testing::{
+        golden_model, golden_preparer, max_relative_difference, prepared_golden_cases,
+    };
 
     use super::*;
     use crate::kv_handoff::KvHandoff;
     use crate::request::{GenerateRequest, ImageSource, RequestLimits};
 
     /// Sequences of the golden cases named by `names`, each scheduled whole in one chunk.
-    fn scheduled(model: &Phi4VisionModel, names: &[&str]) -> (HashMap<RequestId, Sequence>, Vec<Chunk>) {
+    fn scheduled(
+        model: &Phi4VisionModel,
+        names: &[&str],
+    ) -> (HashMap<RequestId, Sequence>, Vec<Chunk>) {
         let preparer = golden_preparer();
         let cases = prepared_golden_cases(&preparer);
         let config = model.config();
@@ -206,7 +221,15 @@ mod tests {
             let request = limits.validate(request).unwrap();
             let id = RequestId(n as u64);
             let tokenizer = Arc::clone(preparer.tokenizer());
-            let sequence = Sequence::new(id, request, tokenizer, events.clone(), Instant::now(), 16, KvHandoff::Local);
+            let sequence = Sequence::new(
+                id,
+                request,
+                tokenizer,
+                events.clone(),
+                Instant::now(),
+                16,
+                KvHandoff::Local,
+            );
             chunks.push(Chunk {
                 id,
                 positions: 0..case.request.prompt_ids.len(),
@@ -217,10 +240,17 @@ mod tests {
     }
 
     /// The features each sequence got, in chunk order, flattened.
-    fn features_of(sequences: &mut HashMap<RequestId, Sequence>, chunks: &[Chunk]) -> Vec<Vec<f32>> {
+    fn features_of(
+        sequences: &mut HashMap<RequestId, Sequence>,
+        chunks: &[Chunk],
+    ) -> Vec<Vec<f32>> {
         let mut all = Vec::new();
         for chunk in chunks {
-            let input = sequences.get_mut(&chunk.id).unwrap().chunk_input(chunk.positions.clone()).unwrap();
+            let input = sequences
+                .get_mut(&chunk.id)
+                .unwrap()
+                .chunk_input(chunk.positions.clone())
+                .unwrap();
             for (_, features) in input.images {
                 all.push(features.flatten_all().unwrap().to_vec1().unwrap());
             }
@@ -267,17 +297,28 @@ mod tests {
         );
         let phi4 = EncodingCost::for_model(&phi4);
         assert!((165..=175).contains(&phi4.of(3600)), "{}", phi4.of(3600));
-        assert!(phi4.of(256) < phi4.of(3600) / 14, "attention makes cost superlinear in patches");
+        assert!(
+            phi4.of(256) < phi4.of(3600) / 14,
+            "attention makes cost superlinear in patches"
+        );
     }
 
     #[test]
     fn one_batch_encodes_each_distinct_image_of_every_sequence_once() {
         let model = golden_model(DType::F32);
-        let names = ["chart_nothink", "two_images_compare", "chart_nothink", "screen_grounding"];
+        let names = [
+            "chart_nothink",
+            "two_images_compare",
+            "chart_nothink",
+            "screen_grounding",
+        ];
         let mut cache = ImageFeatureCache::new(256 << 20);
         let (mut sequences, chunks) = scheduled(&model, &names);
         let outcome = provide_image_features(&model, &mut cache, &mut sequences, &chunks);
-        assert!(outcome.encoded_batch && outcome.failed.is_none(), "{outcome:?}");
+        assert!(
+            outcome.encoded_batch && outcome.failed.is_none(),
+            "{outcome:?}"
+        );
         // chart, the two of the comparison and the screenshot; the second chart is a hit.
         assert_eq!((cache.encoded(), cache.hits()), (4, 1));
         let batched = features_of(&mut sequences, &chunks);

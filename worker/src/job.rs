@@ -36,7 +36,11 @@ pub enum Images {
 }
 
 /// The engine request for `job`.
-pub async fn engine_request(job: GenerateJob, images: Images, context: &JobContext) -> Result<GenerateRequest, Status> {
+pub async fn engine_request(
+    job: GenerateJob,
+    images: Images,
+    context: &JobContext,
+) -> Result<GenerateRequest, Status> {
     let mut sources = Vec::with_capacity(job.images.len());
     for (index, input) in job.images.into_iter().enumerate() {
         sources.push(image_source(index, input, &job.request_id, images, context).await?);
@@ -44,7 +48,11 @@ pub async fn engine_request(job: GenerateJob, images: Images, context: &JobConte
     let wire_sampling = job.sampling.unwrap_or_default();
     let sampling = SamplingParams {
         temperature: wire_sampling.temperature,
-        top_p: if wire_sampling.top_p == 0.0 { 1.0 } else { wire_sampling.top_p },
+        top_p: if wire_sampling.top_p == 0.0 {
+            1.0
+        } else {
+            wire_sampling.top_p
+        },
         top_k: wire_sampling.top_k as usize,
         seed: wire_sampling.seed,
         logprobs: wire_sampling.logprobs.map(|top| top as usize),
@@ -89,14 +97,20 @@ async fn image_source(
         }
         let patches = planned.0 * planned.1;
         return Ok((
-            ImagePlacement { start, len: patches },
+            ImagePlacement {
+                start,
+                len: patches,
+            },
             ImageSource::KeyOnly { key, patches },
         ));
     }
     if !input.vision_worker.is_empty() {
         let features = fetch_features(context, &input.vision_worker, request_id, encoded).await?;
         let len = features.dims().first().copied().unwrap_or(0);
-        return Ok((ImagePlacement { start, len }, ImageSource::Features { key, features }));
+        return Ok((
+            ImagePlacement { start, len },
+            ImageSource::Features { key, features },
+        ));
     }
     if encoded.data.is_empty() {
         return Err(Status::not_found(format!(

@@ -31,7 +31,15 @@ impl RankKvHeads {
         // below the end of the previous rank's range.
         let below = match rank.rank {
             0 => 0,
-            previous => TpRank { rank: previous - 1, ..rank }.heads(config).kv_heads.end,
+            previous => {
+                TpRank {
+                    rank: previous - 1,
+                    ..rank
+                }
+                .heads(config)
+                .kv_heads
+                .end
+            }
         };
         RankKvHeads {
             total: config.num_kv_heads,
@@ -47,7 +55,8 @@ mod tests {
 
     /// The golden checkpoint's decoder (4 query heads, 2 KV heads) with `heads` and `kv_heads`.
     fn config(heads: usize, kv_heads: usize) -> TextConfig {
-        let golden = fovea_model::ModelConfig::from_dir(&fovea_model::testing::golden_model_dir()).unwrap();
+        let golden =
+            fovea_model::ModelConfig::from_dir(&fovea_model::testing::golden_model_dir()).unwrap();
         TextConfig {
             num_heads: heads,
             num_kv_heads: kv_heads,
@@ -66,22 +75,44 @@ mod tests {
 
     #[test]
     fn every_head_is_exported_by_exactly_one_rank_that_holds_it() {
-        for (heads, kv_heads, world) in [(4, 2, 1), (4, 2, 2), (4, 2, 4), (40, 10, 4), (40, 10, 8), (8, 8, 4)] {
+        for (heads, kv_heads, world) in [
+            (4, 2, 1),
+            (4, 2, 2),
+            (4, 2, 4),
+            (40, 10, 4),
+            (40, 10, 8),
+            (8, 8, 4),
+        ] {
             let mut next = 0;
             for (held, exported) in ranks(heads, kv_heads, world) {
-                assert_eq!(exported.start, next, "{heads}/{kv_heads} at TP {world}: in order, no gap");
-                assert!(held.start <= exported.start && exported.end == held.end, "{held:?} {exported:?}");
+                assert_eq!(
+                    exported.start, next,
+                    "{heads}/{kv_heads} at TP {world}: in order, no gap"
+                );
+                assert!(
+                    held.start <= exported.start && exported.end == held.end,
+                    "{held:?} {exported:?}"
+                );
                 next = exported.end;
             }
-            assert_eq!(next, kv_heads, "{heads}/{kv_heads} at TP {world}: every head");
+            assert_eq!(
+                next, kv_heads,
+                "{heads}/{kv_heads} at TP {world}: every head"
+            );
         }
     }
 
     #[test]
     fn a_shared_head_is_exported_by_the_lower_rank_only() {
         // The golden fixture at TP 4: ranks 0 and 1 share head 0, ranks 2 and 3 head 1.
-        assert_eq!(ranks(4, 2, 4), [(0..1, 0..1), (0..1, 1..1), (1..2, 1..2), (1..2, 2..2)]);
+        assert_eq!(
+            ranks(4, 2, 4),
+            [(0..1, 0..1), (0..1, 1..1), (1..2, 1..2), (1..2, 2..2)]
+        );
         // Phi-4 at TP 4: 10 query heads per rank over 3 KV heads, the boundary ones shared.
-        assert_eq!(ranks(40, 10, 4), [(0..3, 0..3), (2..5, 3..5), (5..8, 5..8), (7..10, 8..10)]);
+        assert_eq!(
+            ranks(40, 10, 4),
+            [(0..3, 0..3), (2..5, 3..5), (5..8, 5..8), (7..10, 8..10)]
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! A tensor-parallel rank's pool holds only its KV heads ([`RankKvHeads`]); prompts leave and enter
 //! it in the transfer layout, blocks of every KV head of the model, each rank copying its heads.
 
+use fovea_kernels::paged_attention::PagedKv;
 use fovea_model::config::TextConfig;
 
 use crate::block_allocator::{BlockId, KvBlockTable};
@@ -90,9 +91,21 @@ impl KvBlockPool {
         &self.shape
     }
 
+    /// `layer`'s keys and values as the in-place attention kernel reads them.
+    pub fn layer(&self, layer: usize) -> PagedKv<'_> {
+        PagedKv {
+            keys: &self.keys[layer],
+            values: &self.values[layer],
+            kv_heads: self.shape.kv_heads,
+            block_size: self.shape.block_size,
+            head_dim: self.shape.head_dim,
+        }
+    }
+
     /// Offset in a layer buffer of `head`'s row `slot` in `block`.
     fn offset(&self, block: BlockId, head: usize, slot: usize) -> usize {
-        ((block.index() * self.shape.kv_heads + head) * self.shape.block_size + slot) * self.shape.head_dim
+        ((block.index() * self.shape.kv_heads + head) * self.shape.block_size + slot)
+            * self.shape.head_dim
     }
 
     /// Stores `rows` of `keys` and `values` (`[kv_heads, batch_rows, head_dim]`) for `layer` in
@@ -101,13 +114,22 @@ impl KvBlockPool {
     /// # Panics
     /// If `table` does not cover the positions or the slices are shorter than `rows` says (the
     /// paged cache checks both first).
-    pub fn write(&mut self, layer: usize, table: &KvBlockTable, rows: NewRows, keys: &[f32], values: &[f32]) {
+    pub fn write(
+        &mut self,
+        layer: usize,
+        table: &KvBlockTable,
+        rows: NewRows,
+        keys: &[f32],
+        values: &[f32],
+    ) {
         let d = self.shape.head_dim;
         let positions = rows.first_position..rows.first_position + rows.count;
         for run in block_runs(self.shape.block_size, positions) {
             for head in 0..self.shape.kv_heads {
                 let dst = self.offset(table.blocks()[run.block], head, run.slot);
-                let src = (head * rows.batch_rows + rows.first_row + run.position - rows.first_position) * d;
+                let src = (head * rows.batch_rows + rows.first_row + run.position
+                    - rows.first_position)
+                    * d;
                 let len = run.len * d;
                 self.keys[layer][dst..dst + len].copy_from_slice(&keys[src..src + len]);
                 self.values[layer][dst..dst + len].copy_from_slice(&values[src..src + len]);
@@ -120,7 +142,14 @@ impl KvBlockPool {
     ///
     /// # Panics
     /// If `table` does not cover `len` positions.
-    pub fn gather(&self, layer: usize, table: &KvBlockTable, len: usize, keys: &mut Vec<f32>, values: &mut Vec<f32>) {
+    pub fn gather(
+        &self,
+        layer: usize,
+        table: &KvBlockTable,
+        len: usize,
+        keys: &mut Vec<f32>,
+        values: &mut Vec<f32>,
+    ) {
         let d = self.shape.head_dim;
         keys.resize(self.shape.kv_heads * len * d, 0.0);
         values.resize(self.shape.kv_heads * len * d, 0.0);
@@ -155,9 +184,16 @@ impl KvBlockPool {
         keys: &mut [f32],
         values: &mut [f32],
     ) {
-        assert_eq!(heads.held.len(), self.shape.kv_heads, "the pool holds the heads it exports");
+        assert_eq!(
+            heads.held.len(),
+            self.shape.kv_heads,
+            "the pool holds the heads it exports"
+        );
         let (block_size, head_len) = (self.shape.block_size, self.shape.head_len());
-        for (index, block) in table.blocks()[..tokens.div_ceil(block_size)].iter().enumerate() {
+        for (index, block) in table.blocks()[..tokens.div_ceil(block_size)]
+            .iter()
+            .enumerate()
+        {
             let filled = (tokens - index * block_size).min(block_size) * self.shape.head_dim;
             for head in heads.exported.clone() {
                 let src = self.offset(*block, head - heads.held.start, 0);
@@ -184,7 +220,11 @@ impl KvBlockPool {
         keys: &[f32],
         values: &[f32],
     ) {
-        assert_eq!(heads.held.len(), self.shape.kv_heads, "the pool holds the heads it imports");
+        assert_eq!(
+            heads.held.len(),
+            self.shape.kv_heads,
+            "the pool holds the heads it imports"
+        );
         let (block_len, head_len) = (self.shape.block_len(), self.shape.head_len());
         let transfer_block_len = heads.total * head_len;
         assert!(
@@ -192,7 +232,10 @@ impl KvBlockPool {
             "whole blocks of keys and values"
         );
         let count = keys.len() / transfer_block_len;
-        for (index, block) in table.blocks()[first_block..first_block + count].iter().enumerate() {
+        for (index, block) in table.blocks()[first_block..first_block + count]
+            .iter()
+            .enumerate()
+        {
             // The held heads are consecutive, so they are one run of a transfer block.
             let src = index * transfer_block_len + heads.held.start * head_len;
             let dst = self.offset(*block, 0, 0);
@@ -214,7 +257,10 @@ struct BlockRun {
 }
 
 /// `positions` cut at block boundaries.
-fn block_runs(block_size: usize, positions: std::ops::Range<usize>) -> impl Iterator<Item = BlockRun> {
+fn block_runs(
+    block_size: usize,
+    positions: std::ops::Range<usize>,
+) -> impl Iterator<Item = BlockRun> {
     let end = positions.end;
     let mut position = positions.start;
     std::iter::from_fn(move || {
@@ -327,16 +373,38 @@ mod tests {
             held: 0..shape.kv_heads,
             exported: 0..shape.kv_heads,
         };
-        let (mut block_keys, mut block_values) = (vec![0.0; 3 * shape.block_len()], vec![0.0; 3 * shape.block_len()]);
+        let (mut block_keys, mut block_values) = (
+            vec![0.0; 3 * shape.block_len()],
+            vec![0.0; 3 * shape.block_len()],
+        );
         pool.export_prompt_blocks(1, &table, 10, &whole, &mut block_keys, &mut block_values);
-        let last_slot = (shape.kv_heads - 1) * shape.block_size * shape.head_dim + 2 * shape.head_dim;
-        assert_eq!(block_keys[2 * shape.block_len() + last_slot..], [0.0; 6], "slots past 10 are not sent");
+        let last_slot =
+            (shape.kv_heads - 1) * shape.block_size * shape.head_dim + 2 * shape.head_dim;
+        assert_eq!(
+            block_keys[2 * shape.block_len() + last_slot..],
+            [0.0; 6],
+            "slots past 10 are not sent"
+        );
         let mut receiver = KvBlockPool::new(shape);
         let mut received = KvBlockTable::default();
         allocator.grow(&mut received, 10).unwrap();
         let half = shape.block_len();
-        receiver.import_blocks(1, &received, 1, &whole, &block_keys[half..], &block_values[half..]);
-        receiver.import_blocks(1, &received, 0, &whole, &block_keys[..half], &block_values[..half]);
+        receiver.import_blocks(
+            1,
+            &received,
+            1,
+            &whole,
+            &block_keys[half..],
+            &block_values[half..],
+        );
+        receiver.import_blocks(
+            1,
+            &received,
+            0,
+            &whole,
+            &block_keys[..half],
+            &block_values[..half],
+        );
         let (mut expected_keys, mut expected_values) = (Vec::new(), Vec::new());
         pool.gather(1, &table, 10, &mut expected_keys, &mut expected_values);
         receiver.gather(1, &received, 10, &mut keys, &mut values);
@@ -361,7 +429,9 @@ mod tests {
                 ..KvPoolShape::for_decoder(&config, 16, block_size)
             };
             let mut allocator = BlockAllocator::new(shape.blocks, block_size);
-            allocator.grow(&mut KvBlockTable::default(), (rank.rank + 1) * block_size).unwrap();
+            allocator
+                .grow(&mut KvBlockTable::default(), (rank.rank + 1) * block_size)
+                .unwrap();
             let mut table = KvBlockTable::default();
             allocator.grow(&mut table, tokens).unwrap();
             (KvBlockPool::new(shape), table, heads)
@@ -370,21 +440,42 @@ mod tests {
         let head_len = block_size * config.head_dim;
         let expected_keys: Vec<f32> = (0..blocks * config.num_kv_heads * head_len)
             .map(|at| {
-                let (block, head) = (at / (config.num_kv_heads * head_len), at / head_len % config.num_kv_heads);
+                let (block, head) = (
+                    at / (config.num_kv_heads * head_len),
+                    at / head_len % config.num_kv_heads,
+                );
                 let (slot, dim) = (at % head_len / config.head_dim, at % config.head_dim);
                 let position = block * block_size + slot;
-                if position < tokens { value(head, position, dim) } else { 0.0 }
+                if position < tokens {
+                    value(head, position, dim)
+                } else {
+                    0.0
+                }
             })
             .collect();
         for from in [1, 2, 4] {
-            let (mut keys, mut values) = (vec![0.0; expected_keys.len()], vec![0.0; expected_keys.len()]);
+            let (mut keys, mut values) = (
+                vec![0.0; expected_keys.len()],
+                vec![0.0; expected_keys.len()],
+            );
             for rank in 0..from {
                 let (mut pool, table, heads) = rank_pool(TpRank { rank, world: from });
-                write_positions(&mut pool, layer, &table, 0..tokens + 1, heads.held.start, value);
+                write_positions(
+                    &mut pool,
+                    layer,
+                    &table,
+                    0..tokens + 1,
+                    heads.held.start,
+                    value,
+                );
                 pool.export_prompt_blocks(layer, &table, tokens, &heads, &mut keys, &mut values);
             }
             assert_eq!(keys, expected_keys, "exported from TP {from}");
-            assert_eq!(values, expected_keys.iter().map(|x| -x).collect::<Vec<_>>(), "TP {from}");
+            assert_eq!(
+                values,
+                expected_keys.iter().map(|x| -x).collect::<Vec<_>>(),
+                "TP {from}"
+            );
             for to in [1, 2, 4] {
                 for rank in 0..to {
                     let (mut pool, table, heads) = rank_pool(TpRank { rank, world: to });

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use fovea_proto::worker::v1::kv_transfer_server::KvTransfer;
-use fovea_proto::worker::v1::{KvCacheLayout, KvChunk, KvTransferAck, KvTransferMessage, kv_transfer_message};
+use fovea_proto::worker::v1::{
+    KvCacheLayout, KvChunk, KvTransferAck, KvTransferMessage, kv_transfer_message,
+};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -49,7 +51,12 @@ impl AwaitedTransfers {
     }
 
     /// Expects transfer `transfer_id` for engine request `id` with a prompt of `prompt_tokens`.
-    pub fn expect(&self, transfer_id: &str, id: RequestId, prompt_tokens: usize) -> Result<(), Status> {
+    pub fn expect(
+        &self,
+        transfer_id: &str,
+        id: RequestId,
+        prompt_tokens: usize,
+    ) -> Result<(), Status> {
         let mut jobs = self.jobs();
         if jobs.contains_key(transfer_id) {
             return Err(Status::already_exists(format!(
@@ -150,7 +157,8 @@ impl Reception {
                 self.block_len() * 4
             )));
         }
-        let flags = &mut self.received[layer * self.blocks + first..layer * self.blocks + first + count];
+        let flags =
+            &mut self.received[layer * self.blocks + first..layer * self.blocks + first + count];
         if flags.iter().any(|&seen| seen) {
             return Err(Status::invalid_argument(format!(
                 "layer {layer}, blocks {first}..+{count} were sent twice"
@@ -181,7 +189,12 @@ impl Reception {
                         "the transfer broke off: the stream ended before its trailer",
                     ));
                 }
-                Err(status) => return Err(Status::aborted(format!("the transfer broke off: {}", status.message()))),
+                Err(status) => {
+                    return Err(Status::aborted(format!(
+                        "the transfer broke off: {}",
+                        status.message()
+                    )));
+                }
             };
             if !awaited.is_awaited(&self.transfer_id) {
                 return Err(Status::cancelled(format!(
@@ -270,13 +283,20 @@ fn f32_values(bytes: &[u8]) -> Vec<f32> {
 
 #[tonic::async_trait]
 impl KvTransfer for KvReceiverService {
-    async fn push_kv(&self, request: Request<Streaming<KvTransferMessage>>) -> Result<Response<KvTransferAck>, Status> {
+    async fn push_kv(
+        &self,
+        request: Request<Streaming<KvTransferMessage>>,
+    ) -> Result<Response<KvTransferAck>, Status> {
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(KvTransferMessage {
                 part: Some(kv_transfer_message::Part::Header(header)),
             }) => header,
-            _ => return Err(Status::invalid_argument("a transfer starts with its header")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a transfer starts with its header",
+                ));
+            }
         };
         let awaited = self.awaited.claim(&header.transfer_id)?;
         // Also when the call is dropped (the prefill worker went away): the job must not wait on.
@@ -312,7 +332,10 @@ impl KvTransfer for KvReceiverService {
             layout,
             permits: Arc::new(Semaphore::new(RUNS_IN_FLIGHT)),
         };
-        match reception.receive(&mut stream, &self.engine, &self.awaited).await {
+        match reception
+            .receive(&mut stream, &self.engine, &self.awaited)
+            .await
+        {
             Ok(first_token) => {
                 broken_off.id = None;
                 self.engine.complete_kv(awaited.id, first_token);

@@ -32,8 +32,8 @@ pub mod request;
 mod scheduler;
 mod sequence;
 pub mod service;
-pub mod vision_client;
 pub mod vision_batcher;
+pub mod vision_client;
 pub mod vision_service;
 
 pub use config::EngineConfig;

@@ -96,7 +96,13 @@ impl WorkerNode {
         }
         let preprocess = Arc::new(preprocess);
         let vision = (role == WorkerRole::Full)
-            .then(|| VisionEncoderService::new(Arc::clone(&model), Arc::clone(&preprocess), config.image_cache_bytes))
+            .then(|| {
+                VisionEncoderService::new(
+                    Arc::clone(&model),
+                    Arc::clone(&preprocess),
+                    config.image_cache_bytes,
+                )
+            })
             .transpose()
             .map_err(EngineError::Spawn)?;
         let layout = kv_cache_layout(&model.config().text, config.block_size);
@@ -127,8 +133,9 @@ impl WorkerNode {
         preprocess: PreprocessConfig,
         config: &EngineConfig,
     ) -> Result<Self, EngineError> {
-        let vision = VisionEncoderService::new(model, Arc::new(preprocess), config.image_cache_bytes)
-            .map_err(EngineError::Spawn)?;
+        let vision =
+            VisionEncoderService::new(model, Arc::new(preprocess), config.image_cache_bytes)
+                .map_err(EngineError::Spawn)?;
         Ok(WorkerNode {
             engine: None,
             worker: None,
@@ -164,7 +171,9 @@ impl WorkerNode {
             shutdown.await;
             if let Some(draining) = draining {
                 draining.send_replace(true);
-                stop_reporter.set_not_serving::<WorkerServer<WorkerService>>().await;
+                stop_reporter
+                    .set_not_serving::<WorkerServer<WorkerService>>()
+                    .await;
             }
             if has_vision {
                 stop_reporter
@@ -180,7 +189,9 @@ impl WorkerNode {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES)
             }));
         if self.engine.is_some() {
-            health_reporter.set_serving::<WorkerServer<WorkerService>>().await;
+            health_reporter
+                .set_serving::<WorkerServer<WorkerService>>()
+                .await;
         }
         if let Some(vision) = self.vision {
             health_reporter

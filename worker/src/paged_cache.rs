@@ -1,13 +1,15 @@
 //! [`KvCache`] over the block pool for one forward pass of a flat batch of many sequences.
 //!
-//! For each layer, every segment's new keys and values are written into its sequence's blocks;
-//! then, segment by segment, the sequence's keys and values are gathered into a contiguous scratch
-//! buffer and the fused attention kernel of `fovea_kernels` runs causal attention of the segment's
-//! queries over them. The gather costs one copy of the sequence's cache per layer; a kernel that
-//! reads blocks in place would save it.
+//! For each layer, every segment's new keys and values are written into its sequence's blocks.
+//! Then the short segments (decoding steps, up to [`QUERY_RUN`] tokens) all attend in one
+//! parallel pass that reads their blocks in place ([`paged_attention`]): a decoding query's cost
+//! is reading its keys and values, so it must read them once. A longer segment (a prompt chunk)
+//! has its sequence's keys and values gathered into a contiguous scratch buffer for the GEMM-based
+//! kernel, [`attention`], where that copy is small next to the arithmetic.
 
 use candle_core::{DType, Device, Tensor};
 use fovea_kernels::attention::{AttentionShape, Mask, attention};
+use fovea_kernels::paged_attention::{BatchQueries, PagedSegment, QUERY_RUN, paged_attention};
 use fovea_model::batch::BatchLayout;
 use fovea_model::cpu::with_f32_slice;
 use fovea_model::kv_cache::{AttentionHeads, KvCache};
@@ -21,6 +23,8 @@ use crate::kv_pool::{KvBlockPool, NewRows};
 pub struct PagedKvCache<'a> {
     pool: &'a mut KvBlockPool,
     tables: Vec<&'a KvBlockTable>,
+    /// Each table's block indices, for the in-place kernel.
+    block_indices: Vec<Vec<usize>>,
     /// Reused per segment: one sequence's gathered keys and values, its queries, its output.
     keys: Vec<f32>,
     values: Vec<f32>,
@@ -32,9 +36,14 @@ impl<'a> PagedKvCache<'a> {
     /// A cache for batches whose segment `i` continues the sequence whose blocks are `tables[i]`.
     /// Each table must already cover its segment's positions.
     pub fn new(pool: &'a mut KvBlockPool, tables: Vec<&'a KvBlockTable>) -> Self {
+        let block_indices = tables
+            .iter()
+            .map(|table| table.blocks().iter().map(|block| block.index()).collect())
+            .collect();
         PagedKvCache {
             pool,
             tables,
+            block_indices,
             keys: Vec::new(),
             values: Vec::new(),
             queries: Vec::new(),
@@ -87,11 +96,18 @@ impl<'a> PagedKvCache<'a> {
 
 /// `t` as packed f32 in host memory, where the pool lives (a model on a GPU hands its tensors over).
 fn packed_f32(t: &Tensor) -> Result<Tensor> {
-    Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?)
+    Ok(t.to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .contiguous()?)
 }
 
 impl KvCache for PagedKvCache<'_> {
-    fn attend(&mut self, layer: usize, batch: &BatchLayout, heads: AttentionHeads) -> Result<Tensor> {
+    fn attend(
+        &mut self,
+        layer: usize,
+        batch: &BatchLayout,
+        heads: AttentionHeads,
+    ) -> Result<Tensor> {
         self.check(layer, batch, heads)?;
         let AttentionHeads { q, k, v, groups } = heads;
         let (q_heads, rows, head_dim) = q.dims3()?;
@@ -108,21 +124,44 @@ impl KvCache for PagedKvCache<'_> {
                         first_position: segment.past,
                         count: segment.tokens,
                     };
-                    self.pool.write(layer, table, rows, &keys[..kv_len], &values[..kv_len]);
+                    self.pool
+                        .write(layer, table, rows, &keys[..kv_len], &values[..kv_len]);
                 }
             })
         })??;
 
         let mut out = vec![0f32; rows * q_heads * head_dim];
         with_f32_slice(&q32, |queries| {
+            let short: Vec<PagedSegment<'_>> = batch
+                .with_offsets()
+                .zip(&self.block_indices)
+                .filter(|((_, segment), _)| segment.tokens <= QUERY_RUN)
+                .map(|((first_row, segment), blocks)| PagedSegment {
+                    blocks,
+                    past: segment.past,
+                    tokens: segment.tokens,
+                    first_row,
+                })
+                .collect();
+            let queries = BatchQueries {
+                q: queries,
+                q_heads,
+                rows,
+                groups,
+            };
+            paged_attention(queries, self.pool.layer(layer), &short, &mut out);
             for ((first_row, segment), table) in batch.with_offsets().zip(&self.tables) {
+                if segment.tokens <= QUERY_RUN {
+                    continue;
+                }
                 let (tokens, kv_len) = (segment.tokens, segment.past + segment.tokens);
-                self.pool.gather(layer, table, kv_len, &mut self.keys, &mut self.values);
+                self.pool
+                    .gather(layer, table, kv_len, &mut self.keys, &mut self.values);
                 self.queries.clear();
                 for head in 0..q_heads {
                     let start = (head * rows + first_row) * head_dim;
                     self.queries
-                        .extend_from_slice(&queries[start..start + tokens * head_dim]);
+                        .extend_from_slice(&queries.q[start..start + tokens * head_dim]);
                 }
                 self.output.resize(q_heads * tokens * head_dim, 0.0);
                 let shape = AttentionShape {
@@ -135,7 +174,13 @@ impl KvCache for PagedKvCache<'_> {
                     kv_head_stride: kv_len * head_dim,
                     mask: Mask::Causal { past: segment.past },
                 };
-                attention(&self.queries, &self.keys, &self.values, shape, &mut self.output);
+                attention(
+                    &self.queries,
+                    &self.keys,
+                    &self.values,
+                    shape,
+                    &mut self.output,
+                );
                 // [q_heads, tokens, D] → rows of [T, q_heads · D].
                 for (head, head_out) in self.output.chunks_exact(tokens * head_dim).enumerate() {
                     for (i, row) in head_out.chunks_exact(head_dim).enumerate() {

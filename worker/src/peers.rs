@@ -42,9 +42,10 @@ impl PeerChannels {
 pub fn peer_status(address: &str, what: &str, status: &Status) -> Status {
     let message = format!("{what} at {address} failed: {}", status.message());
     match status.code() {
-        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::ResourceExhausted => {
-            Status::new(status.code(), message)
-        }
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted => Status::new(status.code(), message),
         _ => peer_failed(address, message),
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use fovea_proto::worker::v1::kv_transfer_client::KvTransferClient;
 use fovea_proto::worker::v1::prefiller_server::Prefiller;
 use fovea_proto::worker::v1::{
-    GeneratedTokens, KvCacheLayout, KvChunk, KvTransferHeader, KvTransferMessage, KvTransferTrailer, PrefillJob,
-    PrefillResult, kv_transfer_message,
+    GeneratedTokens, KvCacheLayout, KvChunk, KvTransferHeader, KvTransferMessage,
+    KvTransferTrailer, PrefillJob, PrefillResult, kv_transfer_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,11 +42,18 @@ pub struct PrefillService {
 impl PrefillService {
     /// Prefills on `engine`, whose cache has `layout`, turning jobs into requests with `jobs`.
     pub fn new(engine: EngineHandle, jobs: JobContext, layout: KvCacheLayout) -> Self {
-        PrefillService { engine, jobs, layout }
+        PrefillService {
+            engine,
+            jobs,
+            layout,
+        }
     }
 
     /// Runs the prompt: its first token, its keys and values, and the cached positions.
-    async fn run_prompt(&self, request: crate::GenerateRequest) -> Result<(u32, Arc<PromptKv>, usize), Status> {
+    async fn run_prompt(
+        &self,
+        request: crate::GenerateRequest,
+    ) -> Result<(u32, Arc<PromptKv>, usize), Status> {
         let mut stream = self.engine.submit_prefill(request);
         let (mut first_token, mut kv) = (None, None);
         while let Some(event) = stream.events.recv().await {
@@ -74,7 +81,9 @@ impl PrefillService {
 /// The status for a prefill the engine refused or failed.
 fn error_status(error: &RequestError) -> Status {
     match error {
-        RequestError::Invalid(_) | RequestError::ExceedsContext { .. } => Status::invalid_argument(error.to_string()),
+        RequestError::Invalid(_) | RequestError::ExceedsContext { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
         RequestError::ExceedsKvCache { .. } => Status::resource_exhausted(error.to_string()),
         RequestError::Model(_) | RequestError::KvTransfer(_) => Status::internal(error.to_string()),
         RequestError::EngineStopped => Status::unavailable(error.to_string()),
@@ -100,7 +109,9 @@ fn transfer_messages(
         (0..blocks).step_by(blocks_per_chunk).map(move |first| {
             let count = blocks_per_chunk.min(blocks - first);
             let range = first * kv.block_len..(first + count) * kv.block_len;
-            let bytes = |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
+            let bytes = |values: &[f32]| -> Vec<u8> {
+                values.iter().flat_map(|v| v.to_le_bytes()).collect()
+            };
             kv_transfer_message::Part::Chunk(KvChunk {
                 layer: layer as u32,
                 first_block: first as u32,
@@ -128,8 +139,8 @@ async fn push(
     address: &str,
     messages: impl Iterator<Item = KvTransferMessage> + Send + 'static,
 ) -> Result<u64, Status> {
-    let mut client =
-        KvTransferClient::new(jobs.peers.channel(address)?).max_encoding_message_size(2 * CHUNK_BYTES + 4096);
+    let mut client = KvTransferClient::new(jobs.peers.channel(address)?)
+        .max_encoding_message_size(2 * CHUNK_BYTES + 4096);
     let (tx, rx) = mpsc::channel(MESSAGES_AHEAD);
     let produce = async move {
         let mut bytes = 0u64;
@@ -146,9 +157,14 @@ async fn push(
     let (bytes, acknowledged) = tokio::join!(produce, client.push_kv(ReceiverStream::new(rx)));
     acknowledged.map_err(|status| match status.code() {
         // The transfer itself is malformed: no other decode worker would take it either.
-        Code::InvalidArgument | Code::FailedPrecondition => peer_status(address, "pushing KV", &status),
+        Code::InvalidArgument | Code::FailedPrecondition => {
+            peer_status(address, "pushing KV", &status)
+        }
         // The decode worker is gone, or its job is (cancelled, or no room for the blocks).
-        _ => peer_failed(address, format!("pushing KV to {address} failed: {}", status.message())),
+        _ => peer_failed(
+            address,
+            format!("pushing KV to {address} failed: {}", status.message()),
+        ),
     })?;
     Ok(bytes)
 }
@@ -159,13 +175,17 @@ fn micros(duration: Duration) -> u64 {
 
 #[tonic::async_trait]
 impl Prefiller for PrefillService {
-    async fn prefill(&self, request: Request<PrefillJob>) -> Result<Response<PrefillResult>, Status> {
+    async fn prefill(
+        &self,
+        request: Request<PrefillJob>,
+    ) -> Result<Response<PrefillResult>, Status> {
         let PrefillJob {
             job,
             decode_worker,
             transfer_id,
         } = request.into_inner();
-        let mut job = job.ok_or_else(|| Status::invalid_argument("the prefill job has no GenerateJob"))?;
+        let mut job =
+            job.ok_or_else(|| Status::invalid_argument("the prefill job has no GenerateJob"))?;
         if decode_worker.is_empty() || transfer_id.is_empty() || job.request_id.is_empty() {
             return Err(Status::invalid_argument(
                 "a prefill job needs a request_id, a decode_worker and a transfer_id",

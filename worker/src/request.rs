@@ -90,7 +90,9 @@ pub enum ImageSource {
 
 impl ImageSource {
     /// Pixel sources for prepared images, as [`PreparedRequest`] holds them.
-    pub fn pixels(images: Vec<(ImagePlacement, PreparedImage)>) -> Vec<(ImagePlacement, ImageSource)> {
+    pub fn pixels(
+        images: Vec<(ImagePlacement, PreparedImage)>,
+    ) -> Vec<(ImagePlacement, ImageSource)> {
         images
             .into_iter()
             .map(|(placement, image)| (placement, ImageSource::Pixels(image)))
@@ -244,12 +246,18 @@ impl RequestLimits {
     }
 
     /// Images must be whole grids of patches, placed in order, inside the prompt, without overlap.
-    fn check_images(&self, images: &[(ImagePlacement, ImageSource)], prompt_tokens: usize) -> Result<(), RequestError> {
+    fn check_images(
+        &self,
+        images: &[(ImagePlacement, ImageSource)],
+        prompt_tokens: usize,
+    ) -> Result<(), RequestError> {
         let mut cursor = 0;
         for (index, (placement, source)) in images.iter().enumerate() {
             let patches = source.patches();
             match source {
-                ImageSource::Pixels(image) if patches == 0 || image.patches.len() != patches * self.patch_dim => {
+                ImageSource::Pixels(image)
+                    if patches == 0 || image.patches.len() != patches * self.patch_dim =>
+                {
                     return Err(invalid(format!(
                         "image {index}: {} values do not make a {}x{} grid of {}-value patches",
                         image.patches.len(),
@@ -258,7 +266,9 @@ impl RequestLimits {
                         self.patch_dim
                     )));
                 }
-                ImageSource::Features { features, .. } if features.dims() != [patches, self.hidden_size] => {
+                ImageSource::Features { features, .. }
+                    if features.dims() != [patches, self.hidden_size] =>
+                {
                     return Err(invalid(format!(
                         "image {index}: features of shape {:?} are not rows of the decoder's {} values",
                         features.dims(),
@@ -268,7 +278,10 @@ impl RequestLimits {
                 _ if patches == 0 => return Err(invalid(format!("image {index} has no patches"))),
                 _ => {}
             }
-            if placement.len != patches || placement.start < cursor || placement.start + placement.len > prompt_tokens {
+            if placement.len != patches
+                || placement.start < cursor
+                || placement.start + placement.len > prompt_tokens
+            {
                 return Err(invalid(format!(
                     "image {index}: placement at {} of {} tokens does not fit its {patches} patches in order in a \
                      {prompt_tokens}-token prompt",
@@ -338,7 +351,10 @@ mod tests {
     fn requests_that_can_never_fit_are_refused() {
         assert!(matches!(
             limits().validate(request(40, 30)),
-            Err(RequestError::ExceedsContext { context_len: 64, .. })
+            Err(RequestError::ExceedsContext {
+                context_len: 64,
+                ..
+            })
         ));
         assert!(matches!(
             limits().validate(request(10, 40)),
@@ -352,7 +368,8 @@ mod tests {
 
     #[test]
     fn malformed_requests_are_invalid() {
-        let bad = |r: GenerateRequest| matches!(limits().validate(r), Err(RequestError::Invalid(_)));
+        let bad =
+            |r: GenerateRequest| matches!(limits().validate(r), Err(RequestError::Invalid(_)));
         assert!(bad(request(0, 4)));
         assert!(bad(request(4, 0)));
         assert!(bad(GenerateRequest {
@@ -379,7 +396,10 @@ mod tests {
             bad(with_images(vec![image(2, (2, 3)), image(7, (1, 4))])),
             "overlapping"
         );
-        assert!(bad(with_images(vec![image(18, (2, 3))])), "past the prompt end");
+        assert!(
+            bad(with_images(vec![image(18, (2, 3))])),
+            "past the prompt end"
+        );
         let (mut placement, image) = image(0, (2, 2));
         placement.len = 5;
         assert!(

@@ -61,7 +61,13 @@ pub struct ImageCost {
 /// first image that does not fit, unless that leaves it empty while the chunk is `alone` (no
 /// other prompt chunk in the step), when it takes the image and what room is left after it (at
 /// least one token).
-fn fit_images(images: &[ImageCost], start: usize, wanted: usize, room: usize, alone: bool) -> usize {
+fn fit_images(
+    images: &[ImageCost],
+    start: usize,
+    wanted: usize,
+    room: usize,
+    alone: bool,
+) -> usize {
     let mut spent = 0;
     for image in images {
         let before = image.start.saturating_sub(start);
@@ -88,14 +94,19 @@ fn will_compute(
     let Some(wanted) = hashes.get(block) else {
         return false;
     };
-    running
-        .iter()
-        .any(|e| e.computed < (block + 1) * block_size && content.block_hashes(e.id).get(block) == Some(wanted))
+    running.iter().any(|e| {
+        e.computed < (block + 1) * block_size
+            && content.block_hashes(e.id).get(block) == Some(wanted)
+    })
 }
 
 /// The step budget that encoding the images among tokens `range` of sequence `id` takes.
 fn encoding_cost(content: &impl SequenceContent, id: RequestId, range: Range<usize>) -> usize {
-    content.images_to_encode(id, range).iter().map(|image| image.tokens).sum()
+    content
+        .images_to_encode(id, range)
+        .iter()
+        .map(|image| image.tokens)
+        .sum()
 }
 
 /// Step-size limits.
@@ -277,7 +288,12 @@ impl Scheduler {
                     if decoding {
                         budget -= tokens;
                     } else {
-                        let spent = tokens + encoding_cost(content, entry.id, entry.computed..entry.computed + tokens);
+                        let spent = tokens
+                            + encoding_cost(
+                                content,
+                                entry.id,
+                                entry.computed..entry.computed + tokens,
+                            );
                         budget = budget.saturating_sub(spent);
                         prefill_budget = prefill_budget.saturating_sub(spent);
                         prompt_chunks += 1;
@@ -314,7 +330,9 @@ impl Scheduler {
         if tokens == 0 || (exact && tokens < wanted) {
             return None;
         }
-        self.allocator.grow(&mut entry.table, entry.computed + tokens).ok()?;
+        self.allocator
+            .grow(&mut entry.table, entry.computed + tokens)
+            .ok()?;
         Some(tokens)
     }
 
@@ -351,9 +369,17 @@ impl Scheduler {
             if self.limits.prefix_caching {
                 let hashes = content.block_hashes(entry.id);
                 let reusable = hashes.len().min((entry.len - 1) / block_size);
-                entry.registered = self.allocator.share_prefix(&mut entry.table, &hashes[..reusable]);
+                entry.registered = self
+                    .allocator
+                    .share_prefix(&mut entry.table, &hashes[..reusable]);
                 entry.computed = entry.registered * block_size;
-                if will_compute(&self.running, content, &hashes[..reusable], entry.registered, block_size) {
+                if will_compute(
+                    &self.running,
+                    content,
+                    &hashes[..reusable],
+                    entry.registered,
+                    block_size,
+                ) {
                     // Its next block is in a running sequence's prompt: it is cached in a step
                     // or two, instead of computed twice.
                     self.allocator.release(&mut entry.table);
@@ -379,8 +405,12 @@ impl Scheduler {
                 schedule.reused.push((entry.id, entry.computed));
             }
             let positions = entry.computed..entry.computed + tokens;
-            *budget = budget.saturating_sub(tokens + encoding_cost(content, entry.id, positions.clone()));
-            schedule.chunks.push(Chunk { id: entry.id, positions });
+            *budget =
+                budget.saturating_sub(tokens + encoding_cost(content, entry.id, positions.clone()));
+            schedule.chunks.push(Chunk {
+                id: entry.id,
+                positions,
+            });
             prompt_chunks += 1;
             let entry = self.waiting.remove(index).expect("index is in the queue");
             self.running.push(entry);
@@ -390,7 +420,13 @@ impl Scheduler {
     /// Records that a scheduled chunk of `id` was computed, and whether a token was then
     /// generated (which the next step has to feed back); registers the blocks it filled, whose
     /// hashes are in `block_hashes`.
-    pub fn computed(&mut self, id: RequestId, tokens: usize, generated: bool, block_hashes: &[BlockHash]) {
+    pub fn computed(
+        &mut self,
+        id: RequestId,
+        tokens: usize,
+        generated: bool,
+        block_hashes: &[BlockHash],
+    ) {
         let prefix_caching = self.limits.prefix_caching;
         let block_size = self.allocator.block_size();
         let Some(entry) = self.running.iter_mut().find(|e| e.id == id) else {
@@ -400,7 +436,12 @@ impl Scheduler {
         entry.len += usize::from(generated);
         if prefix_caching {
             let full = (entry.computed / block_size).min(block_hashes.len());
-            for (index, hash) in block_hashes.iter().enumerate().take(full).skip(entry.registered) {
+            for (index, hash) in block_hashes
+                .iter()
+                .enumerate()
+                .take(full)
+                .skip(entry.registered)
+            {
                 self.allocator.register(&entry.table, index, *hash);
             }
             entry.registered = entry.registered.max(full);
@@ -411,7 +452,12 @@ impl Scheduler {
     pub fn tables(&self, chunks: &[Chunk]) -> Option<Vec<&KvBlockTable>> {
         chunks
             .iter()
-            .map(|chunk| self.running.iter().find(|e| e.id == chunk.id).map(|e| &e.table))
+            .map(|chunk| {
+                self.running
+                    .iter()
+                    .find(|e| e.id == chunk.id)
+                    .map(|e| &e.table)
+            })
             .collect()
     }
 
@@ -449,7 +495,11 @@ impl Scheduler {
 
     /// Tokens known but not yet computed, over all sequences.
     pub fn queued_tokens(&self) -> usize {
-        self.waiting.iter().chain(&self.running).map(Entry::pending).sum()
+        self.waiting
+            .iter()
+            .chain(&self.running)
+            .map(Entry::pending)
+            .sum()
     }
 
     pub fn allocator(&self) -> &BlockAllocator {
@@ -487,7 +537,9 @@ mod tests {
         fn images_to_encode(&self, id: RequestId, range: Range<usize>) -> Vec<ImageCost> {
             self.images
                 .iter()
-                .filter(|(of, start, len, _)| *of == id.0 && *start < range.end && range.start < start + len)
+                .filter(|(of, start, len, _)| {
+                    *of == id.0 && *start < range.end && range.start < start + len
+                })
                 .map(|&(_, start, _, tokens)| ImageCost { start, tokens })
                 .collect()
         }
@@ -523,7 +575,11 @@ mod tests {
         assert_eq!(first.chunks, vec![chunk(0, 0..10)]);
         run(&mut s, &first, &lens);
         let second = s.schedule(&NO_CONTENT);
-        assert_eq!(second.chunks, vec![chunk(0, 10..20)], "request 1 waits: budget spent");
+        assert_eq!(
+            second.chunks,
+            vec![chunk(0, 10..20)],
+            "request 1 waits: budget spent"
+        );
         run(&mut s, &second, &lens);
         let third = s.schedule(&NO_CONTENT);
         assert_eq!(third.chunks, vec![chunk(0, 20..25), chunk(1, 0..3)]);
@@ -535,7 +591,10 @@ mod tests {
         // A new long prompt takes what the decodes leave.
         s.add(RequestId(2), 30);
         let fifth = s.schedule(&NO_CONTENT);
-        assert_eq!(fifth.chunks, vec![chunk(0, 26..27), chunk(1, 4..5), chunk(2, 0..8)]);
+        assert_eq!(
+            fifth.chunks,
+            vec![chunk(0, 26..27), chunk(1, 4..5), chunk(2, 0..8)]
+        );
         assert_eq!(s.queued_tokens(), 2 + 30);
     }
 
@@ -546,18 +605,30 @@ mod tests {
         s.add(RequestId(0), 3);
         let lens = [3, 30, 30];
         let first = s.schedule(&NO_CONTENT);
-        assert_eq!(first.chunks, vec![chunk(0, 0..3)], "nobody decodes yet: the whole budget");
+        assert_eq!(
+            first.chunks,
+            vec![chunk(0, 0..3)],
+            "nobody decodes yet: the whole budget"
+        );
         run(&mut s, &first, &lens);
         s.add(RequestId(1), 30);
         s.add(RequestId(2), 30);
         let second = s.schedule(&NO_CONTENT);
-        assert_eq!(second.chunks, vec![chunk(0, 3..4), chunk(1, 0..5)], "5 prompt tokens, then the budget is spent");
+        assert_eq!(
+            second.chunks,
+            vec![chunk(0, 3..4), chunk(1, 0..5)],
+            "5 prompt tokens, then the budget is spent"
+        );
         run(&mut s, &second, &[4, 30, 30]);
         let third = s.schedule(&NO_CONTENT);
         assert_eq!(third.chunks, vec![chunk(0, 4..5), chunk(1, 5..10)]);
         s.remove(RequestId(0));
         let alone = s.schedule(&NO_CONTENT);
-        assert_eq!(alone.chunks, vec![chunk(1, 5..21)], "no decode left: the whole budget again");
+        assert_eq!(
+            alone.chunks,
+            vec![chunk(1, 5..21)],
+            "no decode left: the whole budget again"
+        );
     }
 
     #[test]
@@ -581,15 +652,27 @@ mod tests {
         );
         run(&mut s, &second, &[4, 30, 30]);
         let third = s.schedule(&content);
-        assert_eq!(third.chunks, vec![chunk(0, 4..5), chunk(1, 4..5)], "the image (5) and one token");
+        assert_eq!(
+            third.chunks,
+            vec![chunk(0, 4..5), chunk(1, 4..5)],
+            "the image (5) and one token"
+        );
         run(&mut s, &third, &[5, 30, 30]);
         content.images.retain(|(of, ..)| *of != 1);
         let fourth = s.schedule(&content);
-        assert_eq!(fourth.chunks, vec![chunk(0, 5..6), chunk(1, 5..11)], "encoded: tokens only");
+        assert_eq!(
+            fourth.chunks,
+            vec![chunk(0, 5..6), chunk(1, 5..11)],
+            "encoded: tokens only"
+        );
         s.remove(RequestId(0));
         s.remove(RequestId(1));
         let alone = s.schedule(&content);
-        assert_eq!(alone.chunks, vec![chunk(2, 0..1)], "an image over the whole budget goes alone");
+        assert_eq!(
+            alone.chunks,
+            vec![chunk(2, 0..1)],
+            "an image over the whole budget goes alone"
+        );
     }
 
     #[test]
@@ -607,11 +690,18 @@ mod tests {
             s.add(RequestId(id), 40);
         }
         let first = s.schedule(&content);
-        assert_eq!(first.chunks, vec![chunk(0, 0..40)], "1 and 2 wait for 0's blocks");
+        assert_eq!(
+            first.chunks,
+            vec![chunk(0, 0..40)],
+            "1 and 2 wait for 0's blocks"
+        );
         assert_eq!((s.running(), s.waiting()), (1, 2));
         s.computed(RequestId(0), 40, true, &hashes);
         let second = s.schedule(&content);
-        assert_eq!(second.chunks, vec![chunk(0, 40..41), chunk(1, 36..40), chunk(2, 36..40)]);
+        assert_eq!(
+            second.chunks,
+            vec![chunk(0, 40..41), chunk(1, 36..40), chunk(2, 36..40)]
+        );
         assert_eq!(second.reused, vec![(RequestId(1), 36), (RequestId(2), 36)]);
     }
 
@@ -619,12 +709,36 @@ mod tests {
     fn fitting_images_into_the_budget() {
         let image = |start, tokens| ImageCost { start, tokens };
         assert_eq!(fit_images(&[], 0, 8, 8, false), 8);
-        assert_eq!(fit_images(&[image(2, 3)], 0, 8, 8, false), 5, "3 of 8 go to encoding");
-        assert_eq!(fit_images(&[image(6, 3)], 0, 8, 8, false), 6, "stops before the image");
-        assert_eq!(fit_images(&[image(0, 9)], 0, 8, 8, false), 0, "waits for a step of its own");
-        assert_eq!(fit_images(&[image(0, 9)], 0, 8, 8, true), 1, "alone: the image and one token");
-        assert_eq!(fit_images(&[image(0, 3), image(5, 3)], 0, 8, 8, true), 5, "the second does not fit");
-        assert_eq!(fit_images(&[image(0, 2)], 10, 4, 4, false), 2, "an image begun before the chunk");
+        assert_eq!(
+            fit_images(&[image(2, 3)], 0, 8, 8, false),
+            5,
+            "3 of 8 go to encoding"
+        );
+        assert_eq!(
+            fit_images(&[image(6, 3)], 0, 8, 8, false),
+            6,
+            "stops before the image"
+        );
+        assert_eq!(
+            fit_images(&[image(0, 9)], 0, 8, 8, false),
+            0,
+            "waits for a step of its own"
+        );
+        assert_eq!(
+            fit_images(&[image(0, 9)], 0, 8, 8, true),
+            1,
+            "alone: the image and one token"
+        );
+        assert_eq!(
+            fit_images(&[image(0, 3), image(5, 3)], 0, 8, 8, true),
+            5,
+            "the second does not fit"
+        );
+        assert_eq!(
+            fit_images(&[image(0, 2)], 10, 4, 4, false),
+            2,
+            "an image begun before the chunk"
+        );
     }
 
     #[test]
@@ -644,7 +758,10 @@ mod tests {
             });
         }
         let schedule = s.schedule(&NO_CONTENT);
-        assert_eq!(schedule.chunks, vec![chunk(0, 4..10), chunk(1, 2..3), chunk(2, 2..3)]);
+        assert_eq!(
+            schedule.chunks,
+            vec![chunk(0, 4..10), chunk(1, 2..3), chunk(2, 2..3)]
+        );
     }
 
     #[test]
@@ -675,24 +792,38 @@ mod tests {
         );
         s.remove(RequestId(0));
         let schedule = s.schedule(&NO_CONTENT);
-        assert_eq!(schedule.chunks, vec![chunk(1, 0..9)], "recomputed from scratch");
+        assert_eq!(
+            schedule.chunks,
+            vec![chunk(1, 0..9)],
+            "recomputed from scratch"
+        );
     }
 
     #[test]
     fn a_receiving_sequence_holds_its_blocks_unscheduled_then_decodes() {
         let mut s = scheduler(8, 4, 64);
         s.reserve(RequestId(0), 10).unwrap();
-        assert_eq!(s.allocator().free_blocks(), 5, "ceil(10 / 4) blocks reserved");
+        assert_eq!(
+            s.allocator().free_blocks(),
+            5,
+            "ceil(10 / 4) blocks reserved"
+        );
         assert!(!s.has_work());
         assert_eq!(s.schedule(&NO_CONTENT), Schedule::default());
-        assert!(s.reserve(RequestId(1), 30).is_err(), "30 tokens need 8 blocks, 5 are free");
+        assert!(
+            s.reserve(RequestId(1), 30).is_err(),
+            "30 tokens need 8 blocks, 5 are free"
+        );
         assert!(s.received(RequestId(0), &[]));
         // The transferred prompt is computed; the first token is fed back next.
         assert_eq!(s.schedule(&NO_CONTENT).chunks, vec![chunk(0, 10..11)]);
         assert!(s.remove(RequestId(0)));
         assert_eq!(s.allocator().free_blocks(), 8);
         s.reserve(RequestId(2), 4).unwrap();
-        assert!(s.remove(RequestId(2)), "a receiving sequence can be cancelled");
+        assert!(
+            s.remove(RequestId(2)),
+            "a receiving sequence can be cancelled"
+        );
         assert_eq!((s.allocator().free_blocks(), s.running()), (8, 0));
     }
 
@@ -704,10 +835,16 @@ mod tests {
         s.computed(RequestId(0), 5, true, &[]);
         s.add(RequestId(1), 8);
         // 1 gets one block of its prompt: the last free block stays for 0's decoding.
-        assert_eq!(s.schedule(&NO_CONTENT).chunks, vec![chunk(0, 5..6), chunk(1, 0..4)]);
+        assert_eq!(
+            s.schedule(&NO_CONTENT).chunks,
+            vec![chunk(0, 5..6), chunk(1, 0..4)]
+        );
         s.computed(RequestId(0), 1, true, &[]);
         s.computed(RequestId(1), 4, false, &[]);
-        assert_eq!(s.schedule(&NO_CONTENT).chunks, vec![chunk(0, 6..7), chunk(1, 4..8)]);
+        assert_eq!(
+            s.schedule(&NO_CONTENT).chunks,
+            vec![chunk(0, 6..7), chunk(1, 4..8)]
+        );
         s.computed(RequestId(0), 1, true, &[]);
         s.computed(RequestId(1), 4, true, &[]);
         assert_eq!(s.allocator().free_blocks(), 0);

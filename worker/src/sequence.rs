@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use fovea_model::logprobs::TokenLogprobs;
+use fovea_model::preprocess::PreparedImage;
 use fovea_model::sampling::Sampler;
 use fovea_model::text::{TextStream, TextTokenizer};
-use fovea_model::preprocess::PreparedImage;
 use fovea_model::{ImagePlacement, Phi4VisionModel};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -86,7 +86,8 @@ impl Sequence {
         block_size: usize,
         handoff: KvHandoff,
     ) -> Result<Self, RequestError> {
-        let mut sampler = Sampler::new(request.sampling.clone()).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let mut sampler = Sampler::new(request.sampling.clone())
+            .map_err(|e| RequestError::Invalid(e.to_string()))?;
         sampler.skip(request.replayed_tokens);
         let tokens = request.prompt_ids.clone();
         let image_keys: Vec<_> = request
@@ -105,7 +106,11 @@ impl Sequence {
             cached_tokens: 0,
             features: vec![None; request.images.len()],
             sampler,
-            text: TextStream::new(tokenizer, request.skip_special_tokens, request.stop_strings.clone()),
+            text: TextStream::new(
+                tokenizer,
+                request.skip_special_tokens,
+                request.stop_strings.clone(),
+            ),
             events,
             submitted,
             first_scheduled: None,
@@ -160,13 +165,18 @@ impl Sequence {
 
     /// The images among tokens `range` that have to be run through the vision tower (or found in
     /// the feature cache) before the range can be computed, in prompt order.
-    pub fn images_to_encode(&self, range: Range<usize>) -> impl Iterator<Item = UnencodedImage<'_>> {
+    pub fn images_to_encode(
+        &self,
+        range: Range<usize>,
+    ) -> impl Iterator<Item = UnencodedImage<'_>> {
         self.request
             .images
             .iter()
             .zip(&self.features)
             .enumerate()
-            .filter(move |(_, (image, features))| features.is_none() && overlaps(image.placement, &range))
+            .filter(move |(_, (image, features))| {
+                features.is_none() && overlaps(image.placement, &range)
+            })
             .filter_map(|(index, (image, _))| match &image.source {
                 ImageSource::Pixels(pixels) => Some(UnencodedImage {
                     index,
@@ -218,7 +228,10 @@ impl Sequence {
                 start: overlap.start - range.start,
                 len: overlap.len(),
             };
-            pieces.push((placement, features.narrow(0, overlap.start - start, overlap.len())?));
+            pieces.push((
+                placement,
+                features.narrow(0, overlap.start - start, overlap.len())?,
+            ));
         }
         Ok(ChunkInput {
             ids: self.tokens[range].to_vec(),
@@ -244,7 +257,11 @@ impl Sequence {
     /// Takes `token` (with its log probabilities, if the request asked for them), the first
     /// token a prefill worker chose with this request's sampling, as if this sequence had sampled
     /// it; sends it and says whether the request is done.
-    pub fn accept_transferred_token(&mut self, token: u32, logprobs: Option<TokenLogprobs>) -> Option<FinishReason> {
+    pub fn accept_transferred_token(
+        &mut self,
+        token: u32,
+        logprobs: Option<TokenLogprobs>,
+    ) -> Option<FinishReason> {
         self.first_scheduled.get_or_insert_with(Instant::now);
         self.sampler.skip(1);
         self.push_generated(token, logprobs)
@@ -255,9 +272,18 @@ impl Sequence {
         let _ = self.events.send(Event::PromptKv(Arc::new(kv)));
     }
 
-    fn push_generated(&mut self, token: u32, logprobs: Option<TokenLogprobs>) -> Option<FinishReason> {
+    fn push_generated(
+        &mut self,
+        token: u32,
+        logprobs: Option<TokenLogprobs>,
+    ) -> Option<FinishReason> {
         self.tokens.push(token);
-        extend_block_hashes(&mut self.block_hashes, &self.tokens, &self.image_keys, self.block_size);
+        extend_block_hashes(
+            &mut self.block_hashes,
+            &self.tokens,
+            &self.image_keys,
+            self.block_size,
+        );
         self.first_token.get_or_insert_with(Instant::now);
         let delta = match self.text.push(token) {
             Ok(delta) => delta,

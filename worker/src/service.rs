@@ -20,12 +20,14 @@ use std::time::Duration;
 
 use fovea_model::logprobs::TokenLogprobs;
 use fovea_proto::v1::{
-    FinishReason as WireFinishReason, TokenLogprob as WireTokenLogprob, TokenLogprobs as WireTokenLogprobs,
+    FinishReason as WireFinishReason, TokenLogprob as WireTokenLogprob,
+    TokenLogprobs as WireTokenLogprobs,
 };
 use fovea_proto::worker::v1::worker_server::Worker;
 use fovea_proto::worker::v1::{
-    AbortRequest, AbortResponse, DescribeRequest, GenerateEvent, GenerateFinished, GenerateJob, GeneratedTokens,
-    WatchLoadRequest, WorkerInfo, WorkerLoad, WorkerRole, WorkerState, generate_event,
+    AbortRequest, AbortResponse, DescribeRequest, GenerateEvent, GenerateFinished, GenerateJob,
+    GeneratedTokens, WatchLoadRequest, WorkerInfo, WorkerLoad, WorkerRole, WorkerState,
+    generate_event,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -58,7 +60,12 @@ pub struct WorkerService {
 impl WorkerService {
     /// Serves `engine`, turning jobs into requests with `jobs`, describing itself as `info`
     /// (whose role decides which jobs it takes), expecting KV transfers in `awaited`.
-    pub fn new(engine: EngineHandle, jobs: JobContext, info: WorkerInfo, awaited: AwaitedTransfers) -> Self {
+    pub fn new(
+        engine: EngineHandle,
+        jobs: JobContext,
+        info: WorkerInfo,
+        awaited: AwaitedTransfers,
+    ) -> Self {
         WorkerService {
             engine,
             jobs,
@@ -112,8 +119,12 @@ fn finished_event(completion: &Completion) -> GenerateEvent {
             completion_tokens: completion.usage.completion_tokens as u32,
             queue_us: micros(timings.queue),
             vision_us: 0,
-            prefill_us: timings.time_to_first_token.map_or(0, |t| micros(t.saturating_sub(timings.queue))),
-            decode_us: timings.time_to_first_token.map_or(0, |t| micros(timings.total.saturating_sub(t))),
+            prefill_us: timings
+                .time_to_first_token
+                .map_or(0, |t| micros(t.saturating_sub(timings.queue))),
+            decode_us: timings
+                .time_to_first_token
+                .map_or(0, |t| micros(timings.total.saturating_sub(t))),
         })),
     }
 }
@@ -123,7 +134,10 @@ impl Worker for WorkerService {
     type GenerateStream = ReceiverStream<Result<GenerateEvent, Status>>;
     type WatchLoadStream = ReceiverStream<Result<WorkerLoad, Status>>;
 
-    async fn generate(&self, request: Request<GenerateJob>) -> Result<Response<Self::GenerateStream>, Status> {
+    async fn generate(
+        &self,
+        request: Request<GenerateJob>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
         let job = request.into_inner();
         let job_id = job.request_id.clone();
         if self.info.role() == WorkerRole::Prefill {
@@ -135,23 +149,32 @@ impl Worker for WorkerService {
             return Err(Status::invalid_argument("a job needs a request_id"));
         }
         if *self.draining.borrow() {
-            return Err(Status::unavailable("this worker is draining: it finishes its jobs and takes no new ones"));
+            return Err(Status::unavailable(
+                "this worker is draining: it finishes its jobs and takes no new ones",
+            ));
         }
         let transfer_id = job.kv_transfer_id.clone();
-        let images = if transfer_id.is_empty() { Images::Needed } else { Images::KeysOnly };
+        let images = if transfer_id.is_empty() {
+            Images::Needed
+        } else {
+            Images::KeysOnly
+        };
         let request = engine_request(job, images, &self.jobs).await?;
         let prompt_tokens = request.prompt_ids.len();
         let (done_tx, done_rx) = oneshot::channel();
         let mut stream = {
             let mut running = self.running();
             if running.contains_key(&job_id) {
-                return Err(Status::already_exists(format!("job {job_id:?} is already running")));
+                return Err(Status::already_exists(format!(
+                    "job {job_id:?} is already running"
+                )));
             }
             let stream = if transfer_id.is_empty() {
                 self.engine.submit(request)
             } else {
                 let stream = self.engine.submit_awaiting_kv(request);
-                self.awaited.expect(&transfer_id, stream.id, prompt_tokens)?;
+                self.awaited
+                    .expect(&transfer_id, stream.id, prompt_tokens)?;
                 stream
             };
             running.insert(
@@ -164,7 +187,11 @@ impl Worker for WorkerService {
             stream
         };
         let (tx, rx) = mpsc::channel(64);
-        let (engine, running, awaited) = (self.engine.clone(), Arc::clone(&self.running), self.awaited.clone());
+        let (engine, running, awaited) = (
+            self.engine.clone(),
+            Arc::clone(&self.running),
+            self.awaited.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {
@@ -201,15 +228,24 @@ impl Worker for WorkerService {
             if !transfer_id.is_empty() {
                 awaited.forget(&transfer_id);
             }
-            running.lock().unwrap_or_else(PoisonError::into_inner).remove(&job_id);
+            running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&job_id);
             let _ = done_tx.send(());
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn abort(&self, request: Request<AbortRequest>) -> Result<Response<AbortResponse>, Status> {
+    async fn abort(
+        &self,
+        request: Request<AbortRequest>,
+    ) -> Result<Response<AbortResponse>, Status> {
         let request_id = request.into_inner().request_id;
-        let job = self.running().get_mut(&request_id).map(|job| (job.id, job.done.take()));
+        let job = self
+            .running()
+            .get_mut(&request_id)
+            .map(|job| (job.id, job.done.take()));
         let Some((id, done)) = job else {
             return Ok(Response::new(AbortResponse {
                 found: false,
@@ -228,15 +264,25 @@ impl Worker for WorkerService {
         }))
     }
 
-    async fn describe(&self, _request: Request<DescribeRequest>) -> Result<Response<WorkerInfo>, Status> {
+    async fn describe(
+        &self,
+        _request: Request<DescribeRequest>,
+    ) -> Result<Response<WorkerInfo>, Status> {
         Ok(Response::new(self.info.clone()))
     }
 
-    async fn watch_load(&self, request: Request<WatchLoadRequest>) -> Result<Response<Self::WatchLoadStream>, Status> {
+    async fn watch_load(
+        &self,
+        request: Request<WatchLoadRequest>,
+    ) -> Result<Response<Self::WatchLoadStream>, Status> {
         let interval_ms = match request.into_inner().interval_ms {
             0 => 100,
             ms @ 10..=60_000 => ms,
-            other => return Err(Status::invalid_argument(format!("interval_ms must be 10 to 60000, got {other}"))),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "interval_ms must be 10 to 60000, got {other}"
+                )));
+            }
         };
         let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
@@ -248,7 +294,11 @@ impl Worker for WorkerService {
                 let stats = engine.stats();
                 let draining = *draining.borrow();
                 let load = WorkerLoad {
-                    state: if draining { WorkerState::Draining } else { WorkerState::Serving } as i32,
+                    state: if draining {
+                        WorkerState::Draining
+                    } else {
+                        WorkerState::Serving
+                    } as i32,
                     running_requests: stats.running as u32,
                     queued_requests: stats.waiting as u32,
                     running_tokens: 0,

@@ -48,11 +48,19 @@ impl VisionBatcher {
     }
 
     /// The features of `image` (known by `key`), from the cache or the next batch.
-    pub async fn encode(&self, key: ImageKey, image: PreparedImage) -> Result<GridFeatures, String> {
+    pub async fn encode(
+        &self,
+        key: ImageKey,
+        image: PreparedImage,
+    ) -> Result<GridFeatures, String> {
         let (reply, answer) = oneshot::channel();
         let job = EncodeJob { key, image, reply };
-        self.jobs.send(job).map_err(|_| "the vision encoder has stopped".to_string())?;
-        answer.await.map_err(|_| "the vision encoder has stopped".to_string())?
+        self.jobs
+            .send(job)
+            .map_err(|_| "the vision encoder has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the vision encoder has stopped".to_string())?
     }
 
     /// Vision-tower batches run so far.
@@ -87,7 +95,11 @@ fn run(
 }
 
 /// Answers every job of `batch`; says whether the vision tower ran.
-fn encode_batch(model: &Phi4VisionModel, cache: &Mutex<ImageFeatureCache>, batch: Vec<EncodeJob>) -> bool {
+fn encode_batch(
+    model: &Phi4VisionModel,
+    cache: &Mutex<ImageFeatureCache>,
+    batch: Vec<EncodeJob>,
+) -> bool {
     let mut distinct: Vec<&EncodeJob> = Vec::new();
     for job in &batch {
         if !distinct.iter().any(|first| first.key == job.key) {
@@ -110,7 +122,11 @@ fn encode_batch(model: &Phi4VisionModel, cache: &Mutex<ImageFeatureCache>, batch
         features
             .into_iter()
             .zip(&to_encode)
-            .map(|(rows, job)| Ok(rows.to_dtype(DType::F32)?.reshape((job.image.grid_h, job.image.grid_w, ()))?))
+            .map(|(rows, job)| {
+                Ok(rows
+                    .to_dtype(DType::F32)?
+                    .reshape((job.image.grid_h, job.image.grid_w, ()))?)
+            })
             .collect::<fovea_model::Result<Vec<_>>>()
     });
     let ran = !to_encode.is_empty();
@@ -137,7 +153,9 @@ fn encode_batch(model: &Phi4VisionModel, cache: &Mutex<ImageFeatureCache>, batch
 
 #[cfg(test)]
 mod tests {
-    use fovea_model::testing::{golden_model, golden_preparer, max_relative_difference, prepared_golden_cases};
+    use fovea_model::testing::{
+        golden_model, golden_preparer, max_relative_difference, prepared_golden_cases,
+    };
 
     use super::*;
 
@@ -164,13 +182,20 @@ mod tests {
             .into_iter()
             .flat_map(|case| case.request.images.into_iter().map(|(_, image)| image))
             .collect();
-        assert!(images.len() >= 3, "the golden cases hold {} images", images.len());
+        assert!(
+            images.len() >= 3,
+            "the golden cases hold {} images",
+            images.len()
+        );
         let cache = Mutex::new(ImageFeatureCache::new(256 << 20));
         // The first image is cached already; the second comes twice.
         let (cached, _) = job(&images[0]);
         let first_alone = model.encode_images(&[&images[0]]).unwrap().remove(0);
         let grid = (images[0].grid_h, images[0].grid_w, ());
-        cache.lock().unwrap().insert(cached.key, first_alone.reshape(grid).unwrap());
+        cache
+            .lock()
+            .unwrap()
+            .insert(cached.key, first_alone.reshape(grid).unwrap());
         let order = [0, 1, 2, 1];
         let (jobs, answers): (Vec<_>, Vec<_>) = order.iter().map(|&i| job(&images[i])).unzip();
 
@@ -179,11 +204,18 @@ mod tests {
             let cache = cache.lock().unwrap();
             (cache.encoded(), cache.hits())
         };
-        assert_eq!((encoded, hits), (3, 1), "one insert up front, then images 1 and 2 once each");
+        assert_eq!(
+            (encoded, hits),
+            (3, 1),
+            "one insert up front, then images 1 and 2 once each"
+        );
         for (&i, answer) in order.iter().zip(answers) {
             let got = answer.blocking_recv().unwrap().unwrap();
             let image = &images[i];
-            assert_eq!(got.dims(), [image.grid_h, image.grid_w, model.config().text.hidden_size]);
+            assert_eq!(
+                got.dims(),
+                [image.grid_h, image.grid_w, model.config().text.hidden_size]
+            );
             let alone = model.encode_image(image).unwrap();
             let difference = max_relative_difference(&values(&got), &values(&alone));
             assert!(difference < 1e-5, "image {i}: {difference}");

@@ -21,8 +21,8 @@ pub async fn fetch_features(
     image: EncodedImage,
 ) -> Result<Tensor, Status> {
     let planned = (image.grid_rows, image.grid_cols);
-    let mut client =
-        VisionEncoderClient::new(context.peers.channel(address)?).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = VisionEncoderClient::new(context.peers.channel(address)?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let job = VisionJob {
         request_id: request_id.to_string(),
         image: Some(image),
@@ -69,7 +69,10 @@ pub async fn fetch_features(
         };
         let received = values.len() / hidden;
         let count = rows.row_count as usize;
-        if rows.first_row as usize != received || rows.data.len() != count * hidden * 4 || received + count > patches {
+        if rows.first_row as usize != received
+            || rows.data.len() != count * hidden * 4
+            || received + count > patches
+        {
             return Err(broken(format!(
                 "rows {}..+{count} ({} bytes) do not continue the {received} of {patches} rows received",
                 rows.first_row,

@@ -11,8 +11,8 @@ use fovea_model::Phi4VisionModel;
 use fovea_model::preprocess::{PreprocessConfig, prepare_image};
 use fovea_proto::worker::v1::vision_encoder_server::VisionEncoder;
 use fovea_proto::worker::v1::{
-    DType as WireDType, EncodedImage, FeatureRows, ImageFeaturesChunk, ImageFeaturesHeader, VisionJob,
-    image_features_chunk,
+    DType as WireDType, EncodedImage, FeatureRows, ImageFeaturesChunk, ImageFeaturesHeader,
+    VisionJob, image_features_chunk,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -75,7 +75,10 @@ impl VisionEncoderService {
     }
 
     fn cached(&self, key: ImageKey) -> Option<Tensor> {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(key)
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
     }
 
     /// Decodes `image`, checking its planned grid, and encodes it in the next batch;
@@ -84,8 +87,8 @@ impl VisionEncoderService {
         let planned = (image.grid_rows, image.grid_cols);
         let preprocess = Arc::clone(&self.preprocess);
         let image = tokio::task::spawn_blocking(move || {
-            let image =
-                prepare_image(&image.data, &preprocess).map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
+            let image = prepare_image(&image.data, &preprocess)
+                .map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
             let grid = (image.grid_h, image.grid_w);
             if planned != (0, 0) && (planned.0 as usize, planned.1 as usize) != grid {
                 return Err(Status::invalid_argument(format!(
@@ -97,12 +100,19 @@ impl VisionEncoderService {
         })
         .await
         .map_err(|e| Status::internal(format!("decoding the image failed: {e}")))??;
-        self.encoder.encode(key, image).await.map_err(Status::internal)
+        self.encoder
+            .encode(key, image)
+            .await
+            .map_err(Status::internal)
     }
 }
 
 /// The header and row messages of `features` (`[grid_h, grid_w, hidden]` f32).
-fn feature_messages(hash: [u8; 16], features: &Tensor, cached: bool) -> Result<Vec<ImageFeaturesChunk>, Status> {
+fn feature_messages(
+    hash: [u8; 16],
+    features: &Tensor,
+    cached: bool,
+) -> Result<Vec<ImageFeaturesChunk>, Status> {
     let (grid_h, grid_w, hidden) = features
         .dims3()
         .map_err(|e| Status::internal(format!("cached features: {e}")))?;
@@ -139,7 +149,10 @@ fn feature_messages(hash: [u8; 16], features: &Tensor, cached: bool) -> Result<V
 impl VisionEncoder for VisionEncoderService {
     type EncodeImageStream = ReceiverStream<Result<ImageFeaturesChunk, Status>>;
 
-    async fn encode_image(&self, request: Request<VisionJob>) -> Result<Response<Self::EncodeImageStream>, Status> {
+    async fn encode_image(
+        &self,
+        request: Request<VisionJob>,
+    ) -> Result<Response<Self::EncodeImageStream>, Status> {
         let job = request.into_inner();
         let image = job
             .image

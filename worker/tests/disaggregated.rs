@@ -18,9 +18,8 @@ use fovea_proto::worker::v1::kv_transfer_client::KvTransferClient;
 use fovea_proto::worker::v1::prefiller_client::PrefillerClient;
 use fovea_proto::worker::v1::worker_client::WorkerClient;
 use fovea_proto::worker::v1::{
-    EncodedImage, GenerateEvent, GenerateJob, KvCacheLayout, KvChunk, KvTransferHeader, KvTransferMessage, PrefillJob,
-    WorkerRole,
-    generate_event, kv_transfer_message,
+    EncodedImage, GenerateEvent, GenerateJob, KvCacheLayout, KvChunk, KvTransferHeader,
+    KvTransferMessage, PrefillJob, WorkerRole, generate_event, kv_transfer_message,
 };
 use fovea_worker::job::JobContext;
 use fovea_worker::node::kv_cache_layout;
@@ -33,7 +32,9 @@ use common::nodes::{Node, golden_job, wait_idle};
 use common::runtime;
 
 /// The tokens of a worker job's stream and its final event.
-async fn collect(mut stream: Streaming<GenerateEvent>) -> (Vec<u32>, fovea_proto::worker::v1::GenerateFinished) {
+async fn collect(
+    mut stream: Streaming<GenerateEvent>,
+) -> (Vec<u32>, fovea_proto::worker::v1::GenerateFinished) {
     let mut tokens = Vec::new();
     while let Some(event) = stream.message().await.unwrap() {
         match event.event.unwrap() {
@@ -53,9 +54,17 @@ async fn worker_client(address: &str) -> WorkerClient<tonic::transport::Channel>
 
 /// Sends the decode worker at `address` `job`, to await its prompt's keys and values over the
 /// transfer `{request_id}/kv`; gives the job as sent and its event stream.
-async fn await_transfer(address: &str, mut job: GenerateJob) -> (GenerateJob, Streaming<GenerateEvent>) {
+async fn await_transfer(
+    address: &str,
+    mut job: GenerateJob,
+) -> (GenerateJob, Streaming<GenerateEvent>) {
     job.kv_transfer_id = format!("{}/kv", job.request_id);
-    let events = worker_client(address).await.generate(job.clone()).await.unwrap().into_inner();
+    let events = worker_client(address)
+        .await
+        .generate(job.clone())
+        .await
+        .unwrap()
+        .into_inner();
     (job, events)
 }
 
@@ -66,7 +75,8 @@ fn vision_worker_features_equal_a_local_encode_bit_for_bit_and_are_encoded_once(
     let vision = Node::start(&model, WorkerRole::Vision, 0);
     let context = JobContext {
         preprocess: Arc::new(
-            PreprocessConfig::from_file(common::model_dir().join("preprocessor_config.json")).unwrap(),
+            PreprocessConfig::from_file(common::model_dir().join("preprocessor_config.json"))
+                .unwrap(),
         ),
         peers: Arc::new(PeerChannels::default()),
         hidden_size: model.config().text.hidden_size,
@@ -85,15 +95,26 @@ fn vision_worker_features_equal_a_local_encode_bit_for_bit_and_are_encoded_once(
                 let remote = fetch_features(&context, &vision.address, &case.name, image)
                     .await
                     .unwrap();
-                let local = model.encode_image(prepared).unwrap().to_dtype(DType::F32).unwrap();
+                let local = model
+                    .encode_image(prepared)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
                 assert_eq!(remote.dims(), local.dims(), "{}", case.name);
-                let (remote, local) = (remote.to_vec2::<f32>().unwrap(), local.to_vec2::<f32>().unwrap());
+                let (remote, local) = (
+                    remote.to_vec2::<f32>().unwrap(),
+                    local.to_vec2::<f32>().unwrap(),
+                );
                 let same_bits = remote
                     .iter()
                     .flatten()
                     .zip(local.iter().flatten())
                     .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same_bits, "{}: features differ from a local encoding", case.name);
+                assert!(
+                    same_bits,
+                    "{}: features differ from a local encoding",
+                    case.name
+                );
                 // By hash alone, the cache answers.
                 let by_hash = EncodedImage {
                     content_hash: hash.to_vec().into(),
@@ -147,7 +168,12 @@ fn images_from_a_vision_worker_give_the_golden_tokens() {
                 .into_inner();
             let (tokens, finished) = collect(stream).await;
             assert_eq!(tokens, case.greedy_tokens, "{}", case.name);
-            assert_eq!(finished.finish_reason(), FinishReason::Length, "{}", case.name);
+            assert_eq!(
+                finished.finish_reason(),
+                FinishReason::Length,
+                "{}",
+                case.name
+            );
         }
         let engine = decode.engine.as_ref().unwrap();
         assert_eq!(
@@ -157,12 +183,19 @@ fn images_from_a_vision_worker_give_the_golden_tokens() {
         );
         wait_idle(engine, "decode worker").await;
     });
-    let with_images = cases.iter().filter(|case| !case.image_files.is_empty()).count();
+    let with_images = cases
+        .iter()
+        .filter(|case| !case.image_files.is_empty())
+        .count();
     assert!(with_images > 0 && vision.vision.as_ref().unwrap().stats().encoded > 0);
 }
 
 /// Sends `job` to the decode worker with a transfer id, then prefills it on the prefill worker.
-async fn prefill_then_decode(prefill: &Node, decode: &Node, job: GenerateJob) -> (Vec<u32>, FinishReason) {
+async fn prefill_then_decode(
+    prefill: &Node,
+    decode: &Node,
+    job: GenerateJob,
+) -> (Vec<u32>, FinishReason) {
     let (job, stream) = await_transfer(&decode.address, job).await;
     let transfer_id = job.kv_transfer_id.clone();
     let mut prefiller = PrefillerClient::connect(format!("http://{}", prefill.address))
@@ -187,12 +220,21 @@ async fn prefill_then_decode(prefill: &Node, decode: &Node, job: GenerateJob) ->
 /// golden tokens, and both workers' blocks all free afterwards.
 async fn golden_cases_through(prefill: &Node, decode: &Node, cases: &[GoldenCase], what: &str) {
     for case in cases {
-        let (tokens, reason) = prefill_then_decode(prefill, decode, golden_job(case, &case.name, "")).await;
+        let (tokens, reason) =
+            prefill_then_decode(prefill, decode, golden_job(case, &case.name, "")).await;
         assert_eq!(tokens, case.greedy_tokens, "{what}: {}", case.name);
         assert_eq!(reason, FinishReason::Length, "{what}: {}", case.name);
     }
-    wait_idle(prefill.engine.as_ref().unwrap(), &format!("{what}: prefill worker")).await;
-    wait_idle(decode.engine.as_ref().unwrap(), &format!("{what}: decode worker")).await;
+    wait_idle(
+        prefill.engine.as_ref().unwrap(),
+        &format!("{what}: prefill worker"),
+    )
+    .await;
+    wait_idle(
+        decode.engine.as_ref().unwrap(),
+        &format!("{what}: decode worker"),
+    )
+    .await;
 }
 
 #[test]
@@ -259,25 +301,44 @@ fn a_transfer_laid_out_for_other_kv_heads_is_refused_naming_what_differs() {
                 ..layout
             },
         ),
-        ("head_dim", KvCacheLayout { head_dim: 8, ..layout }),
+        (
+            "head_dim",
+            KvCacheLayout {
+                head_dim: 8,
+                ..layout
+            },
+        ),
     ];
     runtime().block_on(async {
         let mut kv_client = KvTransferClient::connect(format!("http://{}", decode.address))
             .await
             .unwrap();
         for (field, wrong) in wrong_layouts {
-            let (job, decode_job) = await_transfer(&decode.address, golden_job(&cases[0], field, "")).await;
+            let (job, decode_job) =
+                await_transfer(&decode.address, golden_job(&cases[0], field, "")).await;
             let transfer = partial_transfer(wrong, &job);
             let status = kv_client
                 .push_kv(tokio_stream::iter(transfer))
                 .await
                 .unwrap_err();
-            assert_eq!(status.code(), Code::FailedPrecondition, "{field}: {status:?}");
-            assert!(status.message().contains(field), "{field}: {}", status.message());
+            assert_eq!(
+                status.code(),
+                Code::FailedPrecondition,
+                "{field}: {status:?}"
+            );
+            assert!(
+                status.message().contains(field),
+                "{field}: {}",
+                status.message()
+            );
             let (tokens, finished) = collect(decode_job).await;
             assert!(tokens.is_empty(), "{field}");
             assert_eq!(finished.finish_reason(), FinishReason::Error, "{field}");
-            assert!(finished.error.contains(field), "{field}: {}", finished.error);
+            assert!(
+                finished.error.contains(field),
+                "{field}: {}",
+                finished.error
+            );
             wait_idle(decode_engine, field).await;
         }
     });
@@ -309,7 +370,10 @@ fn partial_transfer(layout: KvCacheLayout, job: &GenerateJob) -> Vec<KvTransferM
 fn cancel_mid_transfer_frees_blocks_on_both_sides() {
     let model = common::load_model();
     let cases = common::golden_cases(&common::preparer());
-    let case = cases.iter().find(|case| case.name == "chart_nothink").unwrap();
+    let case = cases
+        .iter()
+        .find(|case| case.name == "chart_nothink")
+        .unwrap();
     let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
     let decode = Node::start(&model, WorkerRole::Decode, 1024);
     let decode_engine = decode.engine.as_ref().unwrap();
@@ -319,7 +383,8 @@ fn cancel_mid_transfer_frees_blocks_on_both_sides() {
             .await
             .unwrap();
         for cut in ["the decode job", "the push stream"] {
-            let (job, decode_job) = await_transfer(&decode.address, golden_job(case, cut, "")).await;
+            let (job, decode_job) =
+                await_transfer(&decode.address, golden_job(case, cut, "")).await;
             // The engine reserves the prompt's blocks when it takes the job, just after the call.
             let mut reserved = false;
             for _ in 0..200 {
@@ -337,14 +402,18 @@ fn cancel_mid_transfer_frees_blocks_on_both_sides() {
                 tx.send(message).await.unwrap();
             }
             let mut push = kv_client.clone();
-            let pushing =
-                tokio::spawn(async move { push.push_kv(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+            let pushing = tokio::spawn(async move {
+                push.push_kv(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+            });
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             if cut == "the decode job" {
                 drop(decode_job);
                 wait_idle(decode_engine, cut).await;
                 // The next message finds the job gone: the sender is told to stop.
-                tx.send(partial_transfer(layout, &job).pop().unwrap()).await.unwrap();
+                tx.send(partial_transfer(layout, &job).pop().unwrap())
+                    .await
+                    .unwrap();
                 let status = pushing.await.unwrap().unwrap_err();
                 assert_eq!(status.code(), Code::Cancelled, "{status:?}");
             } else {
@@ -364,7 +433,8 @@ fn cancel_mid_transfer_frees_blocks_on_both_sides() {
 
         // A prefill call dropped while it runs frees the prefill worker's blocks and ends the
         // decode job, however far the transfer got.
-        let (job, decode_job) = await_transfer(&decode.address, golden_job(case, "dropped prefill", "")).await;
+        let (job, decode_job) =
+            await_transfer(&decode.address, golden_job(case, "dropped prefill", "")).await;
         let mut prefiller = PrefillerClient::connect(format!("http://{}", prefill.address))
             .await
             .unwrap();
@@ -408,7 +478,12 @@ fn a_dead_decode_peer_fails_the_prefill_with_a_clear_status() {
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(status.message().contains(&dead), "{}", status.message());
-        let blamed = status.metadata().get(FAILED_PEER_METADATA).unwrap().to_str().unwrap();
+        let blamed = status
+            .metadata()
+            .get(FAILED_PEER_METADATA)
+            .unwrap()
+            .to_str()
+            .unwrap();
         assert_eq!(blamed, dead);
         wait_idle(prefill.engine.as_ref().unwrap(), "prefill worker").await;
     });

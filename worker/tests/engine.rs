@@ -7,13 +7,15 @@ use candle_core::DType;
 
 use fovea_model::Phi4VisionModel;
 use fovea_model::generate::{GenerationRequest, SequenceRank, generate};
-use fovea_model::tp::RankGroup;
 use fovea_model::sampling::SamplingParams;
 use fovea_model::testing::{
-    GoldenTensors, PreparedCase, golden_model, golden_preparer, prepared_golden_cases, reference_log_softmax,
+    GoldenTensors, PreparedCase, golden_model, golden_preparer, prepared_golden_cases,
+    reference_log_softmax,
 };
+use fovea_model::tp::RankGroup;
 use fovea_worker::{
-    Engine, EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, ImageSource, RequestError, RequestOutput,
+    Engine, EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, ImageSource,
+    RequestError, RequestOutput,
 };
 
 struct Fixture {
@@ -33,7 +35,12 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn engine(&self, config: EngineConfig) -> EngineHandle {
-        Engine::start(Arc::clone(&self.model), self.preparer.tokenizer().clone(), config).unwrap()
+        Engine::start(
+            Arc::clone(&self.model),
+            self.preparer.tokenizer().clone(),
+            config,
+        )
+        .unwrap()
     }
 
     /// The golden request of `case`: greedy, through end-of-turn tokens, as many tokens as the
@@ -53,22 +60,37 @@ impl Fixture {
     }
 
     fn case(&self, name: &str) -> &PreparedCase {
-        self.cases.iter().find(|case| case.golden.name == name).unwrap()
+        self.cases
+            .iter()
+            .find(|case| case.golden.name == name)
+            .unwrap()
     }
 }
 
 /// Asserts that `output` is `case`'s golden completion.
 fn assert_golden(output: &RequestOutput, case: &PreparedCase) {
     let name = &case.golden.name;
-    assert_eq!(output.completion.reason, FinishReason::Length, "{name}: finish reason");
-    assert_eq!(output.token_ids, case.golden.greedy_tokens, "{name}: tokens");
+    assert_eq!(
+        output.completion.reason,
+        FinishReason::Length,
+        "{name}: finish reason"
+    );
+    assert_eq!(
+        output.token_ids, case.golden.greedy_tokens,
+        "{name}: tokens"
+    );
     let usage = output.completion.usage;
     assert_eq!(
         usage.prompt_tokens,
         case.request.prompt_ids.len(),
         "{name}: prompt tokens"
     );
-    let image_tokens: usize = case.request.images.iter().map(|(placement, _)| placement.len).sum();
+    let image_tokens: usize = case
+        .request
+        .images
+        .iter()
+        .map(|(placement, _)| placement.len)
+        .sum();
     assert_eq!(usage.image_tokens, image_tokens, "{name}: image tokens");
     assert_eq!(
         usage.completion_tokens,
@@ -120,25 +142,48 @@ fn batched_requests_get_logprobs_with_every_token_that_match_the_reference() {
         },
         ..fixture.golden_request(case)
     };
-    let streams: Vec<_> = fixture.cases.iter().map(|case| engine.submit(with_logprobs(case))).collect();
+    let streams: Vec<_> = fixture
+        .cases
+        .iter()
+        .map(|case| engine.submit(with_logprobs(case)))
+        .collect();
     let without = engine.submit(fixture.golden_request(&fixture.cases[0]));
     for (stream, case) in streams.into_iter().zip(&fixture.cases) {
         let output = stream.wait();
         assert_golden(&output, case);
         let name = &case.golden.name;
-        assert_eq!(output.logprobs.len(), output.token_ids.len(), "{name}: one entry per token");
+        assert_eq!(
+            output.logprobs.len(),
+            output.token_ids.len(),
+            "{name}: one entry per token"
+        );
         for (token, logprobs) in output.token_ids.iter().zip(&output.logprobs) {
             assert_eq!(logprobs.top.len(), 3, "{name}");
-            assert_eq!(logprobs.top[0].token_id, *token, "{name}: greedy picks the most likely");
+            assert_eq!(
+                logprobs.top[0].token_id, *token,
+                "{name}: greedy picks the most likely"
+            );
             assert_eq!(logprobs.logprob, logprobs.top[0].logprob, "{name}");
-            assert!(logprobs.top.windows(2).all(|w| w[0].logprob >= w[1].logprob), "{name}: sorted");
+            assert!(
+                logprobs
+                    .top
+                    .windows(2)
+                    .all(|w| w[0].logprob >= w[1].logprob),
+                "{name}: sorted"
+            );
         }
         let reference = reference_log_softmax(&golden.prefill_last_logits(name));
         let first = f64::from(output.logprobs[0].logprob);
         let expected = reference[output.token_ids[0] as usize];
-        assert!((first - expected).abs() < 1e-4, "{name}: first logprob {first}, reference {expected}");
+        assert!(
+            (first - expected).abs() < 1e-4,
+            "{name}: first logprob {first}, reference {expected}"
+        );
     }
-    assert!(without.wait().logprobs.is_empty(), "no logprobs unless asked for");
+    assert!(
+        without.wait().logprobs.is_empty(),
+        "no logprobs unless asked for"
+    );
     assert_idle(&engine);
 }
 
@@ -187,7 +232,11 @@ fn a_repeated_prompt_reuses_its_cached_blocks_up_to_its_first_different_image() 
 
     // Another image of the same size: only the 26 blocks before the image (at 418) are shared.
     let mut images = case.request.images.clone();
-    images[0].1.patches.iter_mut().for_each(|value| *value = -*value);
+    images[0]
+        .1
+        .patches
+        .iter_mut()
+        .for_each(|value| *value = -*value);
     let request = GenerateRequest {
         images: ImageSource::pixels(images.clone()),
         ..fixture.golden_request(case)
@@ -261,7 +310,11 @@ fn cancelling_running_and_waiting_requests_frees_every_block() {
         })
         .collect();
     assert_eq!(first_tokens, case.golden.greedy_tokens[..3]);
-    assert_eq!(engine.stats().waiting, 1, "max_running 1 keeps the second one waiting");
+    assert_eq!(
+        engine.stats().waiting,
+        1,
+        "max_running 1 keeps the second one waiting"
+    );
     engine.cancel(waiting.id);
     let output = waiting.wait();
     assert_eq!(output.completion.reason, FinishReason::Cancelled);
@@ -269,7 +322,10 @@ fn cancelling_running_and_waiting_requests_frees_every_block() {
     engine.cancel(running.id);
     let output = running.wait();
     assert_eq!(output.completion.reason, FinishReason::Cancelled);
-    assert_eq!(output.completion.usage.completion_tokens, 3 + output.token_ids.len());
+    assert_eq!(
+        output.completion.usage.completion_tokens,
+        3 + output.token_ids.len()
+    );
     assert_idle(&engine);
 
     // Dropping the receiver cancels too; the engine notices at its next step.
@@ -305,7 +361,10 @@ fn requests_that_can_never_fit_get_an_error_event_at_once() {
     };
     let reason = engine.submit(too_long).wait().completion.reason;
     assert!(
-        matches!(reason, FinishReason::Error(RequestError::ExceedsContext { .. })),
+        matches!(
+            reason,
+            FinishReason::Error(RequestError::ExceedsContext { .. })
+        ),
         "{reason:?}"
     );
     let empty = GenerateRequest {
@@ -336,7 +395,12 @@ fn stop_tokens_and_stop_strings_end_generation_early() {
         })
         .wait();
     assert_eq!(output.completion.reason, FinishReason::Stop);
-    let first_stop = case.golden.greedy_tokens.iter().position(|&t| t == stop_token).unwrap();
+    let first_stop = case
+        .golden
+        .greedy_tokens
+        .iter()
+        .position(|&t| t == stop_token)
+        .unwrap();
     assert_eq!(
         output.token_ids,
         case.golden.greedy_tokens[..=first_stop],
@@ -346,11 +410,18 @@ fn stop_tokens_and_stop_strings_end_generation_early() {
     // A stop string made of the text of tokens 6 and 7: generation ends at token 7 and the
     // text at the end of token 5.
     let full_text = tokenizer.decode(&case.golden.greedy_tokens, false).unwrap();
-    let before = tokenizer.decode(&case.golden.greedy_tokens[..6], false).unwrap();
-    let through = tokenizer.decode(&case.golden.greedy_tokens[..8], false).unwrap();
+    let before = tokenizer
+        .decode(&case.golden.greedy_tokens[..6], false)
+        .unwrap();
+    let through = tokenizer
+        .decode(&case.golden.greedy_tokens[..8], false)
+        .unwrap();
     assert!(full_text.starts_with(&through) && through.starts_with(&before));
     let stop = through[before.len()..].to_string();
-    assert!(!before.contains(&stop), "the stop string must first appear at token 6");
+    assert!(
+        !before.contains(&stop),
+        "the stop string must first appear at token 6"
+    );
     let output = engine
         .submit(GenerateRequest {
             stop_strings: vec![stop],
@@ -404,7 +475,11 @@ fn seeded_sampling_matches_single_sequence_generation_while_batched() {
         .unwrap();
         let output = stream.wait();
         assert_eq!(output.token_ids, alone.token_ids, "{}", case.golden.name);
-        let text = fixture.preparer.tokenizer().decode(&alone.token_ids, false).unwrap();
+        let text = fixture
+            .preparer
+            .tokenizer()
+            .decode(&alone.token_ids, false)
+            .unwrap();
         assert_eq!(output.text, text, "{}", case.golden.name);
     }
     assert_idle(&engine);
@@ -419,7 +494,10 @@ fn dropping_the_last_handle_cancels_what_is_running() {
         max_new_tokens: 4000,
         ..fixture.golden_request(case)
     });
-    assert!(matches!(stream.events.blocking_recv(), Some(Event::Token { .. })));
+    assert!(matches!(
+        stream.events.blocking_recv(),
+        Some(Event::Token { .. })
+    ));
     drop(engine);
     assert_eq!(stream.wait().completion.reason, FinishReason::Cancelled);
 }
@@ -452,7 +530,17 @@ fn a_bf16_model_gives_the_tokens_of_single_sequence_generation() {
             stop_token_ids: &[],
             ignore_eos: true,
         };
-        let alone = generate(&mut RankGroup::single(SequenceRank::new(Arc::clone(&model))), &request, |_| {}).unwrap();
-        assert_eq!(stream.wait().token_ids, alone.token_ids, "{}", case.golden.name);
+        let alone = generate(
+            &mut RankGroup::single(SequenceRank::new(Arc::clone(&model))),
+            &request,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            stream.wait().token_ids,
+            alone.token_ids,
+            "{}",
+            case.golden.name
+        );
     }
 }

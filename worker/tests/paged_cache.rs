@@ -34,7 +34,10 @@ impl Sequence {
             self.prompt.narrow(0, self.computed, tokens).unwrap()
         } else {
             assert_eq!(tokens, 1, "one token per decoding step");
-            model.decoder().embed(&self.decoded[self.decoded.len() - 1..]).unwrap()
+            model
+                .decoder()
+                .embed(&self.decoded[self.decoded.len() - 1..])
+                .unwrap()
         }
     }
 }
@@ -59,7 +62,9 @@ fn batched_chunks_over_the_paged_cache_match_each_sequence_alone() {
                 .map(|(placement, image)| (*placement, model.encode_image(image).unwrap()))
                 .collect();
             Sequence {
-                prompt: model.prompt_embeddings(&request.prompt_ids, &features).unwrap(),
+                prompt: model
+                    .prompt_embeddings(&request.prompt_ids, &features)
+                    .unwrap(),
                 prompt_len: request.prompt_ids.len(),
                 decoded: Vec::new(),
                 computed: 0,
@@ -78,7 +83,11 @@ fn batched_chunks_over_the_paged_cache_match_each_sequence_alone() {
     let block_size = 16;
     let blocks = 200;
     let mut allocator = BlockAllocator::new(blocks, block_size);
-    let mut pool = KvBlockPool::new(KvPoolShape::for_decoder(&model.config().text, blocks, block_size));
+    let mut pool = KvBlockPool::new(KvPoolShape::for_decoder(
+        &model.config().text,
+        blocks,
+        block_size,
+    ));
     // Per step, (sequence, new tokens): sequence 0 prefills at once and decodes while 1 and 2
     // prefill in chunks (2's first chunk ends inside its image); 3 joins at step 1.
     let steps: Vec<Vec<(usize, usize)>> = vec![
@@ -92,7 +101,9 @@ fn batched_chunks_over_the_paged_cache_match_each_sequence_alone() {
     for step in &steps {
         for &(s, tokens) in step {
             let sequence = &mut sequences[s];
-            allocator.grow(&mut sequence.table, sequence.computed + tokens).unwrap();
+            allocator
+                .grow(&mut sequence.table, sequence.computed + tokens)
+                .unwrap();
         }
         let embeddings: Vec<Tensor> = step
             .iter()

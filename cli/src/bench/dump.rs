@@ -23,13 +23,20 @@ pub const WORKLOAD_FILE: &str = "workload.json";
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot tokenize request {index} for --dump-workload: {source}")]
     Tokenize { index: usize, source: ClientError },
 }
 
 /// Writes `requests` into `dir` (created if missing), asking the server for each one's prompt ids.
-pub async fn write(client: &Client, requests: &[BenchRequest], dir: &Path) -> Result<(), DumpError> {
+pub async fn write(
+    client: &Client,
+    requests: &[BenchRequest],
+    dir: &Path,
+) -> Result<(), DumpError> {
     std::fs::create_dir_all(dir).map_err(|source| DumpError::Write {
         path: dir.to_path_buf(),
         source,
@@ -57,21 +64,28 @@ pub async fn write(client: &Client, requests: &[BenchRequest], dir: &Path) -> Re
 }
 
 /// Request `index`'s messages as JSON, its images written to `dir` as `request-NNNN-image-K.EXT`.
-fn messages_json(messages: &[ChatMessage], index: usize, dir: &Path) -> Result<Vec<Value>, DumpError> {
+fn messages_json(
+    messages: &[ChatMessage],
+    index: usize,
+    dir: &Path,
+) -> Result<Vec<Value>, DumpError> {
     let mut images = 0;
     let mut out = Vec::with_capacity(messages.len());
     for message in messages {
         let mut content = Vec::with_capacity(message.content.len());
         for part in &message.content {
             match &part.part {
-                Some(content_part::Part::Text(text)) => content.push(json!({ "type": "text", "text": text })),
+                Some(content_part::Part::Text(text)) => {
+                    content.push(json!({ "type": "text", "text": text }))
+                }
                 Some(content_part::Part::Image(image)) => {
                     let extension = image::guess_format(&image.data).map_or("bin", |format| {
                         format.extensions_str().first().copied().unwrap_or("bin")
                     });
                     let file = format!("request-{index:04}-image-{images}.{extension}");
                     let path = dir.join(&file);
-                    std::fs::write(&path, &image.data).map_err(|source| DumpError::Write { path, source })?;
+                    std::fs::write(&path, &image.data)
+                        .map_err(|source| DumpError::Write { path, source })?;
                     content.push(json!({ "type": "image", "file": file }));
                     images += 1;
                 }

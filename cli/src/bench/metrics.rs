@@ -53,7 +53,8 @@ fn ms(duration: Duration) -> f64 {
 
 /// Time per output token after the first, or `None` for a single-token completion.
 fn tpot_ms(record: &RequestRecord) -> Option<f64> {
-    (record.output_tokens > 1).then(|| ms(record.latency - record.ttft) / f64::from(record.output_tokens - 1))
+    (record.output_tokens > 1)
+        .then(|| ms(record.latency - record.ttft) / f64::from(record.output_tokens - 1))
 }
 
 /// Latency distributions of a set of requests.
@@ -74,7 +75,12 @@ impl Latencies {
         Latencies {
             ttft: LatencyStats::of(records.iter().map(|r| ms(r.ttft)).collect()),
             tpot: LatencyStats::of(records.iter().filter_map(|r| tpot_ms(r)).collect()),
-            itl: LatencyStats::of(records.iter().flat_map(|r| r.itls.iter().map(|&gap| ms(gap))).collect()),
+            itl: LatencyStats::of(
+                records
+                    .iter()
+                    .flat_map(|r| r.itls.iter().map(|&gap| ms(gap)))
+                    .collect(),
+            ),
             e2el: LatencyStats::of(records.iter().map(|r| ms(r.latency)).collect()),
         }
     }
@@ -123,7 +129,9 @@ impl Tally {
         let total_output_tokens: u64 = records.iter().map(|r| u64::from(r.output_tokens)).sum();
         let meets_slo = |r: &&&RequestRecord| {
             slo.ttft_ms.is_none_or(|limit| ms(r.ttft) <= limit)
-                && slo.tpot_ms.is_none_or(|limit| tpot_ms(r).unwrap_or(0.0) <= limit)
+                && slo
+                    .tpot_ms
+                    .is_none_or(|limit| tpot_ms(r).unwrap_or(0.0) <= limit)
         };
         let has_slo = slo.ttft_ms.is_some() || slo.tpot_ms.is_some();
         Tally {
@@ -134,7 +142,8 @@ impl Tally {
             request_throughput: records.len() as f64 / seconds,
             output_throughput: total_output_tokens as f64 / seconds,
             total_token_throughput: (total_input_tokens + total_output_tokens) as f64 / seconds,
-            request_goodput: has_slo.then(|| records.iter().filter(meets_slo).count() as f64 / seconds),
+            request_goodput: has_slo
+                .then(|| records.iter().filter(meets_slo).count() as f64 / seconds),
             latencies: Latencies::of(&records),
         }
     }
@@ -238,15 +247,28 @@ fn row(f: &mut fmt::Formatter<'_>, label: &str, value: impl fmt::Display) -> fmt
     writeln!(f, "{:<40} {value}", format!("{label}:"))
 }
 
-fn latency(f: &mut fmt::Formatter<'_>, title: &str, short: &str, stats: &LatencyStats) -> fmt::Result {
+fn latency(
+    f: &mut fmt::Formatter<'_>,
+    title: &str,
+    short: &str,
+    stats: &LatencyStats,
+) -> fmt::Result {
     rule(f, '-', title)?;
-    row(f, &format!("Mean {short} (ms)"), format_args!("{:.2}", stats.mean_ms))?;
+    row(
+        f,
+        &format!("Mean {short} (ms)"),
+        format_args!("{:.2}", stats.mean_ms),
+    )?;
     row(
         f,
         &format!("Median {short} (ms)"),
         format_args!("{:.2}", stats.median_ms),
     )?;
-    row(f, &format!("P99 {short} (ms)"), format_args!("{:.2}", stats.p99_ms))
+    row(
+        f,
+        &format!("P99 {short} (ms)"),
+        format_args!("{:.2}", stats.p99_ms),
+    )
 }
 
 /// A tally's rows in vLLM's layout, with the run's duration after the counts when given.
@@ -278,7 +300,12 @@ fn tally_rows(f: &mut fmt::Formatter<'_>, tally: &Tally, duration: Option<f64>) 
     )?;
     let latencies = &tally.latencies;
     latency(f, "Time to First Token", "TTFT", &latencies.ttft)?;
-    latency(f, "Time per Output Token (excl. 1st token)", "TPOT", &latencies.tpot)?;
+    latency(
+        f,
+        "Time per Output Token (excl. 1st token)",
+        "TPOT",
+        &latencies.tpot,
+    )?;
     latency(f, "Inter-token Latency", "ITL", &latencies.itl)?;
     latency(f, "End-to-end Latency", "E2EL", &latencies.e2el)
 }
@@ -367,7 +394,10 @@ mod tests {
             tpot_ms: None,
         };
         let summary = Summary::new(&outcomes, Duration::from_secs(2), slo);
-        let (text, image) = (&summary.by_kind[&RequestKind::Text], &summary.by_kind[&RequestKind::Image]);
+        let (text, image) = (
+            &summary.by_kind[&RequestKind::Text],
+            &summary.by_kind[&RequestKind::Image],
+        );
         assert_eq!((text.completed, text.failed), (2, 0));
         assert_eq!((image.completed, image.failed), (1, 1));
         assert_eq!((summary.totals.completed, summary.totals.failed), (3, 1));

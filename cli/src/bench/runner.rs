@@ -45,7 +45,10 @@ pub enum RequestFailure {
     Client(#[from] ClientError),
     /// The server ended the generation early.
     #[error("generation ended with {reason:?}: {message}")]
-    Ended { reason: FinishReason, message: String },
+    Ended {
+        reason: FinishReason,
+        message: String,
+    },
     /// The request's task panicked or was cancelled.
     #[error("request task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -67,7 +70,9 @@ pub async fn run(
     rng: &mut StdRng,
     progress: &ProgressBar,
 ) -> (Vec<Outcome>, Duration) {
-    let slots = Arc::new(Semaphore::new(pace.concurrency.unwrap_or(Semaphore::MAX_PERMITS)));
+    let slots = Arc::new(Semaphore::new(
+        pace.concurrency.unwrap_or(Semaphore::MAX_PERMITS),
+    ));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(requests.len());
     for BenchRequest { kind, request } in requests {
@@ -98,7 +103,10 @@ fn exponential_gap(rate: f64, rng: &mut StdRng) -> Duration {
 }
 
 /// Runs one generation, timing each delta that carries tokens.
-async fn measure(client: &Client, request: GenerateRequest) -> Result<RequestRecord, RequestFailure> {
+async fn measure(
+    client: &Client,
+    request: GenerateRequest,
+) -> Result<RequestRecord, RequestFailure> {
     let sent = Instant::now();
     let mut stream = client.generate(request).await?;
     let (mut ttft, mut last_token, mut itls) = (None, sent, Vec::new());
@@ -143,7 +151,9 @@ mod tests {
     fn poisson_gaps_average_the_inverse_rate() {
         let mut rng = StdRng::seed_from_u64(1);
         let samples = 20_000;
-        let total: f64 = (0..samples).map(|_| exponential_gap(4.0, &mut rng).as_secs_f64()).sum();
+        let total: f64 = (0..samples)
+            .map(|_| exponential_gap(4.0, &mut rng).as_secs_f64())
+            .sum();
         let mean = total / f64::from(samples);
         assert!((mean - 0.25).abs() < 0.01, "mean gap {mean}");
     }

@@ -59,9 +59,10 @@ pub struct BenchRequest {
 
 /// Common short English words, about one token each with their leading space.
 const WORDS: &[&str] = &[
-    "the", "model", "reads", "a", "long", "list", "of", "words", "and", "then", "answers", "with", "care", "about",
-    "time", "light", "water", "city", "night", "number", "river", "green", "house", "music", "small", "fast", "open",
-    "table", "paper", "stone", "cloud", "north", "story", "glass", "field", "quiet", "bright", "market", "garden",
+    "the", "model", "reads", "a", "long", "list", "of", "words", "and", "then", "answers", "with",
+    "care", "about", "time", "light", "water", "city", "night", "number", "river", "green",
+    "house", "music", "small", "fast", "open", "table", "paper", "stone", "cloud", "north",
+    "story", "glass", "field", "quiet", "bright", "market", "garden",
 ];
 
 /// The images of image requests: the user's files, or generated ones of a given size.
@@ -104,7 +105,10 @@ pub enum WorkloadError {
 /// completion has exactly `max_tokens` tokens.
 pub fn build(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<BenchRequest>, WorkloadError> {
     let files = match &spec.images {
-        ImageSource::Files(paths) => paths.iter().map(Part::image_file).collect::<Result<Vec<_>, _>>()?,
+        ImageSource::Files(paths) => paths
+            .iter()
+            .map(Part::image_file)
+            .collect::<Result<Vec<_>, _>>()?,
         ImageSource::Generated { .. } => Vec::new(),
     };
     let mut images_sent = 0;
@@ -121,7 +125,9 @@ pub fn build(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<BenchRequest>,
                             .get(images_sent % files.len().max(1))
                             .cloned()
                             .ok_or(WorkloadError::NoImageFiles)?,
-                        ImageSource::Generated { width, height } => Part::Image(generated_png(*width, *height, rng)?),
+                        ImageSource::Generated { width, height } => {
+                            Part::Image(generated_png(*width, *height, rng)?)
+                        }
                     });
                     images_sent += 1;
                 }
@@ -174,7 +180,8 @@ fn generated_png(width: u32, height: u32, rng: &mut StdRng) -> Result<Vec<u8>, i
     let tint: [u8; 3] = rng.random();
     let noise_seed: u32 = rng.random();
     let image = RgbImage::from_fn(width, height, |x, y| {
-        let noise = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503) ^ noise_seed) as u8 & 0x1f;
+        let noise =
+            (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503) ^ noise_seed) as u8 & 0x1f;
         Rgb([
             ((x * 255 / width.max(1)) as u8).wrapping_add(tint[0]) ^ noise,
             ((y * 255 / height.max(1)) as u8).wrapping_add(tint[1]),

@@ -109,7 +109,11 @@ impl Process {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(started.elapsed() < limit, "{} did not exit within {limit:?}", self.name);
+            assert!(
+                started.elapsed() < limit,
+                "{} did not exit within {limit:?}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -122,7 +126,13 @@ impl Process {
     /// Waits (at most `limit`) until `line` appears `times` times in its log.
     pub async fn wait_for_log_line(&self, line: &str, times: usize, limit: Duration) {
         let started = Instant::now();
-        while self.log().lines().filter(|logged| logged.contains(line)).count() < times {
+        while self
+            .log()
+            .lines()
+            .filter(|logged| logged.contains(line))
+            .count()
+            < times
+        {
             assert!(
                 started.elapsed() < limit,
                 "{} did not log {line:?} {times} times within {limit:?}",
@@ -193,14 +203,22 @@ impl Etcd {
                     "--advertise-client-urls",
                     &self.url(),
                 ])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
                 .args(["--initial-cluster", &format!("fovea-test={peer}")]),
             self.logs.join(format!("etcd-{}.log", self.starts)),
         );
         self.process = Some(process);
         let started = Instant::now();
         while self.worker_ids_under(DEFAULT_PREFIX).await.is_none() {
-            assert!(started.elapsed() < Duration::from_secs(30), "etcd did not come up");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "etcd did not come up"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -220,10 +238,12 @@ impl Etcd {
                 .get(workers.as_str(), Some(GetOptions::new().with_prefix()))
                 .await
                 .ok()?;
-            let keys = records
-                .kvs()
-                .iter()
-                .map(|kv| kv.key_str().unwrap().trim_start_matches(&workers).to_string());
+            let keys = records.kvs().iter().map(|kv| {
+                kv.key_str()
+                    .unwrap()
+                    .trim_start_matches(&workers)
+                    .to_string()
+            });
             Some(keys.collect())
         };
         tokio::time::timeout(Duration::from_secs(3), answer)
@@ -234,8 +254,14 @@ impl Etcd {
 
     /// Waits (at most `limit`) until the worker ids registered under the default prefix satisfy
     /// `check`.
-    pub async fn wait_for_workers(&self, limit: Duration, what: &str, check: impl Fn(&[String]) -> bool) {
-        self.wait_for_workers_under(DEFAULT_PREFIX, limit, what, check).await;
+    pub async fn wait_for_workers(
+        &self,
+        limit: Duration,
+        what: &str,
+        check: impl Fn(&[String]) -> bool,
+    ) {
+        self.wait_for_workers_under(DEFAULT_PREFIX, limit, what, check)
+            .await;
     }
 
     /// Waits (at most `limit`) until the worker ids registered under `prefix` satisfy `check`.
@@ -252,7 +278,10 @@ impl Etcd {
             if ids.as_deref().is_some_and(&check) {
                 return;
             }
-            assert!(started.elapsed() < limit, "{what}: after {limit:?} etcd holds {ids:?}");
+            assert!(
+                started.elapsed() < limit,
+                "{what}: after {limit:?} etcd holds {ids:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -272,13 +301,25 @@ impl Worker {
     }
 
     /// Starts worker `id` in `role` against `etcd_url` with `extra` arguments.
-    pub fn start_in_role(role: WorkerRole, scratch: &Scratch, etcd_url: &str, id: &str, extra: &[&str]) -> Worker {
+    pub fn start_in_role(
+        role: WorkerRole,
+        scratch: &Scratch,
+        etcd_url: &str,
+        id: &str,
+        extra: &[&str],
+    ) -> Worker {
         let [addr] = free_addrs();
         let model = golden_model_dir();
         let process = Process::spawn(
             id,
             Command::new(env!("CARGO_BIN_EXE_fovea"))
-                .args(["worker", "--role", role_name(role), "--model", model.to_str().unwrap()])
+                .args([
+                    "worker",
+                    "--role",
+                    role_name(role),
+                    "--model",
+                    model.to_str().unwrap(),
+                ])
                 .args(["--etcd", etcd_url, "--addr", &addr, "--worker-id", id])
                 .args(extra),
             scratch.path().join(format!("{id}.log")),
@@ -293,7 +334,9 @@ impl Worker {
     /// Its load reports, every 10 ms (any role but vision, which serves no Worker API).
     async fn load_reports(&self) -> tonic::Streaming<WorkerLoad> {
         let mut client = WorkerClient::connect(address_of(&self.addr)).await.unwrap();
-        let reports = client.watch_load(WatchLoadRequest { interval_ms: 10 }).await;
+        let reports = client
+            .watch_load(WatchLoadRequest { interval_ms: 10 })
+            .await;
         reports.unwrap().into_inner()
     }
 
@@ -389,7 +432,13 @@ impl Coordinator {
         let process = Process::spawn(
             &name,
             Command::new(env!("CARGO_BIN_EXE_fovea"))
-                .args(["coordinator", "--etcd", etcd_url, "--model", model.to_str().unwrap()])
+                .args([
+                    "coordinator",
+                    "--etcd",
+                    etcd_url,
+                    "--model",
+                    model.to_str().unwrap(),
+                ])
                 .args(["--grpc-addr", &grpc, "--http-addr", &http])
                 .args(extra),
             scratch.path().join(format!("{name}.log")),

@@ -15,8 +15,8 @@ use fovea_model::testing::{GoldenCase, golden_model_dir};
 use fovea_model::text::Mode;
 use fovea_proto::v1::generation_client::GenerationClient;
 use fovea_proto::v1::{
-    ChatMessage, ContentPart, GenerateFinal, GenerateRequest, Image, ReasoningMode, Role, SamplingParams, TokenDelta,
-    content_part, generate_response,
+    ChatMessage, ContentPart, GenerateFinal, GenerateRequest, Image, ReasoningMode, Role,
+    SamplingParams, TokenDelta, content_part, generate_response,
 };
 use fovea_proto::worker::v1::WatchLoadRequest;
 use fovea_proto::worker::v1::worker_client::WorkerClient;
@@ -24,7 +24,11 @@ use tonic::transport::Channel;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `N` distinct loopback addresses nobody listens on now (all are held until all are chosen, so
@@ -64,7 +68,14 @@ impl Server {
         let model = golden_model_dir();
         let child = Command::new(env!("CARGO_BIN_EXE_fovea"))
             .args(["serve", "--model", model.to_str().unwrap()])
-            .args(["--grpc-addr", &format!("127.0.0.1:{port}"), "--worker-addr", &worker, "--http-addr", &http])
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{port}"),
+                "--worker-addr",
+                &worker,
+                "--http-addr",
+                &http,
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -96,7 +107,11 @@ impl Server {
         let started = Instant::now();
         loop {
             match GenerationClient::connect(address(self.port)).await {
-                Ok(client) => return client.max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20),
+                Ok(client) => {
+                    return client
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(64 << 20);
+                }
                 Err(e) if started.elapsed() < Duration::from_secs(60) => {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -182,7 +197,11 @@ pub async fn collect_deltas(
     client: &mut GenerationClient<Channel>,
     request: GenerateRequest,
 ) -> (Vec<TokenDelta>, GenerateFinal) {
-    let mut stream = client.generate(request).await.expect("accepted").into_inner();
+    let mut stream = client
+        .generate(request)
+        .await
+        .expect("accepted")
+        .into_inner();
     let (mut deltas, mut last) = (Vec::new(), None);
     while let Some(message) = stream.message().await.expect("stream stays healthy") {
         assert!(last.is_none(), "nothing may follow the final message");
@@ -201,7 +220,10 @@ pub async fn collect(
     request: GenerateRequest,
 ) -> (Vec<u32>, String, GenerateFinal) {
     let (deltas, last) = collect_deltas(client, request).await;
-    let tokens = deltas.iter().flat_map(|delta| delta.token_ids.iter().copied()).collect();
+    let tokens = deltas
+        .iter()
+        .flat_map(|delta| delta.token_ids.iter().copied())
+        .collect();
     let text = deltas.iter().map(|delta| delta.text.as_str()).collect();
     (tokens, text, last)
 }

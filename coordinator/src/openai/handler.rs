@@ -30,18 +30,30 @@ pub async fn chat_completions(
     State(state): State<Arc<ApiState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| ApiError::unreadable_body(rejection.status(), rejection.body_text()))?;
-    let request: ChatCompletionRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let body = body.map_err(|rejection| {
+        ApiError::unreadable_body(rejection.status(), rejection.body_text())
+    })?;
+    let request: ChatCompletionRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
     let completion = Completion {
         id: state.next_id(),
         created: unix_now(),
-        model: if request.model.is_empty() { state.model_name.clone() } else { request.model.clone() },
-        logprobs_tokenizer: request.logprobs.then(|| Arc::clone(state.generation.tokenizer())),
+        model: if request.model.is_empty() {
+            state.model_name.clone()
+        } else {
+            request.model.clone()
+        },
+        logprobs_tokenizer: request
+            .logprobs
+            .then(|| Arc::clone(state.generation.tokenizer())),
     };
     let stream = request.stream;
     let request = generate_request(request, completion.id.clone())?;
-    let responses = state.generation.generate(Request::new(request)).await?.into_inner();
+    let responses = state
+        .generation
+        .generate(Request::new(request))
+        .await?
+        .into_inner();
     if stream {
         Ok(Sse::new(events(completion, responses)).into_response())
     } else {
@@ -52,7 +64,11 @@ pub async fn chat_completions(
 
 /// `GET /v1/models`.
 pub async fn models(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
-    let listed = state.generation.list_models(Request::new(ListModelsRequest {})).await?.into_inner();
+    let listed = state
+        .generation
+        .list_models(Request::new(ListModelsRequest {}))
+        .await?
+        .into_inner();
     let data = listed
         .models
         .into_iter()
@@ -64,7 +80,13 @@ pub async fn models(State(state): State<Arc<ApiState>>) -> Result<Response, ApiE
             context_length: model.context_length,
         })
         .collect();
-    Ok(json(StatusCode::OK, &ModelList { object: "list", data }))
+    Ok(json(
+        StatusCode::OK,
+        &ModelList {
+            object: "list",
+            data,
+        },
+    ))
 }
 
 /// The whole completion's text and its final message.
@@ -90,13 +112,15 @@ fn events(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let opening = json_event(&completion.opening_chunk());
     let chunks = responses.filter_map(move |response| match response.map(|r| r.event) {
-        Ok(Some(generate_response::Event::Delta(delta))) => {
-            completion.delta_chunk(delta).map(|chunk| json_event(&chunk))
+        Ok(Some(generate_response::Event::Delta(delta))) => completion
+            .delta_chunk(delta)
+            .map(|chunk| json_event(&chunk)),
+        Ok(Some(generate_response::Event::Final(last))) => {
+            Some(match completion.final_chunk(&last) {
+                Ok(chunk) => json_event(&chunk),
+                Err(error) => json_event(&error.body()),
+            })
         }
-        Ok(Some(generate_response::Event::Final(last))) => Some(match completion.final_chunk(&last) {
-            Ok(chunk) => json_event(&chunk),
-            Err(error) => json_event(&error.body()),
-        }),
         Ok(None) => None,
         Err(status) => Some(json_event(&ApiError::from(status).body())),
     });
@@ -113,5 +137,7 @@ fn json_event(value: &impl serde::Serialize) -> Event {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

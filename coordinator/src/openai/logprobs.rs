@@ -56,7 +56,8 @@ mod tests {
     use std::path::PathBuf;
 
     fn tokenizer() -> TextTokenizer {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/model/tokenizer.json");
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/golden/model/tokenizer.json");
         TextTokenizer::from_file(&path).unwrap()
     }
 
@@ -101,6 +102,9 @@ mod tests {
         let (token, bytes) = spell(&tokenizer, partial);
         assert!(token.contains('\u{fffd}'), "{token:?}");
         assert_eq!(bytes, tokenizer.token_bytes(partial).ok());
-        assert_eq!(spell(&tokenizer, 200_000), ("token_id:200000".to_string(), None));
+        assert_eq!(
+            spell(&tokenizer, 200_000),
+            ("token_id:200000".to_string(), None)
+        );
     }
 }

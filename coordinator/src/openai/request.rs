@@ -4,16 +4,23 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use fovea_proto::v1::{self as wire, ContentPart as WirePart, GenerateRequest, SamplingParams, content_part};
+use fovea_proto::v1::{
+    self as wire, ContentPart as WirePart, GenerateRequest, SamplingParams, content_part,
+};
 
 use super::error::ApiError;
-use super::types::{ChatCompletionRequest, Content, ContentPart, Message, ReasoningMode, Role, Stop};
+use super::types::{
+    ChatCompletionRequest, Content, ContentPart, Message, ReasoningMode, Role, Stop,
+};
 
 /// OpenAI's default temperature, used when a request gives none.
 const DEFAULT_TEMPERATURE: f32 = 1.0;
 
 /// The `Generation` request for `request`, under the id `request_id`.
-pub fn generate_request(request: ChatCompletionRequest, request_id: String) -> Result<GenerateRequest, ApiError> {
+pub fn generate_request(
+    request: ChatCompletionRequest,
+    request_id: String,
+) -> Result<GenerateRequest, ApiError> {
     let messages = request
         .messages
         .into_iter()
@@ -28,7 +35,11 @@ pub fn generate_request(request: ChatCompletionRequest, request_id: String) -> R
     let logprobs = match (request.logprobs, request.top_logprobs) {
         (true, top) => Some(top.unwrap_or(0)),
         (false, None) => None,
-        (false, Some(_)) => return Err(ApiError::bad_request("top_logprobs needs \"logprobs\": true")),
+        (false, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "top_logprobs needs \"logprobs\": true",
+            ));
+        }
     };
     let stop = match request.stop {
         None => Vec::new(),
@@ -68,17 +79,22 @@ fn chat_message(index: usize, message: Message) -> Result<wire::ChatMessage, Api
             .enumerate()
             .map(|(part_index, part)| match part {
                 ContentPart::Text { text } => Ok(content_part::Part::Text(text)),
-                ContentPart::ImageUrl { image_url } => {
-                    data_uri_image(&image_url.url).map(content_part::Part::Image).map_err(|why| {
-                        ApiError::bad_request(format!("messages[{index}].content[{part_index}].image_url: {why}"))
-                    })
-                }
+                ContentPart::ImageUrl { image_url } => data_uri_image(&image_url.url)
+                    .map(content_part::Part::Image)
+                    .map_err(|why| {
+                        ApiError::bad_request(format!(
+                            "messages[{index}].content[{part_index}].image_url: {why}"
+                        ))
+                    }),
             })
             .collect::<Result<_, _>>()?,
     };
     Ok(wire::ChatMessage {
         role: role as i32,
-        content: content.into_iter().map(|part| WirePart { part: Some(part) }).collect(),
+        content: content
+            .into_iter()
+            .map(|part| WirePart { part: Some(part) })
+            .collect(),
     })
 }
 
@@ -115,9 +131,21 @@ mod tests {
 
     #[test]
     fn remote_urls_and_plain_data_uris_are_refused() {
-        assert!(data_uri_image("https://example.com/cat.png").unwrap_err().contains("only data URIs"));
-        assert!(data_uri_image("data:image/png,rawbytes").unwrap_err().contains("base64"));
-        assert!(data_uri_image("data:image/png;base64,%%%").unwrap_err().contains("invalid"));
+        assert!(
+            data_uri_image("https://example.com/cat.png")
+                .unwrap_err()
+                .contains("only data URIs")
+        );
+        assert!(
+            data_uri_image("data:image/png,rawbytes")
+                .unwrap_err()
+                .contains("base64")
+        );
+        assert!(
+            data_uri_image("data:image/png;base64,%%%")
+                .unwrap_err()
+                .contains("invalid")
+        );
     }
 
     #[test]
@@ -130,11 +158,18 @@ mod tests {
             "mode": "think", "top_k": 3, "ignore_eos": true}"#;
         let request = generate_request(serde_json::from_str(body).unwrap(), "id".into()).unwrap();
         use content_part::Part::{Image, Text};
-        let parts: Vec<_> = request.messages[0].content.iter().map(|p| p.part.clone().unwrap()).collect();
+        let parts: Vec<_> = request.messages[0]
+            .content
+            .iter()
+            .map(|p| p.part.clone().unwrap())
+            .collect();
         assert!(matches!(&parts[..], [Text(a), Image(_), Text(b)] if a == "a" && b == "b"));
         assert_eq!(request.mode(), wire::ReasoningMode::Think);
         let sampling = request.sampling.unwrap();
-        assert_eq!((sampling.max_tokens, sampling.top_k, sampling.ignore_eos), (Some(7), 3, true));
+        assert_eq!(
+            (sampling.max_tokens, sampling.top_k, sampling.ignore_eos),
+            (Some(7), 3, true)
+        );
         assert_eq!(sampling.stop, ["x"]);
         assert_eq!(sampling.temperature, DEFAULT_TEMPERATURE);
         assert_eq!(sampling.logprobs, None);
@@ -148,9 +183,15 @@ mod tests {
         };
         let logprobs = |extra| with(extra).unwrap().sampling.unwrap().logprobs;
         assert_eq!(logprobs(r#", "logprobs": true"#), Some(0));
-        assert_eq!(logprobs(r#", "logprobs": true, "top_logprobs": 5"#), Some(5));
+        assert_eq!(
+            logprobs(r#", "logprobs": true, "top_logprobs": 5"#),
+            Some(5)
+        );
         assert_eq!(logprobs(r#", "logprobs": false"#), None);
         let error = with(r#", "top_logprobs": 5"#).unwrap_err();
-        assert!(error.body().error.message.contains("\"logprobs\": true"), "{error:?}");
+        assert!(
+            error.body().error.message.contains("\"logprobs\": true"),
+            "{error:?}"
+        );
     }
 }

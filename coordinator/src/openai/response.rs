@@ -11,7 +11,8 @@ use tonic::Status;
 use super::error::ApiError;
 use super::logprobs::content_logprobs;
 use super::types::{
-    AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChoiceLogprobs, ChunkChoice, ChunkDelta, Usage,
+    AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChoiceLogprobs, ChunkChoice,
+    ChunkDelta, Usage,
 };
 
 /// What every object of one completion shares.
@@ -108,7 +109,12 @@ impl Completion {
 
     /// The last chunk of a stream: why it ended and the token counts.
     pub fn final_chunk(&self, last: &GenerateFinal) -> Result<ChatCompletionChunk, ApiError> {
-        Ok(self.chunk(ChunkDelta::default(), None, Some(finish_reason(last)?), Some(usage(last))))
+        Ok(self.chunk(
+            ChunkDelta::default(),
+            None,
+            Some(finish_reason(last)?),
+            Some(usage(last)),
+        ))
     }
 
     /// The `logprobs` object of `token_ids`, if the request asked for log probabilities.
@@ -147,9 +153,11 @@ fn finish_reason(last: &GenerateFinal) -> Result<&'static str, ApiError> {
     match last.finish_reason() {
         FinishReason::Stop => Ok("stop"),
         FinishReason::Length => Ok("length"),
-        FinishReason::Cancelled => {
-            Err(Status::unavailable(format!("the server cancelled the generation: {}", last.error)).into())
-        }
+        FinishReason::Cancelled => Err(Status::unavailable(format!(
+            "the server cancelled the generation: {}",
+            last.error
+        ))
+        .into()),
         FinishReason::Error | FinishReason::Unspecified => {
             Err(Status::internal(format!("the generation failed: {}", last.error)).into())
         }
@@ -157,10 +165,9 @@ fn finish_reason(last: &GenerateFinal) -> Result<&'static str, ApiError> {
 }
 
 fn usage(last: &GenerateFinal) -> Usage {
-    let (prompt_tokens, completion_tokens) = last
-        .usage
-        .as_ref()
-        .map_or((0, 0), |usage| (usage.prompt_tokens, usage.completion_tokens));
+    let (prompt_tokens, completion_tokens) = last.usage.as_ref().map_or((0, 0), |usage| {
+        (usage.prompt_tokens, usage.completion_tokens)
+    });
     Usage {
         prompt_tokens,
         completion_tokens,

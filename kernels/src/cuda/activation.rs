@@ -32,7 +32,12 @@ pub fn silu_mul<T: KernelFloat>(
     if out.is_empty() {
         return Ok(());
     }
-    let function = module_cache::function(stream.context(), "activation", PTX, &format!("silu_mul_{}", T::SUFFIX))?;
+    let function = module_cache::function(
+        stream.context(),
+        "activation",
+        PTX,
+        &format!("silu_mul_{}", T::SUFFIX),
+    )?;
     let elements = out.len();
     let (rows, inter) = ((gate_up.len() / (2 * inter)) as u64, inter as u64);
     let mut launch = stream.launch_builder(&function);
@@ -60,7 +65,12 @@ pub fn gelu_tanh<T: KernelFloat>(
     if out.is_empty() {
         return Ok(());
     }
-    let function = module_cache::function(stream.context(), "activation", PTX, &format!("gelu_tanh_{}", T::SUFFIX))?;
+    let function = module_cache::function(
+        stream.context(),
+        "activation",
+        PTX,
+        &format!("gelu_tanh_{}", T::SUFFIX),
+    )?;
     let len = input.len() as u64;
     let mut launch = stream.launch_builder(&function);
     launch.arg(input).arg(out).arg(&len);
@@ -73,7 +83,11 @@ pub fn gelu_tanh<T: KernelFloat>(
 /// One thread per element, up to `MAX_BLOCKS` blocks (the kernels stride over the rest).
 fn grid_for(elements: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (elements.div_ceil(THREADS as usize).min(MAX_BLOCKS) as u32, 1, 1),
+        grid_dim: (
+            elements.div_ceil(THREADS as usize).min(MAX_BLOCKS) as u32,
+            1,
+            1,
+        ),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }

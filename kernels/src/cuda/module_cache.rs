@@ -8,7 +8,8 @@ use cudarc::nvrtc::Ptx;
 
 /// The modules loaded so far: (context, module name, module). Holding the context keeps it alive,
 /// so an entry can never be mistaken for a later context at the same address.
-static LOADED: Mutex<Vec<(Arc<CudaContext>, &'static str, Arc<CudaModule>)>> = Mutex::new(Vec::new());
+static LOADED: Mutex<Vec<(Arc<CudaContext>, &'static str, Arc<CudaModule>)>> =
+    Mutex::new(Vec::new());
 
 /// `function` of the module `name` (PTX source `ptx`) in `context`, loading the module on first use.
 pub(crate) fn function(
@@ -17,7 +18,9 @@ pub(crate) fn function(
     ptx: &'static str,
     function: &str,
 ) -> Result<CudaFunction, DriverError> {
-    let mut loaded = LOADED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut loaded = LOADED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let module = match loaded
         .iter()
         .find(|(ctx, module_name, _)| Arc::ptr_eq(ctx, context) && *module_name == name)

@@ -94,11 +94,20 @@ impl ColumnBand<'_> {
     /// # Panics
     /// If `r` is not a row of the output.
     pub(super) fn row(&mut self, r: usize) -> &mut [f32] {
-        assert!(r < self.rows, "row {r} of an output with {} rows", self.rows);
+        assert!(
+            r < self.rows,
+            "row {r} of an output with {} rows",
+            self.rows
+        );
         // SAFETY: `r < rows` and `columns.end <= n`, so the range lies inside the `[rows, n]`
         // matrix; the band owns these columns exclusively (see `SharedOutput::band`), and `&mut
         // self` keeps this slice the only one handed out at a time.
-        unsafe { std::slice::from_raw_parts_mut(self.start.add(r * self.n + self.columns.start), self.columns.len()) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.start.add(r * self.n + self.columns.start),
+                self.columns.len(),
+            )
+        }
     }
 }
 
@@ -108,7 +117,13 @@ mod tests {
 
     #[test]
     fn bands_cover_every_column_once_in_multiples_of_the_tile() {
-        for (rows, n, multiple) in [(3, 1, 4), (2, 7, 4), (1, 768, 4), (5, 1000, 1), (2, 100_352, 4)] {
+        for (rows, n, multiple) in [
+            (3, 1, 4),
+            (2, 7, 4),
+            (1, 768, 4),
+            (5, 1000, 1),
+            (2, 100_352, 4),
+        ] {
             let mut out = vec![0f32; rows * n];
             for_each_column_band(rows, n, multiple, &mut out, |band| {
                 let columns = band.columns();

@@ -29,7 +29,13 @@ const TILE_ROWS: usize = 6;
 /// # Panics
 /// If `x` is shorter than `[rows, k]` or `w` than the band's weight rows.
 #[target_feature(enable = "avx512f")]
-pub(super) fn fill_band_f32(x: &[f32], w: &[f32], rows: usize, k: usize, band: &mut ColumnBand<'_>) {
+pub(super) fn fill_band_f32(
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    k: usize,
+    band: &mut ColumnBand<'_>,
+) {
     fill_band::<F32Lanes>(x, w, rows, k, band);
 }
 
@@ -38,7 +44,13 @@ pub(super) fn fill_band_f32(x: &[f32], w: &[f32], rows: usize, k: usize, band: &
 /// # Panics
 /// If `x` is shorter than `[rows, k]` or `w` than the band's weight rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) fn fill_band_bf16(x: &[u16], w: &[u16], rows: usize, k: usize, band: &mut ColumnBand<'_>) {
+pub(super) fn fill_band_bf16(
+    x: &[u16],
+    w: &[u16],
+    rows: usize,
+    k: usize,
+    band: &mut ColumnBand<'_>,
+) {
     fill_band::<Bf16Lanes>(x, w, rows, k, band);
 }
 
@@ -116,7 +128,12 @@ impl Lanes for Bf16Lanes {
     unsafe fn load_first(p: *const u16, count: usize) -> __m512bh {
         // SAFETY: masked-off lanes are not read; the caller guarantees `count` readable values and
         // AVX-512BW.
-        unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16((1u32 << count) - 1, p.cast())) }
+        unsafe {
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(
+                (1u32 << count) - 1,
+                p.cast(),
+            ))
+        }
     }
 
     #[inline(always)]
@@ -129,10 +146,19 @@ impl Lanes for Bf16Lanes {
 /// Walks the band in chunks of weight rows that fit in L2; per chunk, the rows of `X` 6 at a
 /// time, and per 6 rows every tile of the chunk.
 #[inline(always)]
-fn fill_band<L: Lanes>(x: &[L::Value], w: &[L::Value], rows: usize, k: usize, band: &mut ColumnBand<'_>) {
+fn fill_band<L: Lanes>(
+    x: &[L::Value],
+    w: &[L::Value],
+    rows: usize,
+    k: usize,
+    band: &mut ColumnBand<'_>,
+) {
     let columns = band.columns();
     assert!(x.len() >= rows * k, "x is shorter than [rows, k]");
-    assert!(w.len() >= columns.end * k, "w is shorter than the band's weight rows");
+    assert!(
+        w.len() >= columns.end * k,
+        "w is shorter than the band's weight rows"
+    );
     let quarter = columns.len().div_ceil(TILE_COLUMNS);
     let tiles_per_chunk = (CHUNK_BYTES / (TILE_COLUMNS * k.max(1) * size_of::<L::Value>())).max(1);
     let band_weights = &w[columns.start * k..columns.end * k];
@@ -152,12 +178,24 @@ fn fill_band<L: Lanes>(x: &[L::Value], w: &[L::Value], rows: usize, k: usize, ba
             // SAFETY (every arm): rows `row..row + R` of `x` and the band's weight rows hold `k`
             // values each (asserted above), and the entry points enable the CPU features.
             match rows - row {
-                1 => unsafe { row_block::<L, 1>(x_rows, band_weights, k, &chunk, &mut packed, row) },
-                2 => unsafe { row_block::<L, 2>(x_rows, band_weights, k, &chunk, &mut packed, row) },
-                3 => unsafe { row_block::<L, 3>(x_rows, band_weights, k, &chunk, &mut packed, row) },
-                4 => unsafe { row_block::<L, 4>(x_rows, band_weights, k, &chunk, &mut packed, row) },
-                5 => unsafe { row_block::<L, 5>(x_rows, band_weights, k, &chunk, &mut packed, row) },
-                _ => unsafe { row_block::<L, TILE_ROWS>(x_rows, band_weights, k, &chunk, &mut packed, row) },
+                1 => unsafe {
+                    row_block::<L, 1>(x_rows, band_weights, k, &chunk, &mut packed, row)
+                },
+                2 => unsafe {
+                    row_block::<L, 2>(x_rows, band_weights, k, &chunk, &mut packed, row)
+                },
+                3 => unsafe {
+                    row_block::<L, 3>(x_rows, band_weights, k, &chunk, &mut packed, row)
+                },
+                4 => unsafe {
+                    row_block::<L, 4>(x_rows, band_weights, k, &chunk, &mut packed, row)
+                },
+                5 => unsafe {
+                    row_block::<L, 5>(x_rows, band_weights, k, &chunk, &mut packed, row)
+                },
+                _ => unsafe {
+                    row_block::<L, TILE_ROWS>(x_rows, band_weights, k, &chunk, &mut packed, row)
+                },
             }
             row += TILE_ROWS;
         }
@@ -331,7 +369,10 @@ unsafe fn sum_each_of_four([a, b, c, d]: [__m512; 4]) -> __m128 {
             _mm512_castps512_ps256(abcd),
             _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(abcd))),
         );
-        _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps::<1>(halves))
+        _mm_add_ps(
+            _mm256_castps256_ps128(halves),
+            _mm256_extractf128_ps::<1>(halves),
+        )
     }
 }
 

@@ -9,7 +9,14 @@ use super::column_bands::ColumnBand;
 pub(super) type DotFn<T> = fn(&[T], &[T]) -> f32;
 
 /// Fills `band` with `dot(w[j], x[r])` for its columns `j` and every row `r`.
-pub(super) fn fill_band<T>(x: &[T], w: &[T], rows: usize, k: usize, band: &mut ColumnBand<'_>, dot: DotFn<T>) {
+pub(super) fn fill_band<T>(
+    x: &[T],
+    w: &[T],
+    rows: usize,
+    k: usize,
+    band: &mut ColumnBand<'_>,
+    dot: DotFn<T>,
+) {
     for (c, j) in band.columns().enumerate() {
         let w_row = &w[j * k..(j + 1) * k];
         for r in 0..rows {
@@ -25,7 +32,8 @@ pub(super) fn best_dot() -> DotFn<f32> {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return dot_avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return dot_avx2;
         }
     }
@@ -35,14 +43,19 @@ pub(super) fn best_dot() -> DotFn<f32> {
 /// The fastest bf16 dot product this processor supports.
 pub(super) fn best_bf16_dot() -> DotFn<u16> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bf16") && std::arch::is_x86_feature_detected!("avx512f") {
+    if std::arch::is_x86_feature_detected!("avx512bf16")
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
         return dot_bf16_avx512;
     }
     dot_bf16_portable
 }
 
 fn dot_bf16_portable(a: &[u16], b: &[u16]) -> f32 {
-    a.iter().zip(b).map(|(&x, &y)| bf16_value(x) * bf16_value(y)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| bf16_value(x) * bf16_value(y))
+        .sum()
 }
 
 /// AVX-512 BF16: `vdpbf16ps` multiplies 32 bf16 pairs and adds them into 16 f32 lanes.
@@ -62,8 +75,12 @@ fn dot_bf16_avx512(a: &[u16], b: &[u16]) -> f32 {
                 let offset = i + 32 * j;
                 let (x, y) = unsafe {
                     (
-                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(pa.add(offset).cast())),
-                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(pb.add(offset).cast())),
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                            pa.add(offset).cast(),
+                        )),
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                            pb.add(offset).cast(),
+                        )),
                     )
                 };
                 *acc = _mm512_dpbf16_ps(*acc, x, y);
@@ -108,7 +125,12 @@ fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
         while i + 64 <= len {
             for (j, acc) in acc.iter_mut().enumerate() {
                 let offset = i + 16 * j;
-                let (x, y) = unsafe { (_mm512_loadu_ps(pa.add(offset)), _mm512_loadu_ps(pb.add(offset))) };
+                let (x, y) = unsafe {
+                    (
+                        _mm512_loadu_ps(pa.add(offset)),
+                        _mm512_loadu_ps(pb.add(offset)),
+                    )
+                };
                 *acc = _mm512_fmadd_ps(x, y, *acc);
             }
             i += 64;
@@ -143,7 +165,12 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         while i + 32 <= len {
             for (j, acc) in acc.iter_mut().enumerate() {
                 let offset = i + 8 * j;
-                let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(offset)), _mm256_loadu_ps(pb.add(offset))) };
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_ps(pa.add(offset)),
+                        _mm256_loadu_ps(pb.add(offset)),
+                    )
+                };
                 *acc = _mm256_fmadd_ps(x, y, *acc);
             }
             i += 32;
@@ -154,7 +181,10 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
             i += 8;
         }
         let total = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let halves = _mm_add_ps(_mm256_castps256_ps128(total), _mm256_extractf128_ps(total, 1));
+        let halves = _mm_add_ps(
+            _mm256_castps256_ps128(total),
+            _mm256_extractf128_ps(total, 1),
+        );
         let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
         let single = _mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1));
         let mut sum = _mm_cvtss_f32(single);
@@ -184,13 +214,20 @@ mod tests {
         assert!((best_dot()(&a, &b) - reference).abs() < 1e-4);
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 assert!((dot_avx2(&a, &b) - reference).abs() < 1e-4);
-                assert!((dot_avx2(&a[..13], &b[..13]) - dot_portable(&a[..13], &b[..13])).abs() < 1e-5);
+                assert!(
+                    (dot_avx2(&a[..13], &b[..13]) - dot_portable(&a[..13], &b[..13])).abs() < 1e-5
+                );
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 assert!((dot_avx512(&a, &b) - reference).abs() < 1e-4);
-                assert!((dot_avx512(&a[..37], &b[..37]) - dot_portable(&a[..37], &b[..37])).abs() < 1e-5);
+                assert!(
+                    (dot_avx512(&a[..37], &b[..37]) - dot_portable(&a[..37], &b[..37])).abs()
+                        < 1e-5
+                );
             }
         }
     }

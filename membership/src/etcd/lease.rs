@@ -65,7 +65,8 @@ async fn hold(
     };
     *lease = Some(id);
     // Put even under a surviving lease: it costs one write and repairs a deleted key.
-    if let Err(error) = timed(client.put(key, value, Some(PutOptions::new().with_lease(id)))).await {
+    if let Err(error) = timed(client.put(key, value, Some(PutOptions::new().with_lease(id)))).await
+    {
         return error;
     }
     registered.send_replace(true);
@@ -118,6 +119,8 @@ async fn withdraw(config: &EtcdConfig, id: i64, worker: &str) {
     };
     match revoked.await {
         Ok(_) => tracing::info!(%worker, "deregistered"),
-        Err(error) => tracing::warn!(%worker, "could not revoke the lease, it will expire: {error}"),
+        Err(error) => {
+            tracing::warn!(%worker, "could not revoke the lease, it will expire: {error}")
+        }
     }
 }

@@ -61,7 +61,9 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Runs `call` with [`CALL_TIMEOUT`].
-async fn timed<T>(call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, EtcdError> {
+async fn timed<T>(
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(EtcdError::Timeout(CALL_TIMEOUT)),
@@ -99,7 +101,9 @@ impl EtcdRegistry {
 impl Registry for EtcdRegistry {
     fn register(&self, record: WorkerRecord) -> Registration {
         let config = Arc::clone(&self.config);
-        Registration::spawn(move |stopped, registered| lease::keep_registered(config, record, stopped, registered))
+        Registration::spawn(move |stopped, registered| {
+            lease::keep_registered(config, record, stopped, registered)
+        })
     }
 
     /// The first call starts following etcd (the view is empty until the first read); later

@@ -30,23 +30,30 @@ pub(super) async fn follow(config: Arc<EtcdConfig>, view: watch::Sender<Members>
 }
 
 /// One connection's worth of following; returns why it stopped.
-async fn follow_once(config: &EtcdConfig, view: &watch::Sender<Members>, backoff: &mut Backoff) -> EtcdError {
+async fn follow_once(
+    config: &EtcdConfig,
+    view: &watch::Sender<Members>,
+    backoff: &mut Backoff,
+) -> EtcdError {
     let prefix = config.workers_prefix();
     let mut client = match connect(config).await {
         Ok(client) => client,
         Err(error) => return error,
     };
-    let snapshot = match timed(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await {
-        Ok(snapshot) => snapshot,
-        Err(error) => return error,
-    };
+    let snapshot =
+        match timed(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await {
+            Ok(snapshot) => snapshot,
+            Err(error) => return error,
+        };
     let revision = snapshot.header().map_or(0, |header| header.revision());
     let mut members = BTreeMap::new();
     for kv in snapshot.kvs() {
         apply_put(&mut members, &prefix, kv);
     }
     view.send_replace(Arc::new(members.clone()));
-    let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
     let mut changes = match timed(client.watch(prefix.as_str(), Some(options))).await {
         Ok(changes) => changes,
         Err(error) => return error,
@@ -80,23 +87,35 @@ async fn follow_once(config: &EtcdConfig, view: &watch::Sender<Members>, backoff
 
 /// The worker id in `kv`'s key.
 fn worker_id<'a>(prefix: &str, kv: &'a KeyValue) -> Option<&'a str> {
-    kv.key_str().ok()?.strip_prefix(prefix).filter(|id| !id.is_empty())
+    kv.key_str()
+        .ok()?
+        .strip_prefix(prefix)
+        .filter(|id| !id.is_empty())
 }
 
 /// Puts `kv`'s record into `members`; a value that is not a record (or whose id disagrees with
 /// its key) is skipped with a warning, and removes what was there.
 fn apply_put(members: &mut BTreeMap<String, WorkerRecord>, prefix: &str, kv: &KeyValue) {
-    let Some(id) = worker_id(prefix, kv) else { return };
+    let Some(id) = worker_id(prefix, kv) else {
+        return;
+    };
     match serde_json::from_slice::<WorkerRecord>(kv.value()) {
         Ok(record) if record.id == id => {
             members.insert(id.to_string(), record);
         }
         Ok(record) => {
-            tracing::warn!(key = id, "skipping a record whose id {:?} is not its key", record.id);
+            tracing::warn!(
+                key = id,
+                "skipping a record whose id {:?} is not its key",
+                record.id
+            );
             members.remove(id);
         }
         Err(error) => {
-            tracing::warn!(key = id, "skipping a record that is not a worker record: {error}");
+            tracing::warn!(
+                key = id,
+                "skipping a record that is not a worker record: {error}"
+            );
             members.remove(id);
         }
     }

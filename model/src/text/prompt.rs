@@ -176,9 +176,7 @@ mod tests {
     fn prompt_builder_renders_and_tokenizes_golden_cases() {
         let builder = PromptBuilder::from_model_dir(&golden_dir().join("model")).unwrap();
         let case = &golden_cases()[4];
-        let prompt = builder
-            .render_prompt(&case.messages, case.mode())
-            .unwrap();
+        let prompt = builder.render_prompt(&case.messages, case.mode()).unwrap();
         let tokenized = builder
             .tokenize_prompt(&prompt, &golden_token_counts(case))
             .unwrap();

@@ -29,7 +29,11 @@ pub struct TextStream {
 
 impl TextStream {
     /// A stream that stops at any of `stop_strings` (none of them empty).
-    pub fn new(tokenizer: Arc<TextTokenizer>, skip_special_tokens: bool, stop_strings: Vec<String>) -> Self {
+    pub fn new(
+        tokenizer: Arc<TextTokenizer>,
+        skip_special_tokens: bool,
+        stop_strings: Vec<String>,
+    ) -> Self {
         TextStream {
             detokenizer: Detokenizer::new(tokenizer, skip_special_tokens),
             stop_strings,
@@ -52,7 +56,10 @@ impl TextStream {
         }
         let keep = self.partial_stop_suffix();
         let text = self.held.drain(..self.held.len() - keep).collect();
-        Ok(TextDelta { text, matched_stop: None })
+        Ok(TextDelta {
+            text,
+            matched_stop: None,
+        })
     }
 
     /// Ends the stream: the text still held, cut at a stop string if it contains one (nothing
@@ -73,7 +80,11 @@ impl TextStream {
         let held = self.held.as_str();
         held.char_indices()
             .map(|(start, _)| &held[start..])
-            .find(|suffix| self.stop_strings.iter().any(|stop| stop.starts_with(suffix)))
+            .find(|suffix| {
+                self.stop_strings
+                    .iter()
+                    .any(|stop| stop.starts_with(suffix))
+            })
             .map_or(0, str::len)
     }
 }
@@ -93,7 +104,8 @@ mod tests {
     use super::*;
 
     fn tokenizer() -> Arc<TextTokenizer> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/model/tokenizer.json");
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/golden/model/tokenizer.json");
         Arc::new(TextTokenizer::from_file(&path).unwrap())
     }
 
@@ -102,7 +114,11 @@ mod tests {
     fn stream(text: &str, stops: &[&str]) -> (Vec<String>, bool, String) {
         let tokenizer = tokenizer();
         let ids = tokenizer.encode(text).unwrap();
-        let mut stream = TextStream::new(tokenizer, false, stops.iter().map(|s| s.to_string()).collect());
+        let mut stream = TextStream::new(
+            tokenizer,
+            false,
+            stops.iter().map(|s| s.to_string()).collect(),
+        );
         let mut deltas = Vec::new();
         for id in ids {
             let delta = stream.push(id).unwrap();
@@ -138,7 +154,9 @@ mod tests {
         let tokenizer = tokenizer();
         let ids = tokenizer.encode("alpha beta gamma").unwrap();
         let mut stream = TextStream::new(tokenizer, false, vec!["gamma".into(), "beta".into()]);
-        let matched = ids.into_iter().find_map(|id| stream.push(id).unwrap().matched_stop);
+        let matched = ids
+            .into_iter()
+            .find_map(|id| stream.push(id).unwrap().matched_stop);
         assert_eq!(matched.as_deref(), Some("beta"));
     }
 

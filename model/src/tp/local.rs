@@ -67,10 +67,15 @@ impl GroupAbort {
 impl LocalCommunicator {
     /// One communicator per rank of a new group of `world` ranks; a collective that waits longer
     /// than `timeout` for its peers fails and aborts the group.
-    pub fn group(world: usize, timeout: Duration) -> (Vec<LocalCommunicator>, CollectiveClock, GroupAbort) {
+    pub fn group(
+        world: usize,
+        timeout: Duration,
+    ) -> (Vec<LocalCommunicator>, CollectiveClock, GroupAbort) {
         let group = Arc::new(Group {
             world,
-            slots: (0..world).map(|_| RwLock::new((Vec::new(), Vec::new()))).collect(),
+            slots: (0..world)
+                .map(|_| RwLock::new((Vec::new(), Vec::new())))
+                .collect(),
             results: (0..world).map(|_| RwLock::new(Vec::new())).collect(),
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
@@ -85,7 +90,11 @@ impl LocalCommunicator {
                 rank,
             })
             .collect();
-        (ranks, CollectiveClock(Arc::clone(&group)), GroupAbort(group))
+        (
+            ranks,
+            CollectiveClock(Arc::clone(&group)),
+            GroupAbort(group),
+        )
     }
 
     /// Runs one collective, timing it on rank 0.
@@ -102,13 +111,17 @@ impl LocalCommunicator {
     /// Copies `t`'s values (as f32) and shape into this rank's slot.
     fn publish(&self, t: &Tensor) -> Result<()> {
         let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        *self.group.slots[self.rank].write().unwrap_or_else(PoisonError::into_inner) = (t.dims().to_vec(), values);
+        *self.group.slots[self.rank]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = (t.dims().to_vec(), values);
         Ok(())
     }
 
     /// Rank `rank`'s published tensor, in `dtype`.
     fn slot_tensor(&self, rank: usize, dtype: DType) -> Result<Tensor> {
-        let slot = self.group.slots[rank].read().unwrap_or_else(PoisonError::into_inner);
+        let slot = self.group.slots[rank]
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let (shape, values) = &*slot;
         Ok(Tensor::from_slice(values, shape.as_slice(), &Device::Cpu)?.to_dtype(dtype)?)
     }
@@ -116,7 +129,10 @@ impl LocalCommunicator {
 
 impl Group {
     fn abort(&self, reason: &str) {
-        let mut stored = self.abort_reason.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut stored = self
+            .abort_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if !self.aborted.load(Ordering::Acquire) {
             *stored = reason.to_string();
             self.aborted.store(true, Ordering::Release);
@@ -124,7 +140,10 @@ impl Group {
     }
 
     fn failure(&self) -> ModelError {
-        let reason = self.abort_reason.lock().unwrap_or_else(PoisonError::into_inner);
+        let reason = self
+            .abort_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         ModelError::RankFailed(reason.clone())
     }
 
@@ -188,7 +207,9 @@ impl Communicator for LocalCommunicator {
                         *acc += value;
                     }
                 }
-                *group.results[self.rank].write().unwrap_or_else(PoisonError::into_inner) = sum;
+                *group.results[self.rank]
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = sum;
             }
             group.barrier(self.rank)?;
             let mut values = Vec::with_capacity(len);
@@ -262,7 +283,12 @@ mod tests {
                 (0..50)
                     .map(|round| {
                         let t = (rank_tensor(comm.rank(), 21) + round as f64).unwrap();
-                        comm.all_reduce_sum(&t).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                        comm.all_reduce_sum(&t)
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap()
                     })
                     .collect::<Vec<_>>()
             });
@@ -283,10 +309,18 @@ mod tests {
         let results = on_ranks(3, |comm| {
             let gathered = comm.all_gather(&rank_tensor(comm.rank(), 6), 1).unwrap();
             let broadcast = comm.broadcast(&rank_tensor(comm.rank(), 6), 2).unwrap();
-            (gathered.to_vec2::<f32>().unwrap(), broadcast.to_vec2::<f32>().unwrap())
+            (
+                gathered.to_vec2::<f32>().unwrap(),
+                broadcast.to_vec2::<f32>().unwrap(),
+            )
         });
         for (gathered, broadcast) in results {
-            assert_eq!(gathered[0], [0.0, 1.0, 2.0, 1000.0, 1001.0, 1002.0, 2000.0, 2001.0, 2002.0]);
+            assert_eq!(
+                gathered[0],
+                [
+                    0.0, 1.0, 2.0, 1000.0, 1001.0, 1002.0, 2000.0, 2001.0, 2002.0
+                ]
+            );
             assert_eq!(broadcast, rank_tensor(2, 6).to_vec2::<f32>().unwrap());
         }
     }

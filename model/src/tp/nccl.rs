@@ -53,7 +53,9 @@ impl NcclUniqueId {
                 bytes.len()
             ))
         })?;
-        Ok(NcclUniqueId(Id::uninit(bytes.map(|b| b as core::ffi::c_char))))
+        Ok(NcclUniqueId(Id::uninit(
+            bytes.map(|b| b as core::ffi::c_char),
+        )))
     }
 }
 
@@ -83,7 +85,13 @@ impl NcclCommunicator {
     /// Joins the group of `world_size` ranks identified by `id` as `rank`, on CUDA `device`.
     /// Blocks until every rank has joined. Each collective may take up to `timeout` before the
     /// communicator gives up on its peers.
-    pub fn new(device: &Device, rank: usize, world_size: usize, id: &NcclUniqueId, timeout: Duration) -> Result<Self> {
+    pub fn new(
+        device: &Device,
+        rank: usize,
+        world_size: usize,
+        id: &NcclUniqueId,
+        timeout: Duration,
+    ) -> Result<Self> {
         if rank >= world_size {
             return Err(ModelError::BadInput(format!(
                 "rank {rank} is not below the world size {world_size}"
@@ -101,7 +109,8 @@ impl NcclCommunicator {
             .context()
             .bind_to_thread()
             .map_err(|e| ModelError::Gpu(e.to_string()))?;
-        let comm = Comm::from_rank(stream, rank, world_size, id.0).map_err(|e| nccl_error("ncclCommInitRank", e))?;
+        let comm = Comm::from_rank(stream, rank, world_size, id.0)
+            .map_err(|e| nccl_error("ncclCommInitRank", e))?;
         Ok(NcclCommunicator {
             state: Mutex::new(State::Live(LiveComm(comm))),
             device: device.clone(),
@@ -114,7 +123,10 @@ impl NcclCommunicator {
     /// Runs `collective` on the live communicator and waits for it to complete; a failure or a
     /// timeout aborts the communicator for good.
     fn run<R>(&self, what: &str, collective: impl FnOnce(&Comm) -> Result<R>) -> Result<R> {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let comm = match &*state {
             State::Live(LiveComm(comm)) => comm,
             State::Broken(message) => {
@@ -123,7 +135,8 @@ impl NcclCommunicator {
                 )));
             }
         };
-        let outcome = collective(comm).and_then(|value| self.wait_for(&comm.stream(), what).map(|()| value));
+        let outcome =
+            collective(comm).and_then(|value| self.wait_for(&comm.stream(), what).map(|()| value));
         if let Err(error) = &outcome {
             // Dropping the communicator aborts it, which also ends its pending collectives.
             *state = State::Broken(format!("rank {} {what}: {error}", self.rank));
@@ -133,9 +146,14 @@ impl NcclCommunicator {
 
     /// Waits until the work queued on `stream` so far has completed, or `self.timeout` passes.
     fn wait_for(&self, stream: &Arc<CudaStream>, what: &str) -> Result<()> {
-        let done = stream.record_event(None).map_err(|e| ModelError::Gpu(e.to_string()))?;
+        let done = stream
+            .record_event(None)
+            .map_err(|e| ModelError::Gpu(e.to_string()))?;
         let started = Instant::now();
-        while !done.try_is_complete().map_err(|e| ModelError::Gpu(e.to_string()))? {
+        while !done
+            .try_is_complete()
+            .map_err(|e| ModelError::Gpu(e.to_string()))?
+        {
             if started.elapsed() > self.timeout {
                 return Err(ModelError::Gpu(format!(
                     "{what} did not complete within {:?}: a peer rank stalled or failed",
@@ -157,8 +175,12 @@ impl NcclCommunicator {
         }
         match t.device() {
             Device::Cuda(device) if device.id() == self.device.id() => Ok(()),
-            Device::Cuda(_) => Err(ModelError::BadInput("the tensor is on another GPU than this rank's".into())),
-            _ => Err(ModelError::BadInput("NCCL collectives need CUDA tensors".into())),
+            Device::Cuda(_) => Err(ModelError::BadInput(
+                "the tensor is on another GPU than this rank's".into(),
+            )),
+            _ => Err(ModelError::BadInput(
+                "NCCL collectives need CUDA tensors".into(),
+            )),
         }
     }
 
@@ -182,10 +204,14 @@ impl NcclCommunicator {
         let t = t.contiguous()?;
         let (storage, layout) = t.storage_and_layout();
         let Storage::Cuda(cuda) = &*storage else {
-            return Err(ModelError::BadInput("NCCL collectives need CUDA tensors".into()));
+            return Err(ModelError::BadInput(
+                "NCCL collectives need CUDA tensors".into(),
+            ));
         };
         let start = layout.start_offset();
-        let input = cuda.as_cuda_slice::<T>()?.slice(start..start + t.elem_count());
+        let input = cuda
+            .as_cuda_slice::<T>()?
+            .slice(start..start + t.elem_count());
         // SAFETY: every collective below writes its whole output buffer.
         let mut out = unsafe { self.device.alloc::<T>(out_shape.elem_count()) }?;
         self.run(op.name(), |comm| op.apply(comm, &input, &mut out))?;
@@ -213,7 +239,8 @@ impl NcclCommunicator {
         let gpu_error = |e: cudarc::driver::DriverError| ModelError::Gpu(e.to_string());
         let mine = stream.clone_htod(&descriptor).map_err(gpu_error)?;
         // SAFETY: the all-gather writes every element.
-        let mut all = unsafe { stream.alloc::<u64>(descriptor.len() * self.world_size) }.map_err(gpu_error)?;
+        let mut all = unsafe { stream.alloc::<u64>(descriptor.len() * self.world_size) }
+            .map_err(gpu_error)?;
         self.run("all_gather of shapes", |comm| {
             comm.all_gather(&mine, &mut all)
                 .map(drop)
@@ -230,7 +257,12 @@ impl NcclCommunicator {
 /// A collective from one typed device buffer to another.
 trait TypedOp: Copy {
     fn name(&self) -> &'static str;
-    fn apply<T: NcclType>(self, comm: &Comm, input: &CudaView<T>, out: &mut CudaSlice<T>) -> Result<()>;
+    fn apply<T: NcclType>(
+        self,
+        comm: &Comm,
+        input: &CudaView<T>,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()>;
 }
 
 #[derive(Clone, Copy)]
@@ -241,7 +273,12 @@ impl TypedOp for AllReduceSum {
         "all_reduce_sum"
     }
 
-    fn apply<T: NcclType>(self, comm: &Comm, input: &CudaView<T>, out: &mut CudaSlice<T>) -> Result<()> {
+    fn apply<T: NcclType>(
+        self,
+        comm: &Comm,
+        input: &CudaView<T>,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
         comm.all_reduce(input, out, &ReduceOp::Sum)
             .map(drop)
             .map_err(|e| nccl_error("ncclAllReduce", e))
@@ -256,7 +293,12 @@ impl TypedOp for AllGather {
         "all_gather"
     }
 
-    fn apply<T: NcclType>(self, comm: &Comm, input: &CudaView<T>, out: &mut CudaSlice<T>) -> Result<()> {
+    fn apply<T: NcclType>(
+        self,
+        comm: &Comm,
+        input: &CudaView<T>,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
         comm.all_gather(input, out)
             .map(drop)
             .map_err(|e| nccl_error("ncclAllGather", e))
@@ -273,7 +315,12 @@ impl TypedOp for Broadcast {
         "broadcast"
     }
 
-    fn apply<T: NcclType>(self, comm: &Comm, input: &CudaView<T>, out: &mut CudaSlice<T>) -> Result<()> {
+    fn apply<T: NcclType>(
+        self,
+        comm: &Comm,
+        input: &CudaView<T>,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
         comm.broadcast(Some(input), out, self.root as i32)
             .map(drop)
             .map_err(|e| nccl_error("ncclBroadcast", e))
@@ -304,7 +351,12 @@ impl Communicator for NcclCommunicator {
         }
         let shapes = self.gather_shapes(dims)?;
         let fits = |shape: &Vec<usize>| {
-            shape.len() == dims.len() && shape.iter().zip(dims).enumerate().all(|(d, (a, b))| d == dim || a == b)
+            shape.len() == dims.len()
+                && shape
+                    .iter()
+                    .zip(dims)
+                    .enumerate()
+                    .all(|(d, (a, b))| d == dim || a == b)
         };
         if let Some((rank, shape)) = shapes.iter().enumerate().find(|(_, shape)| !fits(shape)) {
             return Err(ModelError::BadInput(format!(

@@ -52,13 +52,18 @@ pub enum Transport {
 type Connector = Box<dyn FnOnce() -> Result<Arc<dyn Communicator>> + Send>;
 
 /// Each rank's connector, with the group's clock and abort handle where the transport has them.
-fn connectors(options: &RankOptions) -> Result<(Vec<Connector>, Option<CollectiveClock>, Option<GroupAbort>)> {
+fn connectors(
+    options: &RankOptions,
+) -> Result<(Vec<Connector>, Option<CollectiveClock>, Option<GroupAbort>)> {
     match options.transport {
         Transport::SharedMemory => {
-            let (communicators, clock, abort) = LocalCommunicator::group(options.world, options.timeout);
+            let (communicators, clock, abort) =
+                LocalCommunicator::group(options.world, options.timeout);
             let connectors = communicators
                 .into_iter()
-                .map(|comm| Box::new(move || Ok(Arc::new(comm) as Arc<dyn Communicator>)) as Connector)
+                .map(|comm| {
+                    Box::new(move || Ok(Arc::new(comm) as Arc<dyn Communicator>)) as Connector
+                })
                 .collect();
             Ok((connectors, Some(clock), Some(abort)))
         }
@@ -73,7 +78,10 @@ fn connectors(options: &RankOptions) -> Result<(Vec<Connector>, Option<Collectiv
                     let id = Arc::clone(&id);
                     Box::new(move || {
                         let device = candle_core::Device::new_cuda(first_gpu + rank)?;
-                        Ok(Arc::new(NcclCommunicator::new(&device, rank, world, &id, timeout)?) as Arc<dyn Communicator>)
+                        Ok(
+                            Arc::new(NcclCommunicator::new(&device, rank, world, &id, timeout)?)
+                                as Arc<dyn Communicator>,
+                        )
                     }) as Connector
                 })
                 .collect();
@@ -183,7 +191,9 @@ fn contained<R>(rank: usize, f: impl FnOnce() -> Result<R>) -> Result<R> {
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        Err(ModelError::RankFailed(format!("rank {rank} panicked: {message}")))
+        Err(ModelError::RankFailed(format!(
+            "rank {rank} panicked: {message}"
+        )))
     })
 }
 
@@ -206,7 +216,13 @@ impl<S: Send + 'static> RankGroup<S> {
         let local_connector = connectors.next().expect("a group has a rank 0");
         let mut peers = Vec::new();
         for (index, connector) in connectors.enumerate() {
-            peers.push(Self::spawn_peer(index + 1, connector, &options, Arc::clone(&init), abort.clone())?);
+            peers.push(Self::spawn_peer(
+                index + 1,
+                connector,
+                &options,
+                Arc::clone(&init),
+                abort.clone(),
+            )?);
         }
         let local_pool = rank_pool(0, options.threads_per_rank)?;
         let local = contained(0, || local_pool.install(|| init(local_connector()?)));
@@ -215,7 +231,9 @@ impl<S: Send + 'static> RankGroup<S> {
             match peer.done.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => failure = failure.or(Some(e.to_string())),
-                Err(_) => failure = failure.or(Some(format!("rank {} exited while loading", index + 1))),
+                Err(_) => {
+                    failure = failure.or(Some(format!("rank {} exited while loading", index + 1)))
+                }
             }
         }
         if let Some(reason) = failure {
@@ -287,7 +305,9 @@ impl<S: Send + 'static> RankGroup<S> {
                     }
                 }
             })
-            .map_err(|e| ModelError::RankFailed(format!("cannot start rank {rank}'s thread: {e}")))?;
+            .map_err(|e| {
+                ModelError::RankFailed(format!("cannot start rank {rank}'s thread: {e}"))
+            })?;
         Ok(Peer {
             steps,
             done,
@@ -313,18 +333,29 @@ impl<S: Send + 'static> RankGroup<S> {
 
     /// Time rank 0 has spent in collectives so far (zero for a group of one).
     pub fn collective_time(&self) -> Duration {
-        self.clock.as_ref().map_or(Duration::ZERO, CollectiveClock::total)
+        self.clock
+            .as_ref()
+            .map_or(Duration::ZERO, CollectiveClock::total)
     }
 
     /// Runs `step` on every rank at once and returns rank 0's result. Once a step has failed on
     /// any rank, this and every later call fail with [`ModelError::RankFailed`].
-    pub fn run<R: Send>(&mut self, step: impl Fn(&mut S) -> Result<R> + Send + Sync + 'static) -> Result<R> {
+    pub fn run<R: Send>(
+        &mut self,
+        step: impl Fn(&mut S) -> Result<R> + Send + Sync + 'static,
+    ) -> Result<R> {
         if let Some(reason) = &self.failed {
-            return Err(ModelError::RankFailed(format!("the tensor-parallel group failed earlier: {reason}")));
+            return Err(ModelError::RankFailed(format!(
+                "the tensor-parallel group failed earlier: {reason}"
+            )));
         }
         let index = self.steps_run;
         self.steps_run += 1;
-        let fault_at = |rank: usize| self.options.fault.filter(|f| f.rank == rank && f.step == index);
+        let fault_at = |rank: usize| {
+            self.options
+                .fault
+                .filter(|f| f.rank == rank && f.step == index)
+        };
         let step = Arc::new(step);
         let mut failure = None;
         for (peer_index, peer) in self.peers.iter().enumerate() {
@@ -404,7 +435,10 @@ impl<S> Drop for RankGroup<S> {
     /// rank's thread never ends; it is left behind).
     fn drop(&mut self) {
         let peers = std::mem::take(&mut self.peers);
-        let threads: Vec<_> = peers.into_iter().filter_map(|mut peer| peer.thread.take()).collect();
+        let threads: Vec<_> = peers
+            .into_iter()
+            .filter_map(|mut peer| peer.thread.take())
+            .collect();
         if self.failed.is_none() {
             for thread in threads {
                 let _ = thread.join();
@@ -420,7 +454,11 @@ mod tests {
 
     /// Each rank holds its rank number; a step all-reduces it. Collectives wait at most
     /// `timeout` (generous unless the test is about stalls: printing a panic's backtrace is slow).
-    fn group(world: usize, fault: Option<Fault>, timeout: Duration) -> RankGroup<(Arc<dyn Communicator>, f32)> {
+    fn group(
+        world: usize,
+        fault: Option<Fault>,
+        timeout: Duration,
+    ) -> RankGroup<(Arc<dyn Communicator>, f32)> {
         let mut options = RankOptions::new(world);
         options.timeout = timeout;
         options.fault = fault;
@@ -448,7 +486,11 @@ mod tests {
 
     #[test]
     fn a_panicking_rank_fails_the_step_and_every_later_one_without_hanging() {
-        let mut group = group(2, Some("panic:1:2".parse().unwrap()), Duration::from_secs(30));
+        let mut group = group(
+            2,
+            Some("panic:1:2".parse().unwrap()),
+            Duration::from_secs(30),
+        );
         assert_eq!(sum_of_ranks(&mut group).unwrap(), 1.0);
         assert_eq!(sum_of_ranks(&mut group).unwrap(), 1.0);
         let error = sum_of_ranks(&mut group).unwrap_err().to_string();
@@ -459,14 +501,25 @@ mod tests {
 
     #[test]
     fn a_stalled_rank_fails_the_step_after_the_timeout() {
-        let mut group = group(2, Some("stall:1:0".parse().unwrap()), Duration::from_millis(500));
+        let mut group = group(
+            2,
+            Some("stall:1:0".parse().unwrap()),
+            Duration::from_millis(500),
+        );
         let error = sum_of_ranks(&mut group).unwrap_err().to_string();
-        assert!(error.contains("waited more than") || error.contains("did not finish"), "{error}");
+        assert!(
+            error.contains("waited more than") || error.contains("did not finish"),
+            "{error}"
+        );
     }
 
     #[test]
     fn rank_zero_may_fail_too() {
-        let mut group = group(2, Some("panic:0:0".parse().unwrap()), Duration::from_secs(30));
+        let mut group = group(
+            2,
+            Some("panic:0:0".parse().unwrap()),
+            Duration::from_secs(30),
+        );
         let error = sum_of_ranks(&mut group).unwrap_err().to_string();
         assert!(error.contains("rank 0 panicked"), "{error}");
     }
@@ -475,7 +528,11 @@ mod tests {
     fn faults_parse_from_their_written_form() {
         assert_eq!(
             "stall:2:7".parse::<Fault>().unwrap(),
-            Fault { kind: FaultKind::Stall, rank: 2, step: 7 }
+            Fault {
+                kind: FaultKind::Stall,
+                rank: 2,
+                step: 7
+            }
         );
         assert!("explode:1:1".parse::<Fault>().is_err());
         assert!("panic:1".parse::<Fault>().is_err());

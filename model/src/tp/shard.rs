@@ -106,7 +106,9 @@ mod tests {
     fn shards(heads: usize, kv_heads: usize, world: usize) -> Vec<HeadShard> {
         let config = config(heads, kv_heads);
         TpRank::check_world(world, &config).unwrap();
-        (0..world).map(|rank| TpRank { rank, world }.heads(&config)).collect()
+        (0..world)
+            .map(|rank| TpRank { rank, world }.heads(&config))
+            .collect()
     }
 
     #[test]
@@ -121,25 +123,43 @@ mod tests {
         let shards = shards(40, 10, 8);
         assert_eq!(shards[1].q_heads, 5..10);
         assert_eq!(shards[1].kv_heads, 1..3);
-        assert_eq!((0..5).map(|h| shards[1].groups.kv_head(h)).collect::<Vec<_>>(), [0, 0, 0, 1, 1]);
+        assert_eq!(
+            (0..5)
+                .map(|h| shards[1].groups.kv_head(h))
+                .collect::<Vec<_>>(),
+            [0, 0, 0, 1, 1]
+        );
         for shard in &shards {
-            assert!(shard.groups.fits(shard.q_heads.len(), shard.kv_heads.len()), "{shard:?}");
+            assert!(
+                shard.groups.fits(shard.q_heads.len(), shard.kv_heads.len()),
+                "{shard:?}"
+            );
             for (local, global) in shard.q_heads.clone().enumerate() {
-                assert_eq!(shard.kv_heads.start + shard.groups.kv_head(local), global / 4);
+                assert_eq!(
+                    shard.kv_heads.start + shard.groups.kv_head(local),
+                    global / 4
+                );
             }
         }
     }
 
     #[test]
     fn a_size_that_does_not_divide_the_query_heads_is_refused_with_the_choices() {
-        let error = TpRank::check_world(3, &config(4, 2)).unwrap_err().to_string();
-        assert!(error.contains("TP size of 3") && error.contains("1, 2, 4"), "{error}");
+        let error = TpRank::check_world(3, &config(4, 2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("TP size of 3") && error.contains("1, 2, 4"),
+            "{error}"
+        );
         assert!(TpRank::check_world(0, &config(4, 2)).is_err());
     }
 
     #[test]
     fn uneven_dimensions_split_into_balanced_contiguous_ranges() {
-        let parts: Vec<_> = (0..4).map(|rank| TpRank { rank, world: 4 }.part_of(30)).collect();
+        let parts: Vec<_> = (0..4)
+            .map(|rank| TpRank { rank, world: 4 }.part_of(30))
+            .collect();
         assert_eq!(parts, [0..7, 7..15, 15..22, 22..30]);
         assert_eq!(TpRank::SINGLE.part_of(30), 0..30);
     }

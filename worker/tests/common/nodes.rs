@@ -8,7 +8,9 @@ use candle_core::{DType, Device};
 use fovea_model::Phi4VisionModel;
 use fovea_model::preprocess::PreprocessConfig;
 use fovea_model::tp::RankOptions;
-use fovea_proto::worker::v1::{EncodedImage, GenerateJob, ImageInput, SamplingParams, WorkerInfo, WorkerRole};
+use fovea_proto::worker::v1::{
+    EncodedImage, GenerateJob, ImageInput, SamplingParams, WorkerInfo, WorkerRole,
+};
 use fovea_worker::EngineConfig;
 use fovea_worker::EngineHandle;
 use fovea_worker::engine_rank::load_ranks;
@@ -50,7 +52,8 @@ impl Node {
         };
         let ranks = load_ranks(&model_dir(), DType::F32, &Device::Cpu, options, &config).unwrap();
         let tokenizer = Arc::clone(super::preparer().tokenizer());
-        let node = WorkerNode::start_on_ranks(ranks, tokenizer, preprocess(), config, info(role)).unwrap();
+        let node =
+            WorkerNode::start_on_ranks(ranks, tokenizer, preprocess(), config, info(role)).unwrap();
         Self::serve(node)
     }
 

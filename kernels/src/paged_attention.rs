@@ -1,0 +1,512 @@
+//! Causal attention of short query runs (decoding steps) straight over the blocks of a paged KV
+//! cache, every sequence of a batch in one parallel pass.
+//!
+//! A decoding query does little arithmetic per key, so what it costs is reading the keys and
+//! values: copying a sequence's blocks into a contiguous buffer first (what [`crate::attention`]
+//! needs) would read them twice and write them once more. Here each task, one (sequence, KV head,
+//! run of at most [`QUERY_RUN`] tokens), reads its blocks in place: scores of every query head
+//! of the KV head's group against each key while the key is in registers, a softmax per query,
+//! then the values weighted into per-query accumulators. Long prompt chunks do enough work per key
+//! that the GEMM-based kernel over gathered keys is faster; the caller picks.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::attention::HeadGroups;
+use crate::exp::exp_shifted_in_place;
+
+/// Tokens of one sequence per task: a decoding step has 1; longer runs are split so that tasks
+/// stay small and the scores of a task stay in L2.
+pub const QUERY_RUN: usize = 16;
+
+/// One layer's cache: keys and values `[blocks, kv_heads, block_size, head_dim]`.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedKv<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub kv_heads: usize,
+    pub block_size: usize,
+    pub head_dim: usize,
+}
+
+impl PagedKv<'_> {
+    /// Offset of `head`'s first slot in block `block`.
+    fn head_start(&self, block: usize, head: usize) -> usize {
+        (block * self.kv_heads + head) * self.block_size * self.head_dim
+    }
+}
+
+/// One sequence's queries in the batch: rows `first_row..first_row + tokens` of the queries sit
+/// at positions `past..past + tokens` of the sequence, whose blocks (indices into the cache, in
+/// position order) already hold keys and values up to `past + tokens`.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedSegment<'a> {
+    pub blocks: &'a [usize],
+    pub past: usize,
+    pub tokens: usize,
+    pub first_row: usize,
+}
+
+/// The queries of a batch: `[q_heads, rows, head_dim]`, and which KV head each query head reads.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchQueries<'a> {
+    pub q: &'a [f32],
+    pub q_heads: usize,
+    pub rows: usize,
+    pub groups: HeadGroups,
+}
+
+/// One task: a KV head, and a run of one segment's tokens.
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    segment: usize,
+    kv_head: usize,
+    /// First token of the run, relative to the segment.
+    first_token: usize,
+    tokens: usize,
+}
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Causal attention of every segment's queries over its cached keys and values: writes
+/// `out[row][head]` (`[rows, q_heads · head_dim]`, the layout the output projection reads) for
+/// every row of every segment; other rows are left as they are.
+///
+/// # Panics
+/// If the groups do not map the query heads onto the cache's KV heads, a slice is shorter than the
+/// shapes say, or a segment's blocks do not cover `past + tokens` positions.
+pub fn paged_attention(
+    queries: BatchQueries<'_>,
+    kv: PagedKv<'_>,
+    segments: &[PagedSegment<'_>],
+    out: &mut [f32],
+) {
+    let BatchQueries {
+        q,
+        q_heads,
+        rows,
+        groups,
+    } = queries;
+    let d = kv.head_dim;
+    assert!(
+        groups.fits(q_heads, kv.kv_heads),
+        "the head groups do not map q_heads onto kv_heads"
+    );
+    assert_eq!(
+        q.len(),
+        q_heads * rows * d,
+        "q is not [q_heads, rows, head_dim]"
+    );
+    assert_eq!(
+        out.len(),
+        rows * q_heads * d,
+        "out is not [rows, q_heads · head_dim]"
+    );
+    for segment in segments {
+        assert!(
+            segment.first_row + segment.tokens <= rows,
+            "a segment's rows lie past the batch"
+        );
+        let needed = segment.past + segment.tokens;
+        assert!(
+            segment.blocks.len() * kv.block_size >= needed,
+            "a segment's blocks do not cover its positions"
+        );
+        if let Some(&last) = segment.blocks.last() {
+            assert!(
+                kv.head_start(last + 1, 0) <= kv.keys.len().min(kv.values.len()),
+                "a block lies past the cache"
+            );
+        }
+    }
+    let tasks = tasks(segments, kv.kv_heads);
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|task| {
+            let segment = &segments[task.segment];
+            let heads: Vec<usize> = (0..q_heads)
+                .filter(|&h| groups.kv_head(h) == task.kv_head)
+                .collect();
+            SCORES.with_borrow_mut(|scores| run_task(&queries, &kv, segment, *task, &heads, scores))
+        })
+        .collect();
+    for (task, result) in tasks.iter().zip(results) {
+        let segment = &segments[task.segment];
+        let heads = (0..q_heads).filter(|&h| groups.kv_head(h) == task.kv_head);
+        for (head, head_rows) in heads.zip(result.chunks_exact(task.tokens * d)) {
+            for (i, row) in head_rows.chunks_exact(d).enumerate() {
+                let at = ((segment.first_row + task.first_token + i) * q_heads + head) * d;
+                out[at..at + d].copy_from_slice(row);
+            }
+        }
+    }
+}
+
+/// Every (segment, KV head, run of at most `QUERY_RUN` tokens).
+fn tasks(segments: &[PagedSegment<'_>], kv_heads: usize) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    for (index, segment) in segments.iter().enumerate() {
+        for kv_head in 0..kv_heads {
+            for first_token in (0..segment.tokens).step_by(QUERY_RUN) {
+                let tokens = QUERY_RUN.min(segment.tokens - first_token);
+                tasks.push(Task {
+                    segment: index,
+                    kv_head,
+                    first_token,
+                    tokens,
+                });
+            }
+        }
+    }
+    tasks
+}
+
+/// One task's output, `[heads, tokens, head_dim]`: with AVX-512 where the processor has it (the
+/// same code compiled for it), else portable.
+fn run_task(
+    queries: &BatchQueries<'_>,
+    kv: &PagedKv<'_>,
+    segment: &PagedSegment<'_>,
+    task: Task,
+    heads: &[usize],
+    scores: &mut Vec<f32>,
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected just above.
+        return unsafe { run_task_avx512(queries, kv, segment, task, heads, scores) };
+    }
+    attend(queries, kv, segment, task, heads, scores)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn run_task_avx512(
+    queries: &BatchQueries<'_>,
+    kv: &PagedKv<'_>,
+    segment: &PagedSegment<'_>,
+    task: Task,
+    heads: &[usize],
+    scores: &mut Vec<f32>,
+) -> Vec<f32> {
+    attend(queries, kv, segment, task, heads, scores)
+}
+
+/// Scores, softmax and weighted values of one task; query `r = head_index · tokens + i` is token
+/// `first_token + i` of the segment under `heads[head_index]`.
+#[inline(always)]
+fn attend(
+    queries: &BatchQueries<'_>,
+    kv: &PagedKv<'_>,
+    segment: &PagedSegment<'_>,
+    task: Task,
+    heads: &[usize],
+    scores: &mut Vec<f32>,
+) -> Vec<f32> {
+    let d = kv.head_dim;
+    let first_position = segment.past + task.first_token;
+    // Query r sees keys 0..=its position; the task's last token sees the most.
+    let visible = |r: usize| first_position + r % task.tokens + 1;
+    let keys = first_position + task.tokens;
+    let query_rows: Vec<&[f32]> = heads
+        .iter()
+        .flat_map(|&head| {
+            (0..task.tokens).map(move |i| {
+                let row = segment.first_row + task.first_token + i;
+                &queries.q[(head * queries.rows + row) * d..][..d]
+            })
+        })
+        .collect();
+    let scale = 1.0 / (d as f32).sqrt();
+    scores.clear();
+    scores.resize(query_rows.len() * keys, 0.0);
+    for_each_cached_row(
+        kv,
+        kv.keys,
+        segment.blocks,
+        task.kv_head,
+        keys,
+        |position, key| {
+            for (r, query) in query_rows.iter().enumerate() {
+                scores[r * keys + position] = dot(query, key) * scale;
+            }
+        },
+    );
+    let mut inverse_sums = Vec::with_capacity(query_rows.len());
+    for (r, row_scores) in scores.chunks_exact_mut(keys).enumerate() {
+        let seen = &mut row_scores[..visible(r)];
+        let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        inverse_sums.push(1.0 / exp_shifted_in_place(seen, max));
+    }
+    let mut out = vec![0f32; query_rows.len() * d];
+    for_each_cached_row(
+        kv,
+        kv.values,
+        segment.blocks,
+        task.kv_head,
+        keys,
+        |position, value| {
+            for (r, out_row) in out.chunks_exact_mut(d).enumerate() {
+                if position < visible(r) {
+                    add_scaled(out_row, value, scores[r * keys + position]);
+                }
+            }
+        },
+    );
+    for (out_row, inverse) in out.chunks_exact_mut(d).zip(inverse_sums) {
+        out_row.iter_mut().for_each(|x| *x *= inverse);
+    }
+    out
+}
+
+/// Calls `visit(position, row)` for positions `0..positions` of `head` in `cache` (the keys or
+/// the values of `kv`), reading each block's run of rows in place.
+#[inline(always)]
+fn for_each_cached_row(
+    kv: &PagedKv<'_>,
+    cache: &[f32],
+    blocks: &[usize],
+    head: usize,
+    positions: usize,
+    mut visit: impl FnMut(usize, &[f32]),
+) {
+    let d = kv.head_dim;
+    for (index, &block) in blocks[..positions.div_ceil(kv.block_size)]
+        .iter()
+        .enumerate()
+    {
+        let first = index * kv.block_size;
+        let filled = kv.block_size.min(positions - first);
+        let rows = &cache[kv.head_start(block, head)..][..filled * d];
+        for (slot, row) in rows.chunks_exact(d).enumerate() {
+            visit(first + slot, row);
+        }
+    }
+}
+
+/// Lanes of the dot product's partial sums: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// `Σ a·b` over 16 partial sums (which the compiler keeps in one vector register).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            lanes[lane] += a[lane] * b[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `acc += weight · row`.
+#[inline(always)]
+fn add_scaled(acc: &mut [f32], row: &[f32], weight: f32) {
+    for (acc, value) in acc.iter_mut().zip(row) {
+        *acc += weight * value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::{AttentionShape, Mask, attention};
+
+    const BLOCK_SIZE: usize = 4;
+    const HEAD_DIM: usize = 20;
+
+    /// A cache of `blocks` blocks filled with pseudo-random keys and values.
+    struct Cache {
+        keys: Vec<f32>,
+        values: Vec<f32>,
+        kv_heads: usize,
+    }
+
+    impl Cache {
+        fn new(blocks: usize, kv_heads: usize) -> Self {
+            let len = blocks * kv_heads * BLOCK_SIZE * HEAD_DIM;
+            Cache {
+                keys: crate::test_values(len, 11, 4.0),
+                values: crate::test_values(len, 12, 4.0),
+                kv_heads,
+            }
+        }
+
+        fn paged(&self) -> PagedKv<'_> {
+            PagedKv {
+                keys: &self.keys,
+                values: &self.values,
+                kv_heads: self.kv_heads,
+                block_size: BLOCK_SIZE,
+                head_dim: HEAD_DIM,
+            }
+        }
+
+        /// Positions `0..len` of a sequence's keys or values, `[kv_heads, len, head_dim]`.
+        fn contiguous(&self, cache: &[f32], blocks: &[usize], len: usize) -> Vec<f32> {
+            let kv = self.paged();
+            let mut out = Vec::new();
+            for head in 0..self.kv_heads {
+                for_each_cached_row(&kv, cache, blocks, head, len, |_, row| {
+                    out.extend_from_slice(row)
+                });
+            }
+            out
+        }
+    }
+
+    /// The segment's output rows by the contiguous kernel (itself checked against the definition).
+    fn expected(cache: &Cache, queries: &BatchQueries<'_>, segment: &PagedSegment<'_>) -> Vec<f32> {
+        let (d, q_heads) = (HEAD_DIM, queries.q_heads);
+        let kv_len = segment.past + segment.tokens;
+        let q: Vec<f32> = (0..q_heads)
+            .flat_map(|h| {
+                let start = (h * queries.rows + segment.first_row) * d;
+                queries.q[start..start + segment.tokens * d].to_vec()
+            })
+            .collect();
+        let shape = AttentionShape {
+            q_heads,
+            kv_heads: cache.kv_heads,
+            groups: queries.groups,
+            q_len: segment.tokens,
+            kv_len,
+            head_dim: d,
+            kv_head_stride: kv_len * d,
+            mask: Mask::Causal { past: segment.past },
+        };
+        let mut out = vec![0f32; q.len()];
+        let keys = cache.contiguous(&cache.keys, segment.blocks, kv_len);
+        let values = cache.contiguous(&cache.values, segment.blocks, kv_len);
+        attention(&q, &keys, &values, shape, &mut out);
+        // [q_heads, tokens, d] → [tokens, q_heads · d]
+        (0..segment.tokens)
+            .flat_map(|i| (0..q_heads).flat_map(move |h| (0..d).map(move |c| (h, i, c))))
+            .map(|(h, i, c)| out[(h * segment.tokens + i) * d + c])
+            .collect()
+    }
+
+    fn check(q_heads: usize, groups: HeadGroups, cache: &Cache, segments: &[PagedSegment<'_>]) {
+        let rows = segments
+            .iter()
+            .map(|s| s.first_row + s.tokens)
+            .max()
+            .unwrap_or(0);
+        let q = crate::test_values(q_heads * rows * HEAD_DIM, 13, 4.0);
+        let queries = BatchQueries {
+            q: &q,
+            q_heads,
+            rows,
+            groups,
+        };
+        let mut out = vec![f32::NAN; rows * q_heads * HEAD_DIM];
+        paged_attention(queries, cache.paged(), segments, &mut out);
+        for segment in segments {
+            let width = q_heads * HEAD_DIM;
+            let got = &out[segment.first_row * width..(segment.first_row + segment.tokens) * width];
+            for (j, (got, expected)) in got
+                .iter()
+                .zip(expected(cache, &queries, segment))
+                .enumerate()
+            {
+                assert!(
+                    (got - expected).abs() < 1e-5,
+                    "{segment:?}, value {j}: {got} vs {expected}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_sequences_read_their_scattered_blocks() {
+        let cache = Cache::new(12, 2);
+        // Positions ending mid-block, on a block boundary, and at the very first slot.
+        let segments = [
+            PagedSegment {
+                blocks: &[7, 2, 9],
+                past: 9,
+                tokens: 1,
+                first_row: 0,
+            },
+            PagedSegment {
+                blocks: &[0, 11],
+                past: 7,
+                tokens: 1,
+                first_row: 1,
+            },
+            PagedSegment {
+                blocks: &[5],
+                past: 0,
+                tokens: 1,
+                first_row: 2,
+            },
+        ];
+        check(6, HeadGroups::even(6, 2), &cache, &segments);
+    }
+
+    #[test]
+    fn runs_longer_than_a_task_split_and_stay_causal() {
+        let cache = Cache::new(20, 1);
+        let blocks: Vec<usize> = (0..20).rev().collect();
+        let long = QUERY_RUN * 2 + 3;
+        let segments = [
+            PagedSegment {
+                blocks: &blocks[..12],
+                past: 5,
+                tokens: long,
+                first_row: 2,
+            },
+            PagedSegment {
+                blocks: &blocks[12..],
+                past: 3,
+                tokens: 2,
+                first_row: 0,
+            },
+        ];
+        check(3, HeadGroups::even(3, 1), &cache, &segments);
+    }
+
+    #[test]
+    fn a_rank_s_query_heads_may_start_inside_a_group() {
+        // Query heads 5..10 of a model with 4 per KV head read KV heads 1, 1, 1, 2, 2 (here 0, 0, 0, 1, 1).
+        let cache = Cache::new(6, 2);
+        let segments = [PagedSegment {
+            blocks: &[3, 1, 4],
+            past: 10,
+            tokens: 2,
+            first_row: 0,
+        }];
+        check(
+            5,
+            HeadGroups {
+                per_kv: 4,
+                first_in_group: 1,
+            },
+            &cache,
+            &segments,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "do not cover")]
+    fn blocks_short_of_the_positions_are_refused() {
+        let cache = Cache::new(2, 1);
+        let segments = [PagedSegment {
+            blocks: &[0],
+            past: BLOCK_SIZE,
+            tokens: 1,
+            first_row: 0,
+        }];
+        check(1, HeadGroups::even(1, 1), &cache, &segments);
+    }
+}
