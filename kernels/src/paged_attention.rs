@@ -10,6 +10,7 @@
 //! that the GEMM-based kernel over gathered keys is faster; the caller picks.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -179,7 +180,7 @@ fn run_task(
         // SAFETY: AVX-512F was detected just above.
         return unsafe { run_task_avx512(queries, kv, segment, task, heads, scores) };
     }
-    attend(queries, kv, segment, task, heads, scores)
+    attend::<PortableLanes>(queries, kv, segment, task, heads, scores)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -192,13 +193,13 @@ fn run_task_avx512(
     heads: &[usize],
     scores: &mut Vec<f32>,
 ) -> Vec<f32> {
-    attend(queries, kv, segment, task, heads, scores)
+    attend::<Avx512Lanes>(queries, kv, segment, task, heads, scores)
 }
 
 /// Scores, softmax and weighted values of one task; query `r = head_index · tokens + i` is token
 /// `first_token + i` of the segment under `heads[head_index]`.
 #[inline(always)]
-fn attend(
+fn attend<L: VectorOps>(
     queries: &BatchQueries<'_>,
     kv: &PagedKv<'_>,
     segment: &PagedSegment<'_>,
@@ -208,8 +209,6 @@ fn attend(
 ) -> Vec<f32> {
     let d = kv.head_dim;
     let first_position = segment.past + task.first_token;
-    // Query r sees keys 0..=its position; the task's last token sees the most.
-    let visible = |r: usize| first_position + r % task.tokens + 1;
     let keys = first_position + task.tokens;
     let query_rows: Vec<&[f32]> = heads
         .iter()
@@ -220,100 +219,171 @@ fn attend(
             })
         })
         .collect();
+    // Query r sees keys 0..=its position; the task's last token sees the most.
+    let visible: Vec<usize> = (0..query_rows.len())
+        .map(|r| first_position + r % task.tokens + 1)
+        .collect();
     let scale = 1.0 / (d as f32).sqrt();
     scores.clear();
     scores.resize(query_rows.len() * keys, 0.0);
-    for_each_cached_row(
-        kv,
-        kv.keys,
-        segment.blocks,
-        task.kv_head,
-        keys,
-        |position, key| {
+    // Plain loops, not closures: a closure would compile apart from the AVX-512 entry point.
+    // Blocks lie apart, so the prefetchers cannot run ahead of one: while a block's keys are
+    // scored, the next block's keys and this block's values are fetched.
+    let mut runs = cached_runs(kv, segment.blocks, task.kv_head, keys).peekable();
+    while let Some((first, range)) = runs.next() {
+        if let Some((_, next)) = runs.peek() {
+            L::prefetch(&kv.keys[next.clone()]);
+        }
+        L::prefetch(&kv.values[range.clone()]);
+        for (slot, key) in kv.keys[range].chunks_exact(d).enumerate() {
             for (r, query) in query_rows.iter().enumerate() {
-                scores[r * keys + position] = dot(query, key) * scale;
+                scores[r * keys + first + slot] = L::dot(query, key) * scale;
             }
-        },
-    );
+        }
+    }
     let mut inverse_sums = Vec::with_capacity(query_rows.len());
     for (r, row_scores) in scores.chunks_exact_mut(keys).enumerate() {
-        let seen = &mut row_scores[..visible(r)];
+        let seen = &mut row_scores[..visible[r]];
         let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         inverse_sums.push(1.0 / exp_shifted_in_place(seen, max));
     }
     let mut out = vec![0f32; query_rows.len() * d];
-    for_each_cached_row(
-        kv,
-        kv.values,
-        segment.blocks,
-        task.kv_head,
-        keys,
-        |position, value| {
+    for (first, range) in cached_runs(kv, segment.blocks, task.kv_head, keys) {
+        for (slot, value) in kv.values[range].chunks_exact(d).enumerate() {
+            let position = first + slot;
             for (r, out_row) in out.chunks_exact_mut(d).enumerate() {
-                if position < visible(r) {
-                    add_scaled(out_row, value, scores[r * keys + position]);
+                if position < visible[r] {
+                    L::add_scaled(out_row, value, scores[r * keys + position]);
                 }
             }
-        },
-    );
+        }
+    }
     for (out_row, inverse) in out.chunks_exact_mut(d).zip(inverse_sums) {
         out_row.iter_mut().for_each(|x| *x *= inverse);
     }
     out
 }
 
-/// Calls `visit(position, row)` for positions `0..positions` of `head` in `cache` (the keys or
-/// the values of `kv`), reading each block's run of rows in place.
+/// Where positions `0..positions` of `head` lie in a layer's keys (or values, laid out alike):
+/// per block, its first position and the range of its filled rows.
 #[inline(always)]
-fn for_each_cached_row(
-    kv: &PagedKv<'_>,
-    cache: &[f32],
-    blocks: &[usize],
+fn cached_runs<'a>(
+    kv: &'a PagedKv<'_>,
+    blocks: &'a [usize],
     head: usize,
     positions: usize,
-    mut visit: impl FnMut(usize, &[f32]),
-) {
-    let d = kv.head_dim;
-    for (index, &block) in blocks[..positions.div_ceil(kv.block_size)]
+) -> impl Iterator<Item = (usize, Range<usize>)> + 'a {
+    let (block_size, d) = (kv.block_size, kv.head_dim);
+    blocks[..positions.div_ceil(block_size)]
         .iter()
         .enumerate()
-    {
-        let first = index * kv.block_size;
-        let filled = kv.block_size.min(positions - first);
-        let rows = &cache[kv.head_start(block, head)..][..filled * d];
-        for (slot, row) in rows.chunks_exact(d).enumerate() {
-            visit(first + slot, row);
-        }
-    }
+        .map(move |(index, &block)| {
+            let first = index * block_size;
+            let start = kv.head_start(block, head);
+            (first, start..start + block_size.min(positions - first) * d)
+        })
 }
 
-/// Lanes of the dot product's partial sums: one AVX-512 register of f32.
-const LANES: usize = 16;
-
-/// `Σ a·b` over 16 partial sums (which the compiler keeps in one vector register).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (a, b) in a_chunks.zip(b_chunks) {
-        for lane in 0..LANES {
-            lanes[lane] += a[lane] * b[lane];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
+/// The two vector operations of the kernel.
+trait VectorOps {
+    /// `Σ a·b` over equal-length slices.
+    fn dot(a: &[f32], b: &[f32]) -> f32;
+    /// `acc += weight · row` over equal-length slices.
+    fn add_scaled(acc: &mut [f32], row: &[f32], weight: f32);
+    /// Asks for `values` to be brought into the cache (a hint; may do nothing).
+    fn prefetch(values: &[f32]);
 }
 
-/// `acc += weight · row`.
-#[inline(always)]
-fn add_scaled(acc: &mut [f32], row: &[f32], weight: f32) {
-    for (acc, value) in acc.iter_mut().zip(row) {
-        *acc += weight * value;
+/// Plain Rust, for processors without AVX-512.
+struct PortableLanes;
+
+impl VectorOps for PortableLanes {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[inline(always)]
+    fn add_scaled(acc: &mut [f32], row: &[f32], weight: f32) {
+        for (acc, value) in acc.iter_mut().zip(row) {
+            *acc += weight * value;
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch(_values: &[f32]) {}
+}
+
+/// AVX-512 intrinsics, 16 lanes at a time. Only called from [`run_task_avx512`], into which they
+/// inline with its CPU features.
+#[cfg(target_arch = "x86_64")]
+struct Avx512Lanes;
+
+#[cfg(target_arch = "x86_64")]
+impl VectorOps for Avx512Lanes {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let len = a.len().min(b.len());
+        // SAFETY: AVX-512F is present (see the impl's comment); every load reads lanes
+        // `i..i + 16` below `len`, or masks off those at or past it.
+        unsafe {
+            let mut acc = _mm512_setzero_ps();
+            let mut i = 0;
+            while i + 16 <= len {
+                acc = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(a.as_ptr().add(i)),
+                    _mm512_loadu_ps(b.as_ptr().add(i)),
+                    acc,
+                );
+                i += 16;
+            }
+            if i < len {
+                let mask = (1u16 << (len - i)) - 1;
+                let (x, y) = (
+                    _mm512_maskz_loadu_ps(mask, a.as_ptr().add(i)),
+                    _mm512_maskz_loadu_ps(mask, b.as_ptr().add(i)),
+                );
+                acc = _mm512_fmadd_ps(x, y, acc);
+            }
+            _mm512_reduce_add_ps(acc)
+        }
+    }
+
+    #[inline(always)]
+    fn add_scaled(acc: &mut [f32], row: &[f32], weight: f32) {
+        use std::arch::x86_64::*;
+        let len = acc.len().min(row.len());
+        // SAFETY: as in `dot`, with stores to the same lanes of `acc` as its loads.
+        unsafe {
+            let weight_vector = _mm512_set1_ps(weight);
+            let mut i = 0;
+            while i + 16 <= len {
+                let p = acc.as_mut_ptr().add(i);
+                _mm512_storeu_ps(
+                    p,
+                    _mm512_fmadd_ps(
+                        weight_vector,
+                        _mm512_loadu_ps(row.as_ptr().add(i)),
+                        _mm512_loadu_ps(p),
+                    ),
+                );
+                i += 16;
+            }
+            for (acc, value) in acc[i..len].iter_mut().zip(&row[i..len]) {
+                *acc += weight * value;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch(values: &[f32]) {
+        use std::arch::x86_64::*;
+        for line in values.chunks(16) {
+            // SAFETY: a prefetch reads nothing the program sees and cannot fault; the address is
+            // inside `values`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
     }
 }
 
@@ -357,9 +427,9 @@ mod tests {
             let kv = self.paged();
             let mut out = Vec::new();
             for head in 0..self.kv_heads {
-                for_each_cached_row(&kv, cache, blocks, head, len, |_, row| {
-                    out.extend_from_slice(row)
-                });
+                for (_, range) in cached_runs(&kv, blocks, head, len) {
+                    out.extend_from_slice(&cache[range]);
+                }
             }
             out
         }
