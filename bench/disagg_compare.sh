@@ -13,7 +13,10 @@
 #
 # Environment, with the defaults (estimated 6 minutes on a quiet 2-core machine):
 #   TOPOLOGIES="disaggregated colocated"  PIN=0,1 (empty: no pinning)
-#   REQUESTS=80 CONCURRENCY=8 IMAGE_SHARE=0.05 (4 image requests, every 20th) IMAGES_PER_REQUEST=2
+#   REQUESTS=80 CONCURRENCY=8 (a closed loop of 8 clients: the topology's capacity)
+#   REQUEST_RATE= (if set, Poisson arrivals at this many requests per second instead of CONCURRENCY:
+#     goodput at an offered load, as DistServe measures it)
+#   IMAGE_SHARE=0.05 (4 image requests, every 20th) IMAGES_PER_REQUEST=2
 #   IMAGE_SIZE=1280x720 (3600 image tokens each with the bench checkpoint) PROMPT_TOKENS=64
 #   MAX_TOKENS=64 TTFT_SLO_MS=45000 TPOT_SLO_MS=200 SEED=0
 #   DISAGG_MIN_PROMPT_TOKENS=2048: text prompts (about 490 tokens) run whole on the decode worker,
@@ -36,7 +39,8 @@ done
 
 topologies="${TOPOLOGIES:-disaggregated colocated}"
 pin="${PIN-0,1}"
-requests="${REQUESTS:-80}" concurrency="${CONCURRENCY:-8}"
+requests="${REQUESTS:-80}" concurrency="${CONCURRENCY:-8}" request_rate="${REQUEST_RATE:-}"
+if [ -n "$request_rate" ]; then arrivals=(--request-rate "$request_rate"); else arrivals=(--concurrency "$concurrency"); fi
 image_share="${IMAGE_SHARE:-0.05}" images_per_request="${IMAGES_PER_REQUEST:-2}"
 image_size="${IMAGE_SIZE:-1280x720}" warmup_image_size="${WARMUP_IMAGE_SIZE:-640x360}"
 prompt_tokens="${PROMPT_TOKENS:-64}" max_tokens="${MAX_TOKENS:-64}"
@@ -75,7 +79,7 @@ start_cluster() {
 # Runs fovea bench on the image-heavy mix against the cluster:
 # run_bench REQUESTS IMAGE_SHARE IMAGE_SIZE MAX_TOKENS SEED [MORE FOVEA BENCH ARGUMENTS...]
 run_bench() {
-    "$FOVEA" bench --addr "$addr" --concurrency "$concurrency" --mix mixed --requests "$1" \
+    "$FOVEA" bench --addr "$addr" "${arrivals[@]}" --mix mixed --requests "$1" \
         --image-share "$2" --images-per-request "$images_per_request" --image-size "$3" \
         --prompt-tokens "$prompt_tokens" --max-tokens "$4" --seed "$5" \
         --ttft-slo-ms "$ttft_slo_ms" --tpot-slo-ms "$tpot_slo_ms" "${@:6}"

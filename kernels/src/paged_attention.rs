@@ -466,6 +466,15 @@ mod tests {
             .collect()
     }
 
+    fn segment(blocks: &[usize], past: usize, tokens: usize, first_row: usize) -> PagedSegment<'_> {
+        PagedSegment {
+            blocks,
+            past,
+            tokens,
+            first_row,
+        }
+    }
+
     fn check(q_heads: usize, groups: HeadGroups, cache: &Cache, segments: &[PagedSegment<'_>]) {
         let rows = segments
             .iter()
@@ -502,24 +511,9 @@ mod tests {
         let cache = Cache::new(12, 2);
         // Positions ending mid-block, on a block boundary, and at the very first slot.
         let segments = [
-            PagedSegment {
-                blocks: &[7, 2, 9],
-                past: 9,
-                tokens: 1,
-                first_row: 0,
-            },
-            PagedSegment {
-                blocks: &[0, 11],
-                past: 7,
-                tokens: 1,
-                first_row: 1,
-            },
-            PagedSegment {
-                blocks: &[5],
-                past: 0,
-                tokens: 1,
-                first_row: 2,
-            },
+            segment(&[7, 2, 9], 9, 1, 0),
+            segment(&[0, 11], 7, 1, 1),
+            segment(&[5], 0, 1, 2),
         ];
         check(6, HeadGroups::even(6, 2), &cache, &segments);
     }
@@ -530,18 +524,8 @@ mod tests {
         let blocks: Vec<usize> = (0..20).rev().collect();
         let long = QUERY_RUN * 2 + 3;
         let segments = [
-            PagedSegment {
-                blocks: &blocks[..12],
-                past: 5,
-                tokens: long,
-                first_row: 2,
-            },
-            PagedSegment {
-                blocks: &blocks[12..],
-                past: 3,
-                tokens: 2,
-                first_row: 0,
-            },
+            segment(&blocks[..12], 5, long, 2),
+            segment(&blocks[12..], 3, 2, 0),
         ];
         check(3, HeadGroups::even(3, 1), &cache, &segments);
     }
@@ -550,12 +534,7 @@ mod tests {
     fn a_rank_s_query_heads_may_start_inside_a_group() {
         // Query heads 5..10 of a model with 4 per KV head read KV heads 1, 1, 1, 2, 2 (here 0, 0, 0, 1, 1).
         let cache = Cache::new(6, 2);
-        let segments = [PagedSegment {
-            blocks: &[3, 1, 4],
-            past: 10,
-            tokens: 2,
-            first_row: 0,
-        }];
+        let segments = [segment(&[3, 1, 4], 10, 2, 0)];
         check(
             5,
             HeadGroups {
@@ -571,12 +550,7 @@ mod tests {
     #[should_panic(expected = "do not cover")]
     fn blocks_short_of_the_positions_are_refused() {
         let cache = Cache::new(2, 1);
-        let segments = [PagedSegment {
-            blocks: &[0],
-            past: BLOCK_SIZE,
-            tokens: 1,
-            first_row: 0,
-        }];
+        let segments = [segment(&[0], BLOCK_SIZE, 1, 0)];
         check(1, HeadGroups::even(1, 1), &cache, &segments);
     }
 }
