@@ -243,19 +243,18 @@ fn attend<L: VectorOps>(
     }
     let mut inverse_sums = Vec::with_capacity(query_rows.len());
     for (r, row_scores) in scores.chunks_exact_mut(keys).enumerate() {
-        let seen = &mut row_scores[..visible[r]];
+        let (seen, hidden) = row_scores.split_at_mut(visible[r]);
         let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         inverse_sums.push(1.0 / exp_shifted_in_place(seen, max));
+        hidden.fill(0.0);
     }
     let mut out = vec![0f32; query_rows.len() * d];
     for (first, range) in cached_runs(kv, segment.blocks, task.kv_head, keys) {
-        for (slot, value) in kv.values[range].chunks_exact(d).enumerate() {
-            let position = first + slot;
-            for (r, out_row) in out.chunks_exact_mut(d).enumerate() {
-                if position < visible[r] {
-                    L::add_scaled(out_row, value, scores[r * keys + position]);
-                }
-            }
+        let values = &kv.values[range];
+        let filled = values.len() / d;
+        for (r, out_row) in out.chunks_exact_mut(d).enumerate() {
+            let weights = &scores[r * keys + first..][..filled];
+            L::add_weighted_rows(out_row, values, weights);
         }
     }
     for (out_row, inverse) in out.chunks_exact_mut(d).zip(inverse_sums) {
@@ -288,8 +287,8 @@ fn cached_runs<'a>(
 trait VectorOps {
     /// `Σ a·b` over equal-length slices.
     fn dot(a: &[f32], b: &[f32]) -> f32;
-    /// `acc += weight · row` over equal-length slices.
-    fn add_scaled(acc: &mut [f32], row: &[f32], weight: f32);
+    /// `acc += Σⱼ weights[j] · rows[j]`, `rows` holding `weights.len()` rows as long as `acc`.
+    fn add_weighted_rows(acc: &mut [f32], rows: &[f32], weights: &[f32]);
     /// Asks for `values` to be brought into the cache (a hint; may do nothing).
     fn prefetch(values: &[f32]);
 }
@@ -304,9 +303,11 @@ impl VectorOps for PortableLanes {
     }
 
     #[inline(always)]
-    fn add_scaled(acc: &mut [f32], row: &[f32], weight: f32) {
-        for (acc, value) in acc.iter_mut().zip(row) {
-            *acc += weight * value;
+    fn add_weighted_rows(acc: &mut [f32], rows: &[f32], weights: &[f32]) {
+        for (row, &weight) in rows.chunks_exact(acc.len()).zip(weights) {
+            for (acc, value) in acc.iter_mut().zip(row) {
+                *acc += weight * value;
+            }
         }
     }
 
@@ -351,26 +352,41 @@ impl VectorOps for Avx512Lanes {
     }
 
     #[inline(always)]
-    fn add_scaled(acc: &mut [f32], row: &[f32], weight: f32) {
+    fn add_weighted_rows(acc: &mut [f32], rows: &[f32], weights: &[f32]) {
         use std::arch::x86_64::*;
-        let len = acc.len().min(row.len());
-        // SAFETY: as in `dot`, with stores to the same lanes of `acc` as its loads.
+        let width = acc.len();
+        assert!(
+            rows.len() >= weights.len() * width,
+            "fewer rows than weights"
+        );
+        // 64 lanes of `acc` at a time stay in 4 registers while every row adds into them.
+        let mut lane = 0;
+        // SAFETY: AVX-512F is present (see the impl's comment); the loads read lanes
+        // `lane..lane + 64` of `acc` and of each of the `weights.len()` rows, all inside the
+        // slices (asserted above), and the stores write the same lanes of `acc`.
         unsafe {
-            let weight_vector = _mm512_set1_ps(weight);
-            let mut i = 0;
-            while i + 16 <= len {
-                let p = acc.as_mut_ptr().add(i);
-                _mm512_storeu_ps(
-                    p,
-                    _mm512_fmadd_ps(
-                        weight_vector,
-                        _mm512_loadu_ps(row.as_ptr().add(i)),
-                        _mm512_loadu_ps(p),
-                    ),
-                );
-                i += 16;
+            while lane + 64 <= width {
+                let at = acc.as_mut_ptr().add(lane);
+                let mut sums: [__m512; 4] =
+                    std::array::from_fn(|q| _mm512_loadu_ps(at.add(16 * q)));
+                for (j, &weight) in weights.iter().enumerate() {
+                    let weight = _mm512_set1_ps(weight);
+                    let row = rows.as_ptr().add(j * width + lane);
+                    for (q, sum) in sums.iter_mut().enumerate() {
+                        *sum = _mm512_fmadd_ps(weight, _mm512_loadu_ps(row.add(16 * q)), *sum);
+                    }
+                }
+                for (q, sum) in sums.into_iter().enumerate() {
+                    _mm512_storeu_ps(at.add(16 * q), sum);
+                }
+                lane += 64;
             }
-            for (acc, value) in acc[i..len].iter_mut().zip(&row[i..len]) {
+        }
+        for (j, &weight) in weights.iter().enumerate() {
+            for (acc, value) in acc[lane..]
+                .iter_mut()
+                .zip(&rows[j * width + lane..(j + 1) * width])
+            {
                 *acc += weight * value;
             }
         }
@@ -393,7 +409,8 @@ mod tests {
     use crate::attention::{AttentionShape, Mask, attention};
 
     const BLOCK_SIZE: usize = 4;
-    const HEAD_DIM: usize = 20;
+    /// One 64-lane block of the vector code plus a tail of 20 (16 + 4).
+    const HEAD_DIM: usize = 84;
 
     /// A cache of `blocks` blocks filled with pseudo-random keys and values.
     struct Cache {
