@@ -12,11 +12,12 @@ fn fovea(args: &[&str]) -> std::process::Output {
         .expect("fovea runs")
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fovea-cli-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// An empty directory, removed when dropped.
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("fovea-cli-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn ids(value: &serde_json::Value) -> Vec<u32> {
@@ -66,7 +67,8 @@ fn generate_json(
 
 /// `fovea generate --json` with `extra` arguments on every golden case gives the golden tokens.
 fn check_golden_cases(extra: &[&str]) {
-    let dir = temp_dir("golden");
+    let temp = temp_dir("golden");
+    let dir = temp.path();
     for case in golden_cases() {
         let name = &case.name;
         let messages_file = dir.join(format!("{name}.json"));
@@ -116,7 +118,8 @@ fn bad_inputs_fail_with_a_message_not_a_panic() {
     let model = model.to_str().unwrap();
     let image = golden_dir().join("images/chart_320x240.png");
     let image = image.to_str().unwrap();
-    let dir = temp_dir("bad");
+    let temp = temp_dir("bad");
+    let dir = temp.path();
     let corrupt = dir.join("corrupt.png");
     std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -151,7 +154,8 @@ fn bad_inputs_fail_with_a_message_not_a_panic() {
 
 #[test]
 fn demo_model_writes_a_checkpoint_that_generate_runs() {
-    let dir = temp_dir("demo");
+    let temp = temp_dir("demo");
+    let dir = temp.path();
     let out = dir.join("tiny");
     let output = fovea(&[
         "demo-model",

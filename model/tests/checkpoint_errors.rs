@@ -5,16 +5,24 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use fovea_model::{ModelError, Phi4VisionModel};
+use tempfile::TempDir;
 
 fn golden_model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/model")
 }
 
+/// An empty directory, removed when dropped.
+fn temp_dir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("fovea-checkpoint-{name}-"))
+        .tempdir()
+        .unwrap()
+}
+
 /// A copy of the golden checkpoint as a single `model.safetensors`, with `edit` applied to its tensors.
-fn edited_checkpoint(name: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fovea-checkpoint-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+fn edited_checkpoint(name: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> TempDir {
+    let temp = temp_dir(name);
+    let dir = temp.path();
     let golden = golden_model_dir();
     for file in [
         "config.json",
@@ -32,7 +40,7 @@ fn edited_checkpoint(name: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)
     }
     edit(&mut tensors);
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    dir
+    temp
 }
 
 fn load(dir: &Path) -> Result<Phi4VisionModel, ModelError> {
@@ -45,7 +53,7 @@ fn single_file_checkpoint_loads_and_skips_unused_vision_tensors() {
         // The network never reads the pooling head: dropping it changes nothing.
         tensors.retain(|name, _| !name.contains(".head."));
     });
-    load(&dir).expect("single-file checkpoint without the unused head loads");
+    load(dir.path()).expect("single-file checkpoint without the unused head loads");
 }
 
 #[test]
@@ -54,7 +62,7 @@ fn missing_tensor_is_named() {
     let dir = edited_checkpoint("missing", |tensors| {
         tensors.remove(name);
     });
-    let err = load(&dir)
+    let err = load(dir.path())
         .err()
         .expect("a checkpoint without a decoder weight must not load")
         .to_string();
@@ -70,7 +78,7 @@ fn misshaped_tensor_is_named_with_both_shapes() {
             Tensor::zeros((64, 31), DType::BF16, &Device::Cpu).unwrap(),
         );
     });
-    let err = load(&dir)
+    let err = load(dir.path())
         .err()
         .expect("a mis-shaped projector must not load")
         .to_string();
@@ -89,7 +97,7 @@ fn integer_tensor_is_refused_by_dtype() {
             Tensor::zeros(64, DType::U32, &Device::Cpu).unwrap(),
         );
     });
-    let err = load(&dir)
+    let err = load(dir.path())
         .err()
         .expect("an integer norm weight must not load")
         .to_string();
@@ -98,13 +106,15 @@ fn integer_tensor_is_refused_by_dtype() {
 
 #[test]
 fn directory_without_weights_says_so() {
-    let dir = std::env::temp_dir().join(format!("fovea-checkpoint-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("empty");
     std::fs::copy(
         golden_model_dir().join("config.json"),
-        dir.join("config.json"),
+        dir.path().join("config.json"),
     )
     .unwrap();
-    let err = load(&dir).err().expect("no weights, no model").to_string();
+    let err = load(dir.path())
+        .err()
+        .expect("no weights, no model")
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
