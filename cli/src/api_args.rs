@@ -43,6 +43,10 @@ pub struct ApiArgs {
     /// replaced).
     #[arg(long, env = "FOVEA_JOB_RETRIES", default_value_t = SplitPolicy::default().job_retries)]
     job_retries: usize,
+    /// Lets a decode worker prefill a prompt of at least --disagg-min-prompt-tokens itself when
+    /// no prefill (or full) worker can take it; without it such a request ends with UNAVAILABLE.
+    #[arg(long, env = "FOVEA_PREFILL_FALLBACK")]
+    prefill_fallback: bool,
 }
 
 impl ApiArgs {
@@ -70,6 +74,7 @@ impl ApiArgs {
             split: SplitPolicy {
                 disagg_min_prompt_tokens: self.disagg_min_prompt_tokens,
                 job_retries: self.job_retries,
+                prefill_fallback: self.prefill_fallback,
             },
             admission: AdmissionLimits {
                 max_requests: self.max_requests,

@@ -6,7 +6,10 @@
 //!
 //! Every golden case gives its golden tokens, whether it is disaggregated or, below the prompt
 //! threshold, prefilled on the decode worker itself; every image is encoded once across
-//! requests; and a decode worker killed mid-stream is replaced with no token repeated or missing.
+//! requests; a decode worker killed mid-stream is replaced with no token repeated or missing; and
+//! with the vision and prefill workers killed, the decode workers encode and prefill themselves
+//! only under `prefill_fallback`, while by default the request ends with UNAVAILABLE, or runs
+//! whole on a full worker if the cluster has one.
 
 mod support;
 #[path = "../../worker/tests/common/mod.rs"]
@@ -162,6 +165,7 @@ fn policy(disagg_min_prompt_tokens: usize, job_retries: usize) -> SplitPolicy {
     SplitPolicy {
         disagg_min_prompt_tokens,
         job_retries,
+        ..SplitPolicy::default()
     }
 }
 
@@ -307,21 +311,26 @@ fn a_client_cancel_while_the_prompt_moves_leaves_every_worker_idle() {
 }
 
 #[test]
-fn killed_vision_and_prefill_workers_are_worked_around_with_the_golden_tokens() {
-    let mut cluster = Cluster::start(policy(0, 2), str::to_string, true);
+fn killed_vision_and_prefill_workers_are_worked_around_by_decode_workers_only_with_prefill_fallback()
+ {
+    let fallback = SplitPolicy {
+        prefill_fallback: true,
+        ..policy(0, 2)
+    };
+    let mut cluster = Cluster::start(fallback, str::to_string, true);
     cluster.vision.kill();
     cluster.prefill.kill();
     let cases = golden_cases();
+    let case = |name: &str| cases.iter().find(|case| case.name == name).unwrap();
     runtime().block_on(async {
         let mut client = cluster.client().await;
         // The dead prefill worker drops out of routing once its load stream breaks (or once a
         // job to it fails); the dead vision worker reports no load, so each request finds it out
-        // through the decode worker's failed fetch, and then the decode worker encodes and
-        // prefills itself: at most three attempts, within the two retries.
+        // through a failed fetch; and then the decode worker encodes and prefills itself: at
+        // most three attempts, within the two retries.
         for name in ["chart_nothink", "two_images_compare"] {
-            let case = cases.iter().find(|case| case.name == name).unwrap();
-            let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
-            assert_eq!(tokens, case.greedy_tokens, "{name}");
+            let (tokens, _, last) = collect(&mut client, golden_request(case(name), 12)).await;
+            assert_eq!(tokens, case(name).greedy_tokens, "{name}");
             assert_eq!(
                 last.finish_reason(),
                 FinishReason::Length,
@@ -342,28 +351,54 @@ fn killed_vision_and_prefill_workers_are_worked_around_with_the_golden_tokens() 
         encoded, 3,
         "the decode workers encoded the images themselves"
     );
-    // With no retry, the request fails with a clear status.
-    let mut strict = Cluster::start(policy(0, 0), str::to_string, true);
+
+    // By default a prompt sent to disaggregation needs a prefill worker: the request ends with a
+    // clear status, however far it got before the coordinator saw the worker gone.
+    let mut strict = Cluster::start(policy(0, 2), str::to_string, true);
     strict.vision.kill();
     strict.prefill.kill();
     let status = runtime().block_on(async {
         let mut client = strict.client().await;
-        let case = cases
-            .iter()
-            .find(|case| case.name == "chart_nothink")
-            .unwrap();
         client
-            .generate(golden_request(case, 12))
+            .generate(golden_request(case("chart_nothink"), 12))
             .await
             .map(|_| ())
             .unwrap_err()
     });
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("failed on 1 workers"),
+        status.message().contains("needs a prefill worker")
+            && status.message().contains("--prefill-fallback"),
         "{}",
         status.message()
     );
+}
+
+#[test]
+fn without_a_prefill_worker_prompts_sent_to_disaggregation_run_whole_on_a_full_worker() {
+    // A full worker holds the prefill role too: a cluster that has one still serves long prompts.
+    let mut cluster = Cluster::start(policy(0, 2), str::to_string, true);
+    cluster.prefill.kill();
+    let full = Node::start(&worker_common::load_model(), WorkerRole::Full, 1024);
+    cluster.register("full-0", WorkerRole::Full, &full.address);
+    let engine = full.engine.as_ref().unwrap();
+    runtime().block_on(async {
+        let mut client = cluster.client().await;
+        for case in golden_cases().iter().take(2) {
+            let steps = engine.stats().steps;
+            let (tokens, _, last) = collect(&mut client, golden_request(case, 12)).await;
+            assert_eq!(tokens, case.greedy_tokens, "{}: {}", case.name, last.error);
+            assert!(
+                engine.stats().steps > steps,
+                "{}: the full worker ran the request",
+                case.name
+            );
+        }
+        wait_idle(engine, "full worker").await;
+        for decode in &cluster.decode {
+            wait_idle(decode.engine.as_ref().unwrap(), "decode worker").await;
+        }
+    });
 }
 
 /// A loopback proxy to `upstream` whose replies trickle (8 bytes every 25 ms: 12 token events

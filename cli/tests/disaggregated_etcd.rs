@@ -3,8 +3,9 @@
 //! `fovea worker` processes (golden checkpoint, f32, greedy). Every golden case gives its golden
 //! tokens through vision → prefill (at TP 2) → decode (at TP 1); a decode worker killed mid-stream (`kill -9`) is
 //! replaced with no token repeated or missing, and with no decode worker left requests are
-//! UNAVAILABLE; the only prefill worker killed mid-prompt fails the request only without retries,
-//! leaves prompts to the decode workers, and a new prefill worker is used once it registers; a
+//! UNAVAILABLE; the only prefill worker killed mid-prompt ends the request with UNAVAILABLE, as
+//! every request after it until a new prefill worker registers, which is used at once (a
+//! coordinator with `--prefill-fallback` has the decode workers compute the prompts meanwhile); a
 //! client cancel during the KV transfer leaves every block free on both sides; and a paused decode
 //! worker gets no work once its lease expires, and work again once it registers again.
 //!
@@ -331,41 +332,76 @@ async fn kill_mid_prompt(
         .unwrap()
 }
 
-/// Also: while no prefill worker is left the decode workers compute the prompts, and a new
-/// prefill worker is used as soon as it registers.
+/// Checks that `status` ends a request for want of a prefill worker, saying so and how to let
+/// decode workers prefill instead.
+fn assert_needs_a_prefill_worker(status: &Status) {
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert!(
+        status.message().contains("needs a prefill worker")
+            && status.message().contains("--prefill-fallback"),
+        "{}",
+        status.message()
+    );
+}
+
+/// Also: with no prefill worker registered requests are UNAVAILABLE too; a coordinator with
+/// `--prefill-fallback` has the decode workers compute the prompts meanwhile; a new prefill
+/// worker is used as soon as it registers; and with `--job-retries 0` a prefill worker killed
+/// mid-prompt fails the request without a second try.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_only_prefill_worker_killed_mid_prompt_is_unavailable_without_retries_and_retried_on_a_decode_worker_with_them()
+async fn killing_the_only_prefill_worker_ends_requests_with_unavailable_until_a_new_one_registers_unless_decode_workers_may_prefill()
  {
-    let cluster = Cluster::start("disagg-etcd-kill-prefill", &[], &[]).await;
-    let strict = Coordinator::start(
+    // A killed prefill worker's record goes 2 s after its last keep-alive.
+    let cluster = Cluster::start("disagg-etcd-kill-prefill", &[], &["--lease-ttl-secs", "2"]).await;
+    // The fallback needs no retry: it applies when a job finds no prefill worker to start on.
+    let fallback = Coordinator::start(
         &cluster.scratch,
         &cluster.etcd.url(),
-        &[&SPLIT_EVERY_PROMPT[..], &["--job-retries", "0"]].concat(),
+        &[
+            &SPLIT_EVERY_PROMPT[..],
+            &["--prefill-fallback", "--job-retries", "0"],
+        ]
+        .concat(),
     );
-    cluster.wait_until_known_to(&strict).await;
+    cluster.wait_until_known_to(&fallback).await;
+    let mut client = cluster.coordinator.client().await;
     // The longest prompt: the longest prefill.
     let case = golden_case("screen_grounding");
 
-    let refused = kill_mid_prompt(&cluster.prefill, &strict.client().await, &case)
+    // The retry after the kill finds no prefill worker.
+    let refused = kill_mid_prompt(&cluster.prefill, &client, &case)
         .await
-        .expect_err("no retry");
-    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+        .expect_err("no prefill worker is left to retry on");
+    assert_needs_a_prefill_worker(&refused);
+    cluster
+        .coordinator
+        .wait_until_left(&cluster.prefill.id, 1, PATIENCE)
+        .await;
+    let refused = client
+        .generate(golden_request(&case, 12))
+        .await
+        .expect_err("no prefill worker is registered");
+    assert_needs_a_prefill_worker(&refused);
     assert!(
-        refused.message().contains("the job failed on 1 workers"),
+        refused.message().contains("no live prefill worker"),
         "{}",
         refused.message()
     );
 
-    let mut client = cluster.coordinator.client().await;
+    let mut fallback_client = fallback.client().await;
     for case in &golden_cases() {
         let decode_steps = cluster.decode_steps().await;
         assert_eq!(
-            generate(&mut client, case, 12).await,
+            generate(&mut fallback_client, case, 12).await,
             case.greedy_tokens,
             "{}",
             case.name
         );
-        assert!(cluster.decode_steps().await > decode_steps, "{}", case.name);
+        assert!(
+            cluster.decode_steps().await > decode_steps,
+            "{}: a decode worker computed the prompt",
+            case.name
+        );
     }
     for decode in &cluster.decode {
         decode.wait_until_idle(PATIENCE).await;
@@ -376,10 +412,28 @@ async fn the_only_prefill_worker_killed_mid_prompt_is_unavailable_without_retrie
         .coordinator
         .wait_until_joined(&replacement.id, 1, PATIENCE)
         .await;
-    let tokens = kill_mid_prompt(&replacement, &client, &case)
+    let prefill_steps = replacement.steps().await;
+    // Another prompt than the one killed below, which must not come from the prefix cache.
+    let other = golden_case("chart_nothink");
+    assert_eq!(generate(&mut client, &other, 12).await, other.greedy_tokens);
+    assert!(
+        replacement.steps().await > prefill_steps,
+        "the new prefill worker computed the prompt"
+    );
+    replacement.wait_until_idle(PATIENCE).await;
+
+    fallback
+        .wait_until_joined(&replacement.id, 1, PATIENCE)
+        .await;
+    let refused = kill_mid_prompt(&replacement, &fallback_client, &case)
         .await
-        .expect("retried");
-    assert_eq!(tokens, case.greedy_tokens);
+        .expect_err("no retry");
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    assert!(
+        refused.message().contains("the job failed on 1 workers"),
+        "{}",
+        refused.message()
+    );
     for decode in &cluster.decode {
         decode.wait_until_idle(PATIENCE).await;
     }

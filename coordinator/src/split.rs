@@ -1,9 +1,9 @@
 //! Job splitting: how one request becomes worker jobs. Each image goes to a vision worker (the
 //! one that encoded the same content before, whose cache then answers, else the least busy), the
 //! prompt to a prefill worker whose keys and values go to a decode worker, or, below the
-//! disaggregation threshold or without prefill and decode workers, the whole job to a full or
-//! decode worker that prefills itself. Features and keys and values move between workers
-//! directly: the job names the vision worker and the decode worker, never the coordinator.
+//! disaggregation threshold or without decode workers, the whole job to a full or decode worker
+//! that prefills itself. Features and keys and values move between workers directly: the job
+//! names the vision worker and the decode worker, never the coordinator.
 //!
 //! Prompts go preferably where their prefix is cached: routing counts the tokens each worker would
 //! still have to compute ([`crate::prefix_affinity`]).
@@ -11,8 +11,12 @@
 //! A vision, prefill or decode worker that fails before the first token is excluded and the
 //! attempt repeated on others, at most [`SplitPolicy::job_retries`] times; a worker's error that
 //! a peer caused names the peer (`FAILED_PEER_METADATA`), so the peer is the one excluded. With
-//! every vision worker excluded, images are encoded where the prompt is computed; with every
-//! prefill worker excluded, the decode worker prefills itself.
+//! every vision worker excluded, images are encoded where the prompt is computed. A prompt sent
+//! to disaggregation that no prefill worker can take (none ready, or every one excluded) runs
+//! whole on a full worker, which holds the prefill role too; with none of those either, the
+//! request ends with UNAVAILABLE naming the missing prefill role, unless
+//! [`SplitPolicy::prefill_fallback`] lets a decode worker prefill it itself. A pool of full
+//! workers only (`fovea serve`) never disaggregates, so nothing of this applies there.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +35,11 @@ use crate::workers::{WorkerLease, WorkerPool};
 /// Workers that run whole jobs (and decode after a transfer): full and decode workers.
 const GENERATE_ROLES: [WorkerRole; 2] = [WorkerRole::Full, WorkerRole::Decode];
 
+/// Workers that run a prompt sent to disaggregation whole when no prefill worker can take it:
+/// full workers, which hold the prefill role too (decode workers only with
+/// [`SplitPolicy::prefill_fallback`]).
+const PREFILLING_ROLES: [WorkerRole; 1] = [WorkerRole::Full];
+
 /// Image contents remembered with the vision worker that encoded them, at most.
 const AFFINITY_ENTRIES: usize = 65_536;
 
@@ -43,6 +52,11 @@ pub struct SplitPolicy {
     pub disagg_min_prompt_tokens: usize,
     /// Times a failed vision, prefill or decode job is tried again on other workers.
     pub job_retries: usize,
+    /// Whether a prompt sent to disaggregation that no prefill (or full) worker can take runs
+    /// whole on a decode worker, which then prefills it itself: availability over keeping long
+    /// prompts off the decode workers. Without it (the default) such a request ends with
+    /// UNAVAILABLE naming the missing prefill role.
+    pub prefill_fallback: bool,
 }
 
 impl Default for SplitPolicy {
@@ -50,6 +64,7 @@ impl Default for SplitPolicy {
         SplitPolicy {
             disagg_min_prompt_tokens: 512,
             job_retries: 2,
+            prefill_fallback: false,
         }
     }
 }
@@ -125,37 +140,47 @@ impl JobSplitter {
         let _vision = self.assign_vision_workers(&mut job, excluded);
         // A transfer carries the first token without its log probabilities: such requests stay whole.
         let wants_logprobs = job.sampling.as_ref().is_some_and(|s| s.logprobs.is_some());
-        let long =
-            job.prompt_token_ids.len() >= self.policy.disagg_min_prompt_tokens && !wants_logprobs;
-        let blocks = PromptBlocks::of(&job);
         let prompt_tokens = job.prompt_token_ids.len();
-        let cached_tokens = |address: &str| self.prefixes.cached_tokens(address, &blocks) as u64;
-        // Without a prefill worker left, the decode worker prefills itself.
-        let prefill = if long && self.workers.has_role(WorkerRole::Decode) {
-            let roles = [WorkerRole::Prefill];
+        let long = prompt_tokens >= self.policy.disagg_min_prompt_tokens && !wants_logprobs;
+        let blocks = PromptBlocks::of(&job);
+        let pick = |roles: &[WorkerRole]| {
+            let cached_tokens =
+                |address: &str| self.prefixes.cached_tokens(address, &blocks) as u64;
             self.workers
-                .pick_for(&roles, excluded, prompt_tokens as u64, cached_tokens)
-                .ok()
+                .pick_for(roles, excluded, prompt_tokens as u64, cached_tokens)
+        };
+        let whole = if !long || !self.workers.has_role(WorkerRole::Decode) {
+            pick(&GENERATE_ROLES).map_err(Failure::Final)
         } else {
-            None
+            // Without a prefill worker, a full worker runs the prompt whole; a decode worker
+            // only by the policy's leave.
+            match pick(&[WorkerRole::Prefill]) {
+                Ok(prefill) => return self.split(job, prefill, excluded, &blocks).await,
+                Err(_) if self.policy.prefill_fallback => {
+                    pick(&GENERATE_ROLES).map_err(Failure::Final)
+                }
+                Err(no_prefill) => pick(&PREFILLING_ROLES)
+                    .map_err(|_| self.no_prefill_worker(prompt_tokens, &no_prefill)),
+            }
         };
-        let Some(prefill) = prefill else {
-            let mut worker = self
-                .workers
-                .pick_for(
-                    &GENERATE_ROLES,
-                    excluded,
-                    prompt_tokens as u64,
-                    cached_tokens,
-                )
-                .map_err(Failure::Final)?;
-            let events = match worker.generate(job).await {
-                Ok(response) => response.into_inner(),
-                Err(status) => return Err(Failure::of_lease(&worker, status)),
-            };
-            self.prefixes.record(worker.address(), &blocks);
-            return Ok(Started { events, worker });
+        let mut worker = whole?;
+        let events = match worker.generate(job).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(Failure::of_lease(&worker, status)),
         };
+        self.prefixes.record(worker.address(), &blocks);
+        Ok(Started { events, worker })
+    }
+
+    /// Runs `job` split: a decode worker reserves its prompt's blocks, then `prefill` computes the
+    /// prompt (`blocks`) and pushes its keys and values there.
+    async fn split(
+        &self,
+        mut job: GenerateJob,
+        prefill: WorkerLease,
+        excluded: &[String],
+        blocks: &PromptBlocks,
+    ) -> Result<Started, Failure> {
         let transfer_id = format!(
             "{}/kv-{}",
             job.request_id,
@@ -195,8 +220,8 @@ impl JobSplitter {
         }
         // Both hold the prompt's blocks now: the prefill worker computed them, the decode worker
         // received them.
-        self.prefixes.record(&prefill_address, &blocks);
-        self.prefixes.record(&decode_address, &blocks);
+        self.prefixes.record(&prefill_address, blocks);
+        self.prefixes.record(&decode_address, blocks);
         Ok(Started {
             events,
             worker: decode,
@@ -249,6 +274,18 @@ impl JobSplitter {
             affinity.insert(hash, address);
         }
         leases
+    }
+
+    /// The end of a request whose prompt of `prompt_tokens` tokens no prefill worker could take,
+    /// `status` saying why.
+    fn no_prefill_worker(&self, prompt_tokens: usize, status: &Status) -> Failure {
+        Failure::Final(Status::unavailable(format!(
+            "a prompt of {prompt_tokens} tokens (--disagg-min-prompt-tokens {}) needs a prefill \
+             worker: {}; start one, or let decode workers prefill such prompts themselves with \
+             --prefill-fallback",
+            self.policy.disagg_min_prompt_tokens,
+            status.message()
+        )))
     }
 
     fn prefiller(&self, address: &str) -> Result<PrefillerClient<Channel>, Status> {
