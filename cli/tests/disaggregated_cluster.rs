@@ -324,10 +324,9 @@ fn killed_vision_and_prefill_workers_are_worked_around_by_decode_workers_only_wi
     let case = |name: &str| cases.iter().find(|case| case.name == name).unwrap();
     runtime().block_on(async {
         let mut client = cluster.client().await;
-        // The dead prefill worker drops out of routing once its load stream breaks (or once a
-        // job to it fails); the dead vision worker reports no load, so each request finds it out
-        // through a failed fetch; and then the decode worker encodes and prefills itself: at
-        // most three attempts, within the two retries.
+        // The dead workers drop out of routing once their load streams break (or once a job to
+        // them fails: a fetch from the vision worker, a prefill), and then the decode worker
+        // encodes and prefills itself: at most three attempts, within the two retries.
         for name in ["chart_nothink", "two_images_compare"] {
             let (tokens, _, last) = collect(&mut client, golden_request(case(name), 12)).await;
             assert_eq!(tokens, case(name).greedy_tokens, "{name}");

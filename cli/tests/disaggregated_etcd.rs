@@ -6,8 +6,10 @@
 //! UNAVAILABLE; the only prefill worker killed mid-prompt ends the request with UNAVAILABLE, as
 //! every request after it until a new prefill worker registers, which is used at once (a
 //! coordinator with `--prefill-fallback` has the decode workers compute the prompts meanwhile); a
-//! client cancel during the KV transfer leaves every block free on both sides; and a paused decode
-//! worker gets no work once its lease expires, and work again once it registers again.
+//! client cancel during the KV transfer leaves every block free on both sides; a paused decode
+//! worker gets no work once its lease expires, and work again once it registers again; and a
+//! paused vision worker, still registered, gets no images once its load reports stop while a
+//! second vision worker encodes them, gets images again once resumed, and drains on SIGTERM.
 //!
 //! What each worker did is read from its own API: load reports (forward passes, running requests,
 //! free KV blocks) and, for the vision worker, which images' features its cache holds; what the
@@ -20,9 +22,10 @@ use std::time::{Duration, Instant};
 use fovea_model::testing::{GoldenCase, golden_case, golden_cases};
 use fovea_proto::v1::generation_client::GenerationClient;
 use fovea_proto::v1::{
-    ContentPart, FinishReason, GenerateRequest, GenerateResponse, content_part, generate_response,
+    ChatMessage, ContentPart, FinishReason, GenerateRequest, GenerateResponse, Image,
+    ReasoningMode, Role, SamplingParams, content_part, generate_response,
 };
-use fovea_proto::worker::v1::WorkerRole;
+use fovea_proto::worker::v1::{WorkerRole, WorkerState};
 use support::cluster::{Coordinator, Etcd, Scratch, Worker};
 use support::{collect, golden_request};
 use tonic::transport::Channel;
@@ -30,6 +33,10 @@ use tonic::{Code, Status};
 
 /// How long a test waits for something the cluster does within seconds.
 const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a request about two small images may take before it is given up as waiting on a
+/// paused worker (answered, it takes well under a second).
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
 
 /// Makes the coordinator split every prompt (the shortest golden prompt has 435 tokens).
 const SPLIT_EVERY_PROMPT: [&str; 2] = ["--disagg-min-prompt-tokens", "1"];
@@ -584,4 +591,197 @@ async fn a_paused_decode_worker_gets_no_work_once_its_lease_expires_and_register
         }
         assert!(tries < 5, "the resumed worker got no work in {tries} tries");
     }
+}
+
+/// Two small PNG images that no other call's images equal (`attempt` sets their colours), so a
+/// vision worker must encode them anew.
+fn fresh_images(attempt: u32) -> [Vec<u8>; 2] {
+    [0, 1].map(|which| {
+        let seed = attempt * 2 + which;
+        let image = image::RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(seed % 251) as u8, (seed / 251) as u8, (x * 4 + y) as u8])
+        });
+        let mut png = Vec::new();
+        image
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        png
+    })
+}
+
+/// A request comparing `images`, generating 4 tokens.
+fn compare_request(images: &[Vec<u8>; 2]) -> GenerateRequest {
+    let mut content: Vec<ContentPart> = images
+        .iter()
+        .map(|data| ContentPart {
+            part: Some(content_part::Part::Image(Image {
+                data: data.clone().into(),
+                mime_type: String::new(),
+            })),
+        })
+        .collect();
+    content.push(ContentPart {
+        part: Some(content_part::Part::Text("Compare these.".into())),
+    });
+    GenerateRequest {
+        messages: vec![ChatMessage {
+            role: Role::User as i32,
+            content,
+        }],
+        mode: ReasoningMode::Nothink as i32,
+        sampling: Some(SamplingParams {
+            max_tokens: Some(4),
+            ignore_eos: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Asks `client` to compare `images`; whether the answer (all 4 tokens) came within
+/// `ATTEMPT_LIMIT`. A request given up is dropped, which cancels it.
+async fn compared_in_time(client: &GenerationClient<Channel>, images: &[Vec<u8>; 2]) -> bool {
+    let mut client = client.clone();
+    let answer = tokio::time::timeout(ATTEMPT_LIMIT, collect(&mut client, compare_request(images)));
+    let Ok((tokens, _, last)) = answer.await else {
+        return false;
+    };
+    assert_eq!(last.finish_reason(), FinishReason::Length, "{}", last.error);
+    assert_eq!(tokens.len(), 4);
+    true
+}
+
+/// Which of `images` `worker` (a vision worker) has the features of.
+async fn encoded_by(worker: &Worker, images: &[Vec<u8>; 2]) -> [bool; 2] {
+    [
+        worker.has_image_features(&images[0]).await,
+        worker.has_image_features(&images[1]).await,
+    ]
+}
+
+/// The coordinator watches vision workers' load reports as any worker's: a paused (SIGSTOPped)
+/// vision worker, still registered (its lease outlives the test), stops reporting and gets no
+/// images, not even those it encoded before, while the other vision worker encodes them all; once
+/// resumed, it reports again and gets images again, and the request that waited on it is
+/// answered. On SIGTERM it drains: its load reports say so and end, and it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_vision_worker_gets_no_images_while_another_encodes_them_and_gets_them_again_once_resumed()
+ {
+    let lease = ["--lease-ttl-secs", "600"];
+    let mut cluster = Cluster::start("disagg-etcd-pause-vision", &lease, &[]).await;
+    let other = cluster.start_worker(WorkerRole::Vision, "vision-2", &lease);
+    cluster
+        .coordinator
+        .wait_until_joined(&other.id, 1, PATIENCE)
+        .await;
+    let paused = &cluster.vision;
+    let client = cluster.coordinator.client().await;
+    let mut attempt = 0;
+    let mut next_images = || {
+        attempt += 1;
+        fresh_images(attempt)
+    };
+
+    // Both take images: the two of one request go to the two workers (the first one's counts
+    // against its worker while the second is placed), and each worker's load counts its batch.
+    let first_images = next_images();
+    let steps = [paused.steps().await, other.steps().await];
+    assert!(compared_in_time(&client, &first_images).await, "answered");
+    let encoded = [
+        encoded_by(paused, &first_images).await,
+        encoded_by(&other, &first_images).await,
+    ];
+    assert!(
+        encoded == [[true, false], [false, true]] || encoded == [[false, true], [true, false]],
+        "each vision worker encoded one image: {encoded:?}"
+    );
+    for (worker, steps) in [paused, &other].into_iter().zip(steps) {
+        let load = worker.load().await;
+        assert!(
+            load.steps_completed > steps && load.total_kv_blocks == 0,
+            "{}: {load:?}",
+            worker.id
+        );
+    }
+
+    paused.process.signal("STOP");
+    // Likely placed (in part) on the paused worker before the coordinator notices: it waits.
+    let waiting = {
+        let (mut client, request) = (client.clone(), compare_request(&next_images()));
+        tokio::spawn(async move { collect(&mut client, request).await })
+    };
+    // Requests whose image goes to the paused worker wait for it, and are given up; once the
+    // coordinator has found the worker silent, both images of a request go to the other one.
+    let started = Instant::now();
+    loop {
+        let images = next_images();
+        if compared_in_time(&client, &images).await {
+            assert_eq!(
+                encoded_by(&other, &images).await,
+                [true, true],
+                "{} encoded both images while {} was paused",
+                other.id,
+                paused.id
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < 2 * PATIENCE,
+            "while {} was paused, no request was answered without it in {:?}",
+            paused.id,
+            2 * PATIENCE
+        );
+    }
+    // Its cache draws no image either: the one it encoded before goes to the other worker now.
+    assert!(
+        compared_in_time(&client, &first_images).await,
+        "a request for an image {} encoded before is answered while it is paused",
+        paused.id
+    );
+    assert_eq!(encoded_by(&other, &first_images).await, [true, true]);
+    assert!(
+        !cluster
+            .coordinator
+            .process
+            .log()
+            .contains(&format!("worker {} left", paused.id)),
+        "the paused worker stayed registered: its load reports, not its lease, kept it out"
+    );
+
+    paused.process.signal("CONT");
+    let (_, _, last) = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the request that waited on the paused worker is answered once it resumes")
+        .unwrap();
+    assert_eq!(last.finish_reason(), FinishReason::Length, "{}", last.error);
+    let started = Instant::now();
+    loop {
+        let images = next_images();
+        if compared_in_time(&client, &images).await
+            && encoded_by(paused, &images).await.contains(&true)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{} got no image within {PATIENCE:?} of resuming",
+            paused.id
+        );
+    }
+
+    // Draining, its load reports say so and end, so it exits while a load stream is open.
+    let resumed = &mut cluster.vision;
+    let mut load = resumed.watch_load().await;
+    resumed.process.signal("TERM");
+    let exited = resumed.process.wait_for_exit(PATIENCE);
+    assert!(
+        exited.success(),
+        "{} drained and exited: {exited}",
+        resumed.id
+    );
+    let draining = load.wait_for(|load| load.state() == WorkerState::Draining);
+    tokio::time::timeout(PATIENCE, draining)
+        .await
+        .expect("the stream ends")
+        .expect("the last load report says DRAINING");
 }

@@ -1,8 +1,8 @@
 //! Job splitting: how one request becomes worker jobs. Each image goes to a vision worker (the
-//! one that encoded the same content before, whose cache then answers, else the least busy), the
-//! prompt to a prefill worker whose keys and values go to a decode worker, or, below the
-//! disaggregation threshold or without decode workers, the whole job to a full or decode worker
-//! that prefills itself. Features and keys and values move between workers directly: the job
+//! one that encoded the same content before, whose cache then answers, while it is ready, else
+//! the least busy ready one), the prompt to a prefill worker whose keys and values go to a decode
+//! worker, or, below the disaggregation threshold or without decode workers, the whole job to a
+//! full or decode worker that prefills itself. Features and keys and values move between workers directly: the job
 //! names the vision worker and the decode worker, never the coordinator.
 //!
 //! Prompts go preferably where their prefix is cached: routing counts the tokens each worker would
@@ -228,9 +228,10 @@ impl JobSplitter {
         })
     }
 
-    /// Names a vision worker in each image of `job`; with no vision worker left, the image is
-    /// encoded where it is prefilled. The leases count the encodings
-    /// against the workers until the attempt ends.
+    /// Names a vision worker in each image of `job`: the one that encoded the same content
+    /// before while it is ready (a hung or silent one is passed over), else the least busy ready
+    /// one; with no vision worker ready, the image is encoded where it is prefilled. The leases
+    /// count the encodings against the workers until the attempt ends.
     fn assign_vision_workers(
         &self,
         job: &mut GenerateJob,
@@ -252,7 +253,7 @@ impl JobSplitter {
             let remembered = affinity
                 .get(&hash)
                 .filter(|address| {
-                    self.workers.contains(WorkerRole::Vision, address)
+                    self.workers.is_ready(WorkerRole::Vision, address)
                         && !excluded.contains(address)
                 })
                 .cloned();

@@ -1,12 +1,14 @@
 //! The workers a coordinator routes to. The pool follows the registry's live records for its
-//! model (workers appear and disappear), keeps one gRPC client and one load stream per worker,
-//! and gives each job the least-loaded ready worker of the role it needs: fewest queued prompt
-//! tokens (counting the job's own, less, on the workers with the fewest jobs in flight, the prefix
-//! the worker probably caches, see [`crate::prefix_affinity`]), then the largest free share of
-//! the KV cache (in sixteenths: reports come 100 ms apart, so finer differences are often stale),
-//! then fewest jobs in flight from this coordinator (known at once). With no ready worker of that role the job is refused with UNAVAILABLE, naming the role.
-//! The job splitter ([`crate::split`]) picks by role from this one pool, excluding the workers
-//! that already failed a request.
+//! model (workers appear and disappear), keeps one gRPC client and one load stream per worker of
+//! every role (a vision worker reports its encoder's load: images and patches still to encode,
+//! batches answered), and gives each job the least-loaded ready worker of the role it needs
+//! ([`crate::health`] says which are ready): fewest queued prompt tokens (counting the job's own,
+//! less, on the workers with the fewest jobs in flight, the prefix the worker probably caches,
+//! see [`crate::prefix_affinity`]), then the largest free share of the KV cache (in sixteenths:
+//! reports come 100 ms apart, so finer differences are often stale), then fewest jobs in flight
+//! from this coordinator (known at once). With no ready worker of that role the job is refused
+//! with UNAVAILABLE, naming the role. The job splitter ([`crate::split`]) picks by role from this
+//! one pool, excluding the workers that already failed a request.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -31,9 +33,9 @@ struct Worker {
     client: WorkerClient<Channel>,
     in_flight: AtomicUsize,
     health: Arc<Mutex<WorkerHealth>>,
-    /// None for a vision worker: it serves no `Worker` API, so it reports no load and counts as
-    /// ready while registered.
-    load_stream: Option<JoinHandle<()>>,
+    /// Reads the worker's load reports into `health` (every role reports its load, the vision
+    /// role its encoder's).
+    load_stream: JoinHandle<()>,
 }
 
 impl Worker {
@@ -46,13 +48,11 @@ impl Worker {
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let health = Arc::default();
-        let load_stream = (record.role != WorkerRole::Vision).then(|| {
-            tokio::spawn(watch_load(
-                record.id.clone(),
-                client.clone(),
-                Arc::clone(&health),
-            ))
-        });
+        let load_stream = tokio::spawn(watch_load(
+            record.id.clone(),
+            client.clone(),
+            Arc::clone(&health),
+        ));
         Ok(Worker {
             record,
             client,
@@ -69,9 +69,7 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        if let Some(load_stream) = &self.load_stream {
-            load_stream.abort();
-        }
+        self.load_stream.abort();
     }
 }
 
@@ -230,11 +228,17 @@ impl WorkerPool {
             .any(|worker| worker.record.role == role)
     }
 
-    /// Whether the pool has a worker of `role` at `address`.
-    pub fn contains(&self, role: WorkerRole, address: &str) -> bool {
-        self.workers()
-            .values()
-            .any(|worker| worker.record.role == role && worker.record.address == address)
+    /// Whether the pool has a worker of `role` at `address` that takes jobs now.
+    pub fn is_ready(&self, role: WorkerRole, address: &str) -> bool {
+        let now = Instant::now();
+        self.workers().values().any(|worker| {
+            worker.record.role == role
+                && worker.record.address == address
+                && worker
+                    .health()
+                    .condition(now, &self.shared.policy)
+                    .takes_jobs()
+        })
     }
 
     fn workers(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Worker>>> {

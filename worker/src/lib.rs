@@ -24,6 +24,7 @@ pub mod kv_handoff;
 pub mod kv_heads;
 pub mod kv_pool;
 pub mod kv_receiver;
+pub mod load_report;
 pub mod node;
 pub mod paged_cache;
 pub mod peers;
@@ -35,6 +36,7 @@ pub mod service;
 pub mod vision_batcher;
 pub mod vision_client;
 pub mod vision_service;
+pub mod vision_worker;
 
 pub use config::EngineConfig;
 pub use engine::Engine;

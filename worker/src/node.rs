@@ -1,8 +1,10 @@
 //! One worker process's services by role: `full` (what `fovea serve` runs) serves Worker,
-//! VisionEncoder, Prefiller and KvTransfer over one engine; `vision` only VisionEncoder (no KV
-//! cache); `prefill` Prefiller and Worker (whose Generate it refuses); `decode` Worker (whole
-//! requests below the coordinator's disaggregation threshold, and jobs with a KV transfer) and
-//! KvTransfer. Every role also serves `grpc.health.v1`.
+//! VisionEncoder, Prefiller and KvTransfer over one engine; `vision` VisionEncoder and a Worker
+//! service that describes it and reports the encoder's load (no engine, no KV cache; see
+//! [`crate::vision_worker`]); `prefill` Prefiller and Worker (whose Generate it refuses); `decode`
+//! Worker (whole requests below the coordinator's disaggregation threshold, and jobs with a KV
+//! transfer) and KvTransfer. Every role also serves `grpc.health.v1`, and every role's Worker
+//! service streams load reports, so a coordinator watches each worker alike.
 //!
 //! [`WorkerNode::serve`] is how every worker process (`fovea serve`, `fovea worker`) serves: on
 //! shutdown health turns NOT_SERVING and the worker drains (see [`crate::service`]) before the
@@ -33,6 +35,7 @@ use crate::peers::PeerChannels;
 use crate::prefill_service::PrefillService;
 use crate::service::WorkerService;
 use crate::vision_service::VisionEncoderService;
+use crate::vision_worker::VisionWorkerService;
 
 /// Largest message any worker service sends or takes (features of a 3600-patch image, KV chunks).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -54,7 +57,10 @@ pub fn kv_cache_layout(text: &TextConfig, block_size: usize) -> KvCacheLayout {
 /// A worker's services for its role, ready to serve.
 pub struct WorkerNode {
     engine: Option<EngineHandle>,
+    /// The Worker service over the engine (every role but vision).
     worker: Option<WorkerService>,
+    /// The Worker service over the encoder (vision role).
+    vision_worker: Option<VisionWorkerService>,
     vision: Option<VisionEncoderService>,
     prefill: Option<PrefillService>,
     kv: Option<KvReceiverService>,
@@ -71,7 +77,7 @@ impl WorkerNode {
         info: WorkerInfo,
     ) -> Result<Self, EngineError> {
         if info.role() == WorkerRole::Vision {
-            return Self::vision_only(model, preprocess, &config);
+            return Self::vision_only(model, preprocess, &config, info);
         }
         let ranks = single_rank(model, &config)?;
         Self::start_on_ranks(ranks, tokenizer, preprocess, config, info)
@@ -89,7 +95,7 @@ impl WorkerNode {
         let role = info.role();
         let model = Arc::clone(ranks.local().model());
         if role == WorkerRole::Vision {
-            return Self::vision_only(model, preprocess, &config);
+            return Self::vision_only(model, preprocess, &config, info);
         }
         if role == WorkerRole::Unspecified {
             return Err(EngineError::Config("a worker needs a role".into()));
@@ -120,6 +126,7 @@ impl WorkerNode {
             .then(|| KvReceiverService::new(engine.clone(), awaited.clone(), layout));
         Ok(WorkerNode {
             worker: Some(WorkerService::new(engine.clone(), jobs, info, awaited)),
+            vision_worker: None,
             engine: Some(engine),
             vision,
             prefill,
@@ -127,11 +134,12 @@ impl WorkerNode {
         })
     }
 
-    /// The vision role's node: the encoder alone, no engine and no KV cache.
+    /// The vision role's node: the encoder and its load reports, no engine and no KV cache.
     fn vision_only(
         model: Arc<Phi4VisionModel>,
         preprocess: PreprocessConfig,
         config: &EngineConfig,
+        info: WorkerInfo,
     ) -> Result<Self, EngineError> {
         let vision =
             VisionEncoderService::new(model, Arc::new(preprocess), config.image_cache_bytes)
@@ -139,6 +147,7 @@ impl WorkerNode {
         Ok(WorkerNode {
             engine: None,
             worker: None,
+            vision_worker: Some(VisionWorkerService::new(vision.clone(), info)),
             vision: Some(vision),
             prefill: None,
             kv: None,
@@ -164,13 +173,23 @@ impl WorkerNode {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let (health_reporter, health_service) = fovea_proto::health::server::health_reporter();
-        let draining = self.worker.as_ref().map(WorkerService::draining);
+        let draining = self
+            .worker
+            .as_ref()
+            .map(WorkerService::draining)
+            .or_else(|| {
+                self.vision_worker
+                    .as_ref()
+                    .map(VisionWorkerService::draining)
+            });
+        let has_worker_api = draining.is_some();
         let has_vision = self.vision.is_some();
         let stop_reporter = health_reporter.clone();
         let shutdown = async move {
             shutdown.await;
             if let Some(draining) = draining {
                 draining.send_replace(true);
+                // Both Worker services (over the engine, over the encoder) go by one name.
                 stop_reporter
                     .set_not_serving::<WorkerServer<WorkerService>>()
                     .await;
@@ -187,8 +206,9 @@ impl WorkerNode {
                 WorkerServer::new(service)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES)
-            }));
-        if self.engine.is_some() {
+            }))
+            .add_optional_service(self.vision_worker.map(WorkerServer::new));
+        if has_worker_api {
             health_reporter
                 .set_serving::<WorkerServer<WorkerService>>()
                 .await;

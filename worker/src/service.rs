@@ -26,8 +26,7 @@ use fovea_proto::v1::{
 use fovea_proto::worker::v1::worker_server::Worker;
 use fovea_proto::worker::v1::{
     AbortRequest, AbortResponse, DescribeRequest, GenerateEvent, GenerateFinished, GenerateJob,
-    GeneratedTokens, WatchLoadRequest, WorkerInfo, WorkerLoad, WorkerRole, WorkerState,
-    generate_event,
+    GeneratedTokens, WatchLoadRequest, WorkerInfo, WorkerLoad, WorkerRole, generate_event,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,6 +36,7 @@ use crate::event::{Completion, Event, FinishReason};
 use crate::handle::EngineHandle;
 use crate::job::{Images, JobContext, engine_request};
 use crate::kv_receiver::AwaitedTransfers;
+use crate::load_report::{LoadReports, load_reports};
 use crate::request::RequestId;
 
 /// A running job: the engine's id for it, and a signal that fires once its final event is out
@@ -132,7 +132,7 @@ fn finished_event(completion: &Completion) -> GenerateEvent {
 #[tonic::async_trait]
 impl Worker for WorkerService {
     type GenerateStream = ReceiverStream<Result<GenerateEvent, Status>>;
-    type WatchLoadStream = ReceiverStream<Result<WorkerLoad, Status>>;
+    type WatchLoadStream = LoadReports;
 
     async fn generate(
         &self,
@@ -275,47 +275,19 @@ impl Worker for WorkerService {
         &self,
         request: Request<WatchLoadRequest>,
     ) -> Result<Response<Self::WatchLoadStream>, Status> {
-        let interval_ms = match request.into_inner().interval_ms {
-            0 => 100,
-            ms @ 10..=60_000 => ms,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "interval_ms must be 10 to 60000, got {other}"
-                )));
-            }
-        };
-        let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
-        let draining = self.draining.subscribe();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms as u64));
-            loop {
-                ticks.tick().await;
-                let stats = engine.stats();
-                let draining = *draining.borrow();
-                let load = WorkerLoad {
-                    state: if draining {
-                        WorkerState::Draining
-                    } else {
-                        WorkerState::Serving
-                    } as i32,
-                    running_requests: stats.running as u32,
-                    queued_requests: stats.waiting as u32,
-                    running_tokens: 0,
-                    queued_tokens: stats.queued_tokens as u64,
-                    free_kv_blocks: stats.free_blocks as u32,
-                    total_kv_blocks: stats.total_blocks as u32,
-                    steps_completed: stats.steps,
-                };
-                if tx.send(Ok(load)).await.is_err() {
-                    break;
-                }
-                // A drained worker's last report: the stream ends so that the server can stop.
-                if draining && stats.running + stats.waiting == 0 {
-                    break;
-                }
+        let reports = load_reports(request.into_inner(), self.draining.subscribe(), move || {
+            let stats = engine.stats();
+            WorkerLoad {
+                running_requests: stats.running as u32,
+                queued_requests: stats.waiting as u32,
+                queued_tokens: stats.queued_tokens as u64,
+                free_kv_blocks: stats.free_blocks as u32,
+                total_kv_blocks: stats.total_blocks as u32,
+                steps_completed: stats.steps,
+                ..WorkerLoad::default()
             }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        })?;
+        Ok(Response::new(reports))
     }
 }

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::image_cache::{ImageFeatureCache, ImageKey};
 use crate::job::content_hash;
-use crate::vision_batcher::VisionBatcher;
+use crate::vision_batcher::{EncoderLoad, VisionBatcher};
 
 /// Bytes of feature rows per stream message, at most.
 const ROWS_MESSAGE_BYTES: usize = 1 << 20;
@@ -28,14 +28,14 @@ const ROWS_MESSAGE_BYTES: usize = 1 << 20;
 /// Patches per vision-tower batch: a few full-size (3600-patch) images.
 const MAX_BATCH_PATCHES: usize = 16384;
 
-/// Counts of what the encoder did, for load reports and tests.
+/// Counts of what the encoder did, for tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VisionStats {
     /// Images run through the vision tower.
     pub encoded: u64,
     /// Images answered from the cache.
     pub cache_hits: u64,
-    /// Vision-tower batches run (each encoding every image that was waiting).
+    /// Batches the encoder answered (each encoding every uncached image that was waiting).
     pub batches: u64,
 }
 
@@ -70,8 +70,13 @@ impl VisionEncoderService {
         VisionStats {
             encoded: cache.encoded(),
             cache_hits: cache.hits(),
-            batches: self.encoder.batches(),
+            batches: self.encoder.load().batches,
         }
+    }
+
+    /// What the encoder has to do and has done, now: the vision worker's load.
+    pub fn load(&self) -> EncoderLoad {
+        self.encoder.load()
     }
 
     fn cached(&self, key: ImageKey) -> Option<Tensor> {

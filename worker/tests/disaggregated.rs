@@ -1,5 +1,6 @@
 //! The cluster roles over real gRPC on loopback, golden checkpoint, f32, greedy: a vision worker's
-//! features equal a local encoding bit for bit and give the golden tokens; every golden case
+//! features equal a local encoding bit for bit and give the golden tokens, and its Worker service
+//! describes it, reports its encoder's load and refuses Generate; every golden case
 //! prefilled on a prefill worker and decoded on a decode worker gives its golden tokens, also
 //! when the two split the decoder over different numbers of tensor-parallel ranks; a transfer
 //! laid out for other KV heads is refused naming what differs; a transfer cut off from either
@@ -18,8 +19,9 @@ use fovea_proto::worker::v1::kv_transfer_client::KvTransferClient;
 use fovea_proto::worker::v1::prefiller_client::PrefillerClient;
 use fovea_proto::worker::v1::worker_client::WorkerClient;
 use fovea_proto::worker::v1::{
-    EncodedImage, GenerateEvent, GenerateJob, KvCacheLayout, KvChunk, KvTransferHeader,
-    KvTransferMessage, PrefillJob, WorkerRole, generate_event, kv_transfer_message,
+    AbortRequest, DescribeRequest, EncodedImage, GenerateEvent, GenerateJob, KvCacheLayout,
+    KvChunk, KvTransferHeader, KvTransferMessage, PrefillJob, WatchLoadRequest, WorkerRole,
+    WorkerState, generate_event, kv_transfer_message,
 };
 use fovea_worker::job::JobContext;
 use fovea_worker::node::kv_cache_layout;
@@ -149,6 +151,92 @@ fn vision_worker_features_equal_a_local_encode_bit_for_bit_and_are_encoded_once(
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    });
+}
+
+#[test]
+fn a_vision_worker_describes_itself_reports_its_encoders_load_and_refuses_generate() {
+    let model = common::load_model();
+    let cases = common::golden_cases(&common::preparer());
+    let vision = Node::start(&model, WorkerRole::Vision, 0);
+    let context = JobContext {
+        preprocess: Arc::new(
+            PreprocessConfig::from_file(common::model_dir().join("preprocessor_config.json"))
+                .unwrap(),
+        ),
+        peers: Arc::new(PeerChannels::default()),
+        hidden_size: model.config().text.hidden_size,
+    };
+    runtime().block_on(async {
+        let mut worker = worker_client(&vision.address).await;
+        let info = worker
+            .describe(DescribeRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.role(), WorkerRole::Vision);
+        let first = || async {
+            let request = WatchLoadRequest { interval_ms: 10 };
+            let mut reports = worker_client(&vision.address)
+                .await
+                .watch_load(request)
+                .await
+                .unwrap()
+                .into_inner();
+            reports.message().await.unwrap().unwrap()
+        };
+        let idle = first().await;
+        assert_eq!(
+            (idle.state(), idle.steps_completed, idle.total_kv_blocks),
+            (WorkerState::Serving, 0, 0),
+            "{idle:?}"
+        );
+
+        let case = cases
+            .iter()
+            .find(|case| !case.image_files.is_empty())
+            .unwrap();
+        let image = EncodedImage {
+            data: case.image_files[0].clone().into(),
+            ..Default::default()
+        };
+        fetch_features(&context, &vision.address, &case.name, image)
+            .await
+            .unwrap();
+        let load = first().await;
+        assert_eq!(
+            (
+                load.running_requests,
+                load.queued_requests,
+                load.queued_tokens
+            ),
+            (0, 0, 0),
+            "nothing left to encode: {load:?}"
+        );
+        assert_eq!(load.steps_completed, 1, "one batch answered: {load:?}");
+
+        let refused = worker
+            .generate(golden_job(case, &case.name, ""))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        let aborted = worker
+            .abort(AbortRequest {
+                request_id: case.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!aborted.found);
+        let bad_interval = worker
+            .watch_load(WatchLoadRequest { interval_ms: 5 })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            bad_interval.code(),
+            Code::InvalidArgument,
+            "{bad_interval:?}"
+        );
     });
 }
 

@@ -331,7 +331,7 @@ impl Worker {
         }
     }
 
-    /// Its load reports, every 10 ms (any role but vision, which serves no Worker API).
+    /// Its load reports, every 10 ms (a vision worker's count its encoder's images and batches).
     async fn load_reports(&self) -> tonic::Streaming<WorkerLoad> {
         let mut client = WorkerClient::connect(address_of(&self.addr)).await.unwrap();
         let reports = client
