@@ -53,6 +53,14 @@ impl HeadGroups {
         (self.first_in_group + q_head) / self.per_kv
     }
 
+    /// The query heads, of a call's `q_heads`, that read KV head `kv_head`: the inverse of
+    /// [`HeadGroups::kv_head`].
+    pub fn query_heads(&self, kv_head: usize, q_heads: usize) -> std::ops::Range<usize> {
+        let start = (kv_head * self.per_kv).saturating_sub(self.first_in_group);
+        let end = ((kv_head + 1) * self.per_kv).saturating_sub(self.first_in_group);
+        start.min(q_heads)..end.min(q_heads)
+    }
+
     /// Whether `q_heads` query heads read exactly `kv_heads` KV heads, each at least once.
     pub fn fits(&self, q_heads: usize, kv_heads: usize) -> bool {
         self.per_kv > 0
@@ -352,6 +360,13 @@ mod tests {
         assert_eq!(
             (0..5).map(|h| uneven.groups.kv_head(h)).collect::<Vec<_>>(),
             [0, 0, 0, 1, 1]
+        );
+        assert_eq!(
+            [
+                uneven.groups.query_heads(0, 5),
+                uneven.groups.query_heads(1, 5)
+            ],
+            [0..3, 3..5]
         );
         assert!(
             !uneven.groups.fits(5, 3),

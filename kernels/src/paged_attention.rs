@@ -58,11 +58,13 @@ pub struct BatchQueries<'a> {
     pub groups: HeadGroups,
 }
 
-/// One task: a KV head, and a run of one segment's tokens.
-#[derive(Debug, Clone, Copy)]
+/// One task: a KV head with the query heads that read it, and a run of one segment's tokens.
+#[derive(Debug, Clone)]
 struct Task {
     segment: usize,
     kv_head: usize,
+    /// The query heads of `kv_head`'s group (consecutive: groups are runs of query heads).
+    heads: Range<usize>,
     /// First token of the run, relative to the segment.
     first_token: usize,
     tokens: usize,
@@ -123,21 +125,17 @@ pub fn paged_attention(
             );
         }
     }
-    let tasks = tasks(segments, kv.kv_heads);
+    let tasks = tasks(segments, &queries, kv.kv_heads);
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|task| {
             let segment = &segments[task.segment];
-            let heads: Vec<usize> = (0..q_heads)
-                .filter(|&h| groups.kv_head(h) == task.kv_head)
-                .collect();
-            SCORES.with_borrow_mut(|scores| run_task(&queries, &kv, segment, *task, &heads, scores))
+            SCORES.with_borrow_mut(|scores| run_task(&queries, &kv, segment, task, scores))
         })
         .collect();
     for (task, result) in tasks.iter().zip(results) {
         let segment = &segments[task.segment];
-        let heads = (0..q_heads).filter(|&h| groups.kv_head(h) == task.kv_head);
-        for (head, head_rows) in heads.zip(result.chunks_exact(task.tokens * d)) {
+        for (head, head_rows) in task.heads.clone().zip(result.chunks_exact(task.tokens * d)) {
             for (i, row) in head_rows.chunks_exact(d).enumerate() {
                 let at = ((segment.first_row + task.first_token + i) * q_heads + head) * d;
                 out[at..at + d].copy_from_slice(row);
@@ -147,15 +145,19 @@ pub fn paged_attention(
 }
 
 /// Every (segment, KV head, run of at most `QUERY_RUN` tokens).
-fn tasks(segments: &[PagedSegment<'_>], kv_heads: usize) -> Vec<Task> {
+fn tasks(segments: &[PagedSegment<'_>], queries: &BatchQueries<'_>, kv_heads: usize) -> Vec<Task> {
+    let heads: Vec<Range<usize>> = (0..kv_heads)
+        .map(|kv_head| queries.groups.query_heads(kv_head, queries.q_heads))
+        .collect();
     let mut tasks = Vec::new();
     for (index, segment) in segments.iter().enumerate() {
-        for kv_head in 0..kv_heads {
+        for (kv_head, heads) in heads.iter().enumerate() {
             for first_token in (0..segment.tokens).step_by(QUERY_RUN) {
                 let tokens = QUERY_RUN.min(segment.tokens - first_token);
                 tasks.push(Task {
                     segment: index,
                     kv_head,
+                    heads: heads.clone(),
                     first_token,
                     tokens,
                 });
@@ -171,16 +173,15 @@ fn run_task(
     queries: &BatchQueries<'_>,
     kv: &PagedKv<'_>,
     segment: &PagedSegment<'_>,
-    task: Task,
-    heads: &[usize],
+    task: &Task,
     scores: &mut Vec<f32>,
 ) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F was detected just above.
-        return unsafe { run_task_avx512(queries, kv, segment, task, heads, scores) };
+        return unsafe { run_task_avx512(queries, kv, segment, task, scores) };
     }
-    attend::<PortableLanes>(queries, kv, segment, task, heads, scores)
+    attend::<PortableLanes>(queries, kv, segment, task, scores)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -189,30 +190,29 @@ fn run_task_avx512(
     queries: &BatchQueries<'_>,
     kv: &PagedKv<'_>,
     segment: &PagedSegment<'_>,
-    task: Task,
-    heads: &[usize],
+    task: &Task,
     scores: &mut Vec<f32>,
 ) -> Vec<f32> {
-    attend::<Avx512Lanes>(queries, kv, segment, task, heads, scores)
+    attend::<Avx512Lanes>(queries, kv, segment, task, scores)
 }
 
 /// Scores, softmax and weighted values of one task; query `r = head_index · tokens + i` is token
-/// `first_token + i` of the segment under `heads[head_index]`.
+/// `first_token + i` of the segment under the task's `head_index`-th query head.
 #[inline(always)]
 fn attend<L: VectorOps>(
     queries: &BatchQueries<'_>,
     kv: &PagedKv<'_>,
     segment: &PagedSegment<'_>,
-    task: Task,
-    heads: &[usize],
+    task: &Task,
     scores: &mut Vec<f32>,
 ) -> Vec<f32> {
     let d = kv.head_dim;
     let first_position = segment.past + task.first_token;
     let keys = first_position + task.tokens;
-    let query_rows: Vec<&[f32]> = heads
-        .iter()
-        .flat_map(|&head| {
+    let query_rows: Vec<&[f32]> = task
+        .heads
+        .clone()
+        .flat_map(|head| {
             (0..task.tokens).map(move |i| {
                 let row = segment.first_row + task.first_token + i;
                 &queries.q[(head * queries.rows + row) * d..][..d]

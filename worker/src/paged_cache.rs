@@ -101,6 +101,11 @@ fn packed_f32(t: &Tensor) -> Result<Tensor> {
         .contiguous()?)
 }
 
+/// Whether a segment of `tokens` attends with the in-place kernel rather than over gathered keys.
+fn reads_in_place(tokens: usize) -> bool {
+    tokens <= QUERY_RUN
+}
+
 impl KvCache for PagedKvCache<'_> {
     fn attend(
         &mut self,
@@ -135,7 +140,7 @@ impl KvCache for PagedKvCache<'_> {
             let short: Vec<PagedSegment<'_>> = batch
                 .with_offsets()
                 .zip(&self.block_indices)
-                .filter(|((_, segment), _)| segment.tokens <= QUERY_RUN)
+                .filter(|((_, segment), _)| reads_in_place(segment.tokens))
                 .map(|((first_row, segment), blocks)| PagedSegment {
                     blocks,
                     past: segment.past,
@@ -151,7 +156,7 @@ impl KvCache for PagedKvCache<'_> {
             };
             paged_attention(queries, self.pool.layer(layer), &short, &mut out);
             for ((first_row, segment), table) in batch.with_offsets().zip(&self.tables) {
-                if segment.tokens <= QUERY_RUN {
+                if reads_in_place(segment.tokens) {
                     continue;
                 }
                 let (tokens, kv_len) = (segment.tokens, segment.past + segment.tokens);
