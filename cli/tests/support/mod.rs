@@ -7,8 +7,10 @@
 
 pub mod cluster;
 
+use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fovea_model::testing::{GoldenCase, golden_model_dir};
@@ -24,18 +26,27 @@ use tonic::transport::Channel;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let [addr] = free_addrs();
+    addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-/// `N` distinct loopback addresses nobody listens on now (all are held until all are chosen, so
-/// none is handed out twice).
+/// `N` distinct loopback addresses nobody listens on now and none handed out before in this test
+/// process: a port is let go when chosen, and the system would soon offer it again, to another
+/// server of the same test or of a test running beside it, before the first has bound it.
 pub fn free_addrs<const N: usize>() -> [String; N] {
-    let listeners = [(); N].map(|()| TcpListener::bind("127.0.0.1:0").unwrap());
-    listeners.map(|listener| listener.local_addr().unwrap().to_string())
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    // Every listener stays open until the pick ends, so the system offers a new port each time.
+    let (mut held, mut refused) = (Vec::new(), Vec::new());
+    while held.len() < N {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        if handed_out.insert(listener.local_addr().unwrap().port()) {
+            held.push(listener);
+        } else {
+            refused.push(listener);
+        }
+    }
+    std::array::from_fn(|i| held[i].local_addr().unwrap().to_string())
 }
 
 /// The public API's address on `port`.
