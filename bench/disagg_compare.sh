@@ -21,7 +21,12 @@
 #   MAX_TOKENS=64 TTFT_SLO_MS=45000 TPOT_SLO_MS=200 SEED=0
 #   DISAGG_MIN_PROMPT_TOKENS=2048: text prompts (about 490 tokens) run whole on the decode worker,
 #     image prompts (about 7630 tokens) are prefilled on the prefill worker and decoded on the
-#     decode worker; in the colocated topology every request runs whole on a full worker.
+#     decode worker (or, while the prefill worker is busy, wait for it or for an idle decode
+#     worker: the coordinator's default conditional disaggregation); in the colocated topology
+#     every request runs whole on a full worker.
+#   COORDINATOR_ARGS="": more coordinator flags, space-separated (e.g.
+#     "--max-prefill-backlog-tokens=18446744073709551615 --idle-decode-prefill=false": the
+#     prompts always go to the prefill worker at once, as before conditional disaggregation).
 #   WARMUP_IMAGE_SIZE=640x360: the warm-up's one text and one image request (the latter, about
 #     2230 tokens, is split as the benchmark's are).
 # FOVEA, ETCD and BASE_PORT are passed on to deploy/local-cluster.sh.
@@ -46,6 +51,8 @@ image_size="${IMAGE_SIZE:-1280x720}" warmup_image_size="${WARMUP_IMAGE_SIZE:-640
 prompt_tokens="${PROMPT_TOKENS:-64}" max_tokens="${MAX_TOKENS:-64}"
 ttft_slo_ms="${TTFT_SLO_MS:-45000}" tpot_slo_ms="${TPOT_SLO_MS:-200}" seed="${SEED:-0}"
 disagg_min_prompt_tokens="${DISAGG_MIN_PROMPT_TOKENS:-2048}"
+coordinator_args=(--coordinator-arg "--disagg-min-prompt-tokens=$disagg_min_prompt_tokens")
+for arg in ${COORDINATOR_ARGS:-}; do coordinator_args+=(--coordinator-arg "$arg"); done
 export FOVEA="${FOVEA:-target/release/fovea}"
 base="${BASE_PORT:-23790}"
 addr="http://127.0.0.1:$((base + 10))"
@@ -68,7 +75,7 @@ trap 'exit 130' INT TERM
 start_cluster() {
     local log="$2"
     deploy/local-cluster.sh --model "$model" --topology "$1" ${pin:+--pin "$pin"} \
-        --coordinator-arg "--disagg-min-prompt-tokens=$disagg_min_prompt_tokens" >>"$log" 2>&1 &
+        "${coordinator_args[@]}" >>"$log" 2>&1 &
     cluster_pid=$!
     until grep -q '^cluster ready' "$log"; do
         kill -0 "$cluster_pid" 2>/dev/null || { echo "the $1 cluster did not start; see $log" >&2; exit 1; }

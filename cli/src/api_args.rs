@@ -47,6 +47,19 @@ pub struct ApiArgs {
     /// no prefill (or full) worker can take it; without it such a request ends with UNAVAILABLE.
     #[arg(long, env = "FOVEA_PREFILL_FALLBACK")]
     prefill_fallback: bool,
+    /// A prefill worker is given another prompt only while it has at most this many prompt
+    /// tokens yet to compute (0: only when idle); past it prompts wait in the coordinator until a
+    /// prefill worker has room or an idle decode worker takes one. A huge value never waits.
+    #[arg(long, env = "FOVEA_MAX_PREFILL_BACKLOG_TOKENS", default_value_t = SplitPolicy::default().max_prefill_backlog_tokens)]
+    max_prefill_backlog_tokens: u64,
+    /// Prompts sent to disaggregation of at most this many tokens run whole on a decode worker at
+    /// once when no prefill worker has room; longer ones wait for one.
+    #[arg(long, env = "FOVEA_MAX_LOCAL_PREFILL_TOKENS", default_value_t = SplitPolicy::default().max_local_prefill_tokens)]
+    max_local_prefill_tokens: usize,
+    /// Whether a decode worker with nothing to do runs a prompt that waits for a prefill worker
+    /// whole, prefilling it itself.
+    #[arg(long, env = "FOVEA_IDLE_DECODE_PREFILL", default_value_t = SplitPolicy::default().idle_decode_prefill, action = clap::ArgAction::Set)]
+    idle_decode_prefill: bool,
 }
 
 impl ApiArgs {
@@ -75,6 +88,9 @@ impl ApiArgs {
                 disagg_min_prompt_tokens: self.disagg_min_prompt_tokens,
                 job_retries: self.job_retries,
                 prefill_fallback: self.prefill_fallback,
+                max_prefill_backlog_tokens: self.max_prefill_backlog_tokens,
+                max_local_prefill_tokens: self.max_local_prefill_tokens,
+                idle_decode_prefill: self.idle_decode_prefill,
             },
             admission: AdmissionLimits {
                 max_requests: self.max_requests,

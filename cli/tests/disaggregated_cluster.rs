@@ -55,6 +55,22 @@ impl Cluster {
         first_decode_address: impl FnOnce(&str) -> String,
         both_decode_workers: bool,
     ) -> Cluster {
+        Cluster::start_behind(
+            policy,
+            first_decode_address,
+            str::to_string,
+            both_decode_workers,
+        )
+    }
+
+    /// [`Cluster::start`] with the prefill worker reached at the address `prefill_address`
+    /// gives for its own.
+    fn start_behind(
+        policy: SplitPolicy,
+        first_decode_address: impl FnOnce(&str) -> String,
+        prefill_address: impl FnOnce(&str) -> String,
+        both_decode_workers: bool,
+    ) -> Cluster {
         let model = worker_common::load_model();
         let vision = Node::start(&model, WorkerRole::Vision, 0);
         let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
@@ -63,6 +79,7 @@ impl Cluster {
             Node::start(&model, WorkerRole::Decode, 1024),
         ];
         let first_decode = first_decode_address(&decode[0].address);
+        let prefill_address = prefill_address(&prefill.address);
         let coordinator = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -80,7 +97,11 @@ impl Cluster {
             model_dir: worker_common::model_dir(),
             model_name: "golden".into(),
             members: registry.members(),
-            health: HealthPolicy::default(),
+            // A worker held behind a closed gate stays ready, however long a test holds it.
+            health: HealthPolicy {
+                silence_limit: Duration::from_secs(60),
+                ..HealthPolicy::default()
+            },
             split: policy,
             admission: AdmissionLimits {
                 max_requests: 64,
@@ -104,7 +125,6 @@ impl Cluster {
             registrations: Vec::new(),
         };
         let vision_address = cluster.vision.address.clone();
-        let prefill_address = cluster.prefill.address.clone();
         cluster.register("vision-0", WorkerRole::Vision, &vision_address);
         cluster.register("prefill-0", WorkerRole::Prefill, &prefill_address);
         cluster.register("decode-0", WorkerRole::Decode, &first_decode);
@@ -496,4 +516,163 @@ fn killing_the_decode_worker_mid_stream_still_yields_the_golden_tokens() {
         );
         cluster.wait_all_idle().await;
     });
+}
+
+/// A loopback proxy to `upstream` that forwards both ways while `open` holds true and holds
+/// every byte while it is false, as a worker that stopped answering would (its connections stay
+/// up).
+async fn gated_proxy(upstream: String, open: watch::Receiver<bool>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(gated_copy(client_read, server_write, open.clone()));
+            tokio::spawn(gated_copy(server_read, client_write, open.clone()));
+        }
+    });
+    address
+}
+
+/// Copies `from` to `to`, each read and each write waiting for `open`.
+async fn gated_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut open: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0u8; 64 << 10];
+    loop {
+        if open.wait_for(|&open| open).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if open.wait_for(|&open| open).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A cluster whose prefill worker sits behind a gate (`open` sends true to open it), splitting
+/// every prompt, none of them short enough to prefill on a busy decode worker.
+fn cluster_with_gated_prefill(
+    idle_decode_prefill: bool,
+    max_local_prefill_tokens: usize,
+    gate_runtime: &tokio::runtime::Runtime,
+    open: watch::Receiver<bool>,
+) -> Cluster {
+    let conditional = SplitPolicy {
+        max_prefill_backlog_tokens: 0,
+        max_local_prefill_tokens,
+        idle_decode_prefill,
+        ..policy(0, 2)
+    };
+    Cluster::start_behind(
+        conditional,
+        str::to_string,
+        |upstream| gate_runtime.block_on(gated_proxy(upstream.to_string(), open)),
+        false,
+    )
+}
+
+/// Sends the screen_grounding case (4035 prompt tokens), which goes to the (idle) prefill worker
+/// behind the closed gate, and waits until the decode worker has reserved its blocks.
+async fn start_a_prompt_stuck_behind_the_gate(
+    cluster: &Cluster,
+) -> tokio::task::JoinHandle<Vec<u32>> {
+    let mut client = cluster.client().await;
+    let stuck = tokio::spawn(async move {
+        let case = golden_case("screen_grounding");
+        collect(&mut client, golden_request(&case, 12)).await.0
+    });
+    let decode = cluster.decode[0].engine.as_ref().unwrap();
+    for _ in 0..400 {
+        if decode.stats().receiving == 1 {
+            return stuck;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "the decode worker never reserved the prompt: {:?}",
+        decode.stats()
+    );
+}
+
+#[test]
+fn a_prompt_that_finds_the_prefill_worker_busy_runs_on_a_decode_worker_with_nothing_to_compute() {
+    let gate_runtime = runtime();
+    let (gate, open) = watch::channel(true);
+    let cluster = cluster_with_gated_prefill(true, 0, &gate_runtime, open);
+    let chart = golden_case("chart_nothink");
+    runtime().block_on(async {
+        gate.send(false).unwrap();
+        let stuck = start_a_prompt_stuck_behind_the_gate(&cluster).await;
+        // The prefill worker has a prompt to compute (as far as the coordinator knows); the only
+        // decode worker holds blocks for that prompt's transfer but computes nothing, so it
+        // takes the second prompt whole, encoding its fresh image itself.
+        let mut client = cluster.client().await;
+        let second = collect(&mut client, golden_request(&chart, 12));
+        let (tokens, _, last) = tokio::time::timeout(Duration::from_secs(60), second)
+            .await
+            .expect("the second prompt ran while the prefill worker was held");
+        assert_eq!(tokens, chart.greedy_tokens, "{}", last.error);
+        let decode = cluster.decode[0].engine.as_ref().unwrap().stats();
+        assert_eq!(
+            decode.images_encoded, 1,
+            "the decode worker encoded the image"
+        );
+        let prefill = cluster.prefill.engine.as_ref().unwrap().stats();
+        assert_eq!(prefill.steps, 0, "the prefill worker computed nothing");
+        assert!(!stuck.is_finished());
+        gate.send(true).unwrap();
+        let screen = golden_case("screen_grounding");
+        assert_eq!(stuck.await.unwrap(), screen.greedy_tokens);
+        cluster.wait_all_idle().await;
+    });
+}
+
+#[test]
+fn a_long_prompt_waits_for_a_prefill_worker_with_room_and_a_short_one_does_not() {
+    let chart = golden_case("chart_nothink");
+    for max_local_prefill_tokens in [0, chart.input_ids.len()] {
+        let gate_runtime = runtime();
+        let (gate, open) = watch::channel(true);
+        let cluster =
+            cluster_with_gated_prefill(false, max_local_prefill_tokens, &gate_runtime, open);
+        let waits = max_local_prefill_tokens < chart.input_ids.len();
+        runtime().block_on(async {
+            gate.send(false).unwrap();
+            let stuck = start_a_prompt_stuck_behind_the_gate(&cluster).await;
+            let mut client = cluster.client().await;
+            let second = tokio::spawn(async move {
+                let case = golden_case("chart_nothink");
+                collect(&mut client, golden_request(&case, 12)).await
+            });
+            if waits {
+                // No decode worker may take it: it waits for the prefill worker's room.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                assert!(!second.is_finished(), "the long prompt did not wait");
+                gate.send(true).unwrap();
+            }
+            let (tokens, _, last) = tokio::time::timeout(Duration::from_secs(60), second)
+                .await
+                .expect("the second prompt ran (after the gate opened if it waits)")
+                .unwrap();
+            assert_eq!(tokens, chart.greedy_tokens, "{}", last.error);
+            if !waits {
+                // Short enough: it ran on the decode worker at once, the gate still closed.
+                assert!(!stuck.is_finished());
+                gate.send(true).unwrap();
+            }
+            let screen = golden_case("screen_grounding");
+            assert_eq!(stuck.await.unwrap(), screen.greedy_tokens);
+            cluster.wait_all_idle().await;
+        });
+    }
 }

@@ -94,6 +94,11 @@ impl WorkerHealth {
         self.reachable = false;
     }
 
+    /// When the last report came, if any.
+    pub fn reported_at(&self) -> Option<Instant> {
+        self.last.as_ref().map(|(_, at)| *at)
+    }
+
     /// The last report, if any.
     pub fn load(&self) -> Option<&WorkerLoad> {
         self.last.as_ref().map(|(load, _)| load)

@@ -17,10 +17,20 @@
 //! request ends with UNAVAILABLE naming the missing prefill role, unless
 //! [`SplitPolicy::prefill_fallback`] lets a decode worker prefill it itself. A pool of full
 //! workers only (`fovea serve`) never disaggregates, so nothing of this applies there.
+//!
+//! Conditional disaggregation: a prompt sent to disaggregation goes to a prefill worker only
+//! while that worker's backlog is within [`SplitPolicy::max_prefill_backlog_tokens`]. Otherwise
+//! a prompt of at most [`SplitPolicy::max_local_prefill_tokens`] runs whole on a decode worker at
+//! once, and a longer one waits in the coordinator, first come first served, until a prefill
+//! worker has room or (with [`SplitPolicy::idle_decode_prefill`]) a decode worker has nothing to
+//! do, which then runs it whole. Long prompts are bound to a worker only when one can start them,
+//! so a decode worker left idle takes one rather than watching it queue behind others on a busy
+//! prefill worker.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use fovea_proto::image_content_hash;
 use fovea_proto::worker::FAILED_PEER_METADATA;
@@ -30,7 +40,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
 use crate::prefix_affinity::{PrefixAffinity, PromptBlocks};
-use crate::workers::{WorkerLease, WorkerPool};
+use crate::workers::{Busyness, WorkerLease, WorkerPool};
 
 /// Workers that run whole jobs (and decode after a transfer): full and decode workers.
 const GENERATE_ROLES: [WorkerRole; 2] = [WorkerRole::Full, WorkerRole::Decode];
@@ -42,6 +52,10 @@ const PREFILLING_ROLES: [WorkerRole; 1] = [WorkerRole::Full];
 
 /// Image contents remembered with the vision worker that encoded them, at most.
 const AFFINITY_ENTRIES: usize = 65_536;
+
+/// How often a prompt waiting for a prefill worker with room (or an idle decode worker) looks
+/// again.
+const ROOM_POLL: Duration = Duration::from_millis(10);
 
 /// When disaggregation pays, and how hard to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +71,17 @@ pub struct SplitPolicy {
     /// prompts off the decode workers. Without it (the default) such a request ends with
     /// UNAVAILABLE naming the missing prefill role.
     pub prefill_fallback: bool,
+    /// Prompt tokens a prefill worker may have yet to compute and still be given another prompt
+    /// (0: only an idle one). Past it a prompt waits in the coordinator, bound to no worker, until
+    /// a prefill worker has room or an idle decode worker takes it; `u64::MAX` never waits.
+    pub max_prefill_backlog_tokens: u64,
+    /// Prompts sent to disaggregation of at most this many tokens run whole on a decode worker
+    /// at once when no prefill worker has room (or when a longer prompt is waiting for one);
+    /// longer ones wait.
+    pub max_local_prefill_tokens: usize,
+    /// Whether a decode worker with nothing to do runs a prompt that waits for a prefill worker
+    /// whole, prefilling it itself (it streams nothing a prefill could slow down).
+    pub idle_decode_prefill: bool,
 }
 
 impl Default for SplitPolicy {
@@ -65,8 +90,23 @@ impl Default for SplitPolicy {
             disagg_min_prompt_tokens: 512,
             job_retries: 2,
             prefill_fallback: false,
+            max_prefill_backlog_tokens: 0,
+            max_local_prefill_tokens: 2048,
+            idle_decode_prefill: true,
         }
     }
+}
+
+/// Where a prompt sent to disaggregation runs.
+enum Placement {
+    /// Prefilled on this prefill worker, decoded on a decode worker.
+    Split(WorkerLease),
+    /// Whole on this idle decode worker.
+    Idle(WorkerLease),
+    /// Whole on the least-loaded decode (or full) worker: it is short enough to prefill there.
+    Local,
+    /// No prefill worker is ready: why.
+    NoPrefillWorker(Status),
 }
 
 /// A started request: the decode (or whole) job's event stream and the worker running it.
@@ -86,6 +126,9 @@ pub struct JobSplitter {
     prefixes: PrefixAffinity,
     prefillers: Mutex<HashMap<String, PrefillerClient<Channel>>>,
     next_transfer: AtomicU64,
+    /// Held by the prompt that places itself next: prompts waiting for room go first come first
+    /// served.
+    placement_turn: tokio::sync::Mutex<()>,
 }
 
 impl JobSplitter {
@@ -98,6 +141,7 @@ impl JobSplitter {
             prefixes: PrefixAffinity::default(),
             prefillers: Mutex::default(),
             next_transfer: AtomicU64::new(1),
+            placement_turn: tokio::sync::Mutex::default(),
         }
     }
 
@@ -134,34 +178,45 @@ impl JobSplitter {
         )))
     }
 
-    /// One try: vision workers assigned, then a whole job or a decode job plus its prefill.
+    /// One try: where the prompt runs, vision workers assigned, then a whole job or a decode job
+    /// plus its prefill.
     async fn attempt(&self, job: &GenerateJob, excluded: &[String]) -> Result<Started, Failure> {
         let mut job = job.clone();
-        let _vision = self.assign_vision_workers(&mut job, excluded);
         // A transfer carries the first token without its log probabilities: such requests stay whole.
         let wants_logprobs = job.sampling.as_ref().is_some_and(|s| s.logprobs.is_some());
         let prompt_tokens = job.prompt_token_ids.len();
         let long = prompt_tokens >= self.policy.disagg_min_prompt_tokens && !wants_logprobs;
         let blocks = PromptBlocks::of(&job);
+        let cached_tokens = |address: &str| self.prefixes.cached_tokens(address, &blocks) as u64;
         let pick = |roles: &[WorkerRole]| {
-            let cached_tokens =
-                |address: &str| self.prefixes.cached_tokens(address, &blocks) as u64;
             self.workers
                 .pick_for(roles, excluded, prompt_tokens as u64, cached_tokens)
         };
-        let whole = if !long || !self.workers.has_role(WorkerRole::Decode) {
-            pick(&GENERATE_ROLES).map_err(Failure::Final)
+        let placement = if long && self.workers.has_role(WorkerRole::Decode) {
+            Some(
+                self.place_long_prompt(excluded, prompt_tokens as u64, cached_tokens)
+                    .await,
+            )
         } else {
+            None
+        };
+        // An idle worker encodes the images no vision worker has seen itself.
+        let fresh_images_here = matches!(placement, Some(Placement::Idle(_)));
+        let _vision = self.assign_vision_workers(&mut job, excluded, fresh_images_here);
+        let whole = match placement {
+            None => pick(&GENERATE_ROLES).map_err(Failure::Final),
+            Some(Placement::Split(prefill)) => {
+                return self.split(job, prefill, excluded, &blocks).await;
+            }
+            Some(Placement::Idle(idle)) => Ok(idle),
+            Some(Placement::Local) => pick(&GENERATE_ROLES).map_err(Failure::Final),
             // Without a prefill worker, a full worker runs the prompt whole; a decode worker
             // only by the policy's leave.
-            match pick(&[WorkerRole::Prefill]) {
-                Ok(prefill) => return self.split(job, prefill, excluded, &blocks).await,
-                Err(_) if self.policy.prefill_fallback => {
-                    pick(&GENERATE_ROLES).map_err(Failure::Final)
-                }
-                Err(no_prefill) => pick(&PREFILLING_ROLES)
-                    .map_err(|_| self.no_prefill_worker(prompt_tokens, &no_prefill)),
+            Some(Placement::NoPrefillWorker(_)) if self.policy.prefill_fallback => {
+                pick(&GENERATE_ROLES).map_err(Failure::Final)
             }
+            Some(Placement::NoPrefillWorker(no_prefill)) => pick(&PREFILLING_ROLES)
+                .map_err(|_| self.no_prefill_worker(prompt_tokens, &no_prefill)),
         };
         let mut worker = whole?;
         let events = match worker.generate(job).await {
@@ -170,6 +225,53 @@ impl JobSplitter {
         };
         self.prefixes.record(worker.address(), &blocks);
         Ok(Started { events, worker })
+    }
+
+    /// Where a prompt of `prompt_tokens` sent to disaggregation runs: on a ready prefill worker
+    /// with room (the least loaded); else, if it is short enough and no longer prompt is
+    /// waiting, on a decode worker at once; else on an idle decode worker if the policy lets one
+    /// take it; else, after waiting its turn, on whichever of the two comes first.
+    async fn place_long_prompt(
+        &self,
+        excluded: &[String],
+        prompt_tokens: u64,
+        cached_tokens: impl Fn(&str) -> u64 + Copy,
+    ) -> Placement {
+        let max_backlog = self.policy.max_prefill_backlog_tokens;
+        let has_room = |busyness: &Busyness| busyness.backlog_tokens() <= max_backlog;
+        let short = prompt_tokens <= self.policy.max_local_prefill_tokens as u64;
+        let _turn = match self.placement_turn.try_lock() {
+            Ok(turn) => turn,
+            Err(_) if short => return Placement::Local,
+            Err(_) => self.placement_turn.lock().await,
+        };
+        loop {
+            let prefill = self.workers.pick_where(
+                &[WorkerRole::Prefill],
+                excluded,
+                prompt_tokens,
+                cached_tokens,
+                has_room,
+            );
+            match prefill {
+                Ok(Some(prefill)) => return Placement::Split(prefill),
+                Err(no_prefill) => return Placement::NoPrefillWorker(no_prefill),
+                Ok(None) if short => return Placement::Local,
+                Ok(None) => {}
+            }
+            if self.policy.idle_decode_prefill
+                && let Ok(Some(idle)) = self.workers.pick_where(
+                    &GENERATE_ROLES,
+                    excluded,
+                    prompt_tokens,
+                    cached_tokens,
+                    Busyness::is_idle,
+                )
+            {
+                return Placement::Idle(idle);
+            }
+            tokio::time::sleep(ROOM_POLL).await;
+        }
     }
 
     /// Runs `job` split: a decode worker reserves its prompt's blocks, then `prefill` computes the
@@ -192,6 +294,7 @@ impl JobSplitter {
             .pick_except(&[WorkerRole::Decode], excluded)
             .map_err(Failure::Final)?;
         let decode_address = decode.address().to_string();
+        decode.set_awaiting_kv(true);
         // The decode worker reserves the prompt's blocks before the prefill pushes them; it needs
         // the images' keys and grids, not their data.
         let events = match decode.generate(without_image_data(&job)).await {
@@ -218,6 +321,7 @@ impl JobSplitter {
             decode.abort(&request_id).await;
             return Err(failure);
         }
+        decode.set_awaiting_kv(false);
         // Both hold the prompt's blocks now: the prefill worker computed them, the decode worker
         // received them.
         self.prefixes.record(&prefill_address, blocks);
@@ -230,12 +334,14 @@ impl JobSplitter {
 
     /// Names a vision worker in each image of `job`: the one that encoded the same content
     /// before while it is ready (a hung or silent one is passed over), else the least busy ready
-    /// one; with no vision worker ready, the image is encoded where it is prefilled. The leases
-    /// count the encodings against the workers until the attempt ends.
+    /// one, unless `fresh_images_here`; with no vision worker ready (or not named), the image is
+    /// encoded where it is prefilled. The leases count the encodings against the workers until
+    /// the attempt ends.
     fn assign_vision_workers(
         &self,
         job: &mut GenerateJob,
         excluded: &[String],
+        fresh_images_here: bool,
     ) -> Vec<WorkerLease> {
         if !self.workers.has_role(WorkerRole::Vision) {
             return Vec::new();
@@ -259,6 +365,7 @@ impl JobSplitter {
                 .cloned();
             let address = match remembered {
                 Some(address) => address,
+                None if fresh_images_here => continue,
                 None => match self.workers.pick_except(&[WorkerRole::Vision], excluded) {
                     Ok(lease) => {
                         let address = lease.address().to_string();

@@ -2,23 +2,25 @@
 //! model (workers appear and disappear), keeps one gRPC client and one load stream per worker of
 //! every role (a vision worker reports its encoder's load: images and patches still to encode,
 //! batches answered), and gives each job the least-loaded ready worker of the role it needs
-//! ([`crate::health`] says which are ready): fewest queued prompt tokens (counting the job's own,
-//! less, on the workers with the fewest jobs in flight, the prefix the worker probably caches,
-//! see [`crate::prefix_affinity`]), then the largest free share of the KV cache (in sixteenths:
+//! ([`crate::health`] says which are ready): fewest prompt tokens yet to compute (the last
+//! report's, those of this coordinator's jobs sent since, and the job's own, less, on the workers
+//! with the fewest jobs in flight, the prefix the worker probably caches, see
+//! [`crate::prefix_affinity`]), then the largest free share of the KV cache (in sixteenths:
 //! reports come 100 ms apart, so finer differences are often stale), then fewest jobs in flight
 //! from this coordinator (known at once). With no ready worker of that role the job is refused
 //! with UNAVAILABLE, naming the role. The job splitter ([`crate::split`]) picks by role from this
-//! one pool, excluding the workers that already failed a request.
+//! one pool, excluding the workers that already failed a request, and may ask only for a worker
+//! with room (a prefill backlog under a limit) or an idle one.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use fovea_membership::{Members, WorkerRecord, role_name};
 use fovea_proto::worker::v1::worker_client::WorkerClient;
-use fovea_proto::worker::v1::{AbortRequest, WorkerRole};
+use fovea_proto::worker::v1::{AbortRequest, WorkerLoad, WorkerRole};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::Status;
@@ -31,7 +33,8 @@ use crate::load_watch::watch_load;
 struct Worker {
     record: WorkerRecord,
     client: WorkerClient<Channel>,
-    in_flight: AtomicUsize,
+    /// This coordinator's jobs on the worker, by lease, and when the last one ended.
+    in_flight: Mutex<InFlight>,
     health: Arc<Mutex<WorkerHealth>>,
     /// Reads the worker's load reports into `health` (every role reports its load, the vision
     /// role its encoder's).
@@ -56,7 +59,7 @@ impl Worker {
         Ok(Worker {
             record,
             client,
-            in_flight: AtomicUsize::new(0),
+            in_flight: Mutex::default(),
             health,
             load_stream,
         })
@@ -65,7 +68,52 @@ impl Worker {
     fn health(&self) -> MutexGuard<'_, WorkerHealth> {
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn in_flight(&self) -> MutexGuard<'_, InFlight> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How busy the worker is by `health`'s last report and this coordinator's jobs.
+    fn busyness(&self, health: &WorkerHealth) -> Busyness {
+        let reported_at = health.reported_at();
+        let in_flight = self.in_flight();
+        let jobs = || in_flight.jobs.values();
+        Busyness {
+            // A worker yet to report ranks as if it had no free blocks: after every reporting one.
+            load: health.load().cloned().unwrap_or_default(),
+            report_may_count_ended_jobs: in_flight.last_ended > reported_at,
+            in_flight: in_flight.jobs.len(),
+            in_flight_tokens: jobs().map(|job| job.prompt_tokens).sum(),
+            unreported_tokens: jobs()
+                .filter(|job| Some(job.sent_at) > reported_at)
+                .map(|job| job.prompt_tokens)
+                .sum(),
+            awaiting_kv: jobs().filter(|job| job.awaiting_kv).count(),
+        }
+    }
 }
+
+/// This coordinator's jobs on one worker.
+#[derive(Debug, Default)]
+struct InFlight {
+    jobs: BTreeMap<u64, Dispatch>,
+    /// When the last one ended.
+    last_ended: Option<Instant>,
+}
+
+/// A job this coordinator sent to a worker.
+#[derive(Debug, Clone, Copy)]
+struct Dispatch {
+    sent_at: Instant,
+    prompt_tokens: u64,
+    /// A decode job waiting for its prompt's keys and values (it computes nothing yet).
+    awaiting_kv: bool,
+}
+
+/// Numbers leases.
+static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for Worker {
     fn drop(&mut self) {
@@ -111,6 +159,47 @@ pub struct WorkerPool {
 pub struct WorkerLease {
     worker: Arc<Worker>,
     client: WorkerClient<Channel>,
+    id: u64,
+}
+
+/// How busy a ready worker is: its last load report and this coordinator's jobs on it.
+#[derive(Debug, Clone, Default)]
+pub struct Busyness {
+    pub load: WorkerLoad,
+    /// Whether a job of this coordinator ended there after the report was made, so that the
+    /// report may still count it.
+    pub report_may_count_ended_jobs: bool,
+    /// This coordinator's jobs on the worker.
+    pub in_flight: usize,
+    /// Their prompt tokens.
+    pub in_flight_tokens: u64,
+    /// Prompt tokens of those sent after the last report.
+    pub unreported_tokens: u64,
+    /// Of `in_flight`, decode jobs waiting for their prompt's keys and values.
+    pub awaiting_kv: usize,
+}
+
+impl Busyness {
+    /// Prompt tokens the worker has yet to compute: those of its last report (every
+    /// coordinator's jobs, as of up to 100 ms ago) and of this coordinator's jobs sent since; or,
+    /// while that report may still count a job that has ended, those of this coordinator's jobs
+    /// in flight.
+    pub fn backlog_tokens(&self) -> u64 {
+        if self.report_may_count_ended_jobs {
+            self.in_flight_tokens
+        } else {
+            self.load.queued_tokens + self.unreported_tokens
+        }
+    }
+
+    /// Whether the worker has nothing to compute: no job queued and none generating (decode jobs
+    /// still waiting for their prompt's keys and values compute nothing yet).
+    pub fn is_idle(&self) -> bool {
+        let load = &self.load;
+        self.in_flight == self.awaiting_kv
+            && load.queued_requests == 0
+            && load.running_requests <= load.awaiting_kv_requests
+    }
 }
 
 impl WorkerPool {
@@ -151,6 +240,20 @@ impl WorkerPool {
         prompt_tokens: u64,
         cached_tokens: impl Fn(&str) -> u64,
     ) -> Result<WorkerLease, Status> {
+        self.pick_where(roles, excluded, prompt_tokens, cached_tokens, |_| true)?
+            .ok_or_else(|| Status::internal("a ready worker was turned away"))
+    }
+
+    /// [`WorkerPool::pick_for`] among the ready workers that `admits` (by how busy they are):
+    /// `Ok(None)` when there are ready workers but `admits` turns every one away.
+    pub fn pick_where(
+        &self,
+        roles: &[WorkerRole],
+        excluded: &[String],
+        prompt_tokens: u64,
+        cached_tokens: impl Fn(&str) -> u64,
+        admits: impl Fn(&Busyness) -> bool,
+    ) -> Result<Option<WorkerLease>, Status> {
         let now = Instant::now();
         let workers = self
             .shared
@@ -169,55 +272,64 @@ impl WorkerPool {
                 not_ready.push(format!("{} {condition}", worker.record.id));
                 continue;
             }
-            // A worker yet to report ranks as if it had no free blocks: after every reporting one.
-            let load = health.load().cloned().unwrap_or_default();
-            ready.push((worker, load, worker.in_flight.load(Ordering::Relaxed)));
+            ready.push((worker, worker.busyness(&health)));
+        }
+        if ready.is_empty() {
+            return Err(self.none_ready(roles, excluded, &not_ready));
         }
         let least_in_flight = ready
             .iter()
-            .map(|(_, _, in_flight)| *in_flight)
+            .map(|(_, busyness)| busyness.in_flight)
             .min()
             .unwrap_or(0);
-        let best = ready.into_iter().min_by_key(|(worker, load, in_flight)| {
-            let cached = if *in_flight == least_in_flight {
-                cached_tokens(&worker.record.address)
-            } else {
-                0
-            };
-            let tokens = prompt_tokens.saturating_sub(cached);
-            let free_sixteenths =
-                u64::from(load.free_kv_blocks) * 16 / u64::from(load.total_kv_blocks.max(1));
-            (
-                load.queued_tokens + tokens,
-                Reverse(free_sixteenths),
-                *in_flight,
-            )
-        });
-        let Some((worker, _, _)) = best else {
-            let roles = roles
-                .iter()
-                .map(|&role| role_name(role))
-                .collect::<Vec<_>>()
-                .join(" or ");
-            let model = &self.shared.model;
-            let others = if excluded.is_empty() {
-                ""
-            } else {
-                " other than those that failed this request"
-            };
-            return Err(Status::unavailable(if not_ready.is_empty() {
-                format!("no live {roles} worker{others} serves model {model:?}")
-            } else {
-                format!(
-                    "no {roles} worker of model {model:?} is ready: {}",
-                    not_ready.join(", ")
+        let best = ready
+            .into_iter()
+            .filter(|(_, busyness)| admits(busyness))
+            .min_by_key(|(worker, busyness)| {
+                let (load, in_flight) = (&busyness.load, busyness.in_flight);
+                let cached = if in_flight == least_in_flight {
+                    cached_tokens(&worker.record.address)
+                } else {
+                    0
+                };
+                let tokens = prompt_tokens.saturating_sub(cached);
+                let free_sixteenths =
+                    u64::from(load.free_kv_blocks) * 16 / u64::from(load.total_kv_blocks.max(1));
+                (
+                    busyness.backlog_tokens() + tokens,
+                    Reverse(free_sixteenths),
+                    in_flight,
                 )
-            }));
+            });
+        Ok(best.map(|(worker, _)| WorkerLease::new(worker, prompt_tokens)))
+    }
+
+    /// UNAVAILABLE: no ready worker of `roles` outside `excluded`; `not_ready` says why for those
+    /// that are there.
+    fn none_ready(
+        &self,
+        roles: &[WorkerRole],
+        excluded: &[String],
+        not_ready: &[String],
+    ) -> Status {
+        let roles = roles
+            .iter()
+            .map(|&role| role_name(role))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let model = &self.shared.model;
+        let others = if excluded.is_empty() {
+            ""
+        } else {
+            " other than those that failed this request"
         };
-        worker.in_flight.fetch_add(1, Ordering::Relaxed);
-        Ok(WorkerLease {
-            worker: Arc::clone(worker),
-            client: worker.client.clone(),
+        Status::unavailable(if not_ready.is_empty() {
+            format!("no live {roles} worker{others} serves model {model:?}")
+        } else {
+            format!(
+                "no {roles} worker of model {model:?} is ready: {}",
+                not_ready.join(", ")
+            )
         })
     }
 
@@ -262,6 +374,30 @@ async fn follow_members(shared: Weak<Shared>, mut members: watch::Receiver<Membe
 }
 
 impl WorkerLease {
+    /// Counts a job of `prompt_tokens` against `worker` until dropped.
+    fn new(worker: &Arc<Worker>, prompt_tokens: u64) -> Self {
+        let id = NEXT_LEASE.fetch_add(1, Ordering::Relaxed);
+        let dispatch = Dispatch {
+            sent_at: Instant::now(),
+            prompt_tokens,
+            awaiting_kv: false,
+        };
+        worker.in_flight().jobs.insert(id, dispatch);
+        WorkerLease {
+            worker: Arc::clone(worker),
+            client: worker.client.clone(),
+            id,
+        }
+    }
+
+    /// Counts the job as a decode job waiting for its prompt's keys and values, which computes
+    /// nothing on the worker yet (`true`), or as one that generates (`false`).
+    pub fn set_awaiting_kv(&self, awaiting: bool) {
+        if let Some(job) = self.worker.in_flight().jobs.get_mut(&self.id) {
+            job.awaiting_kv = awaiting;
+        }
+    }
+
     /// The worker's id.
     pub fn worker_id(&self) -> &str {
         &self.worker.record.id
@@ -303,6 +439,57 @@ impl std::ops::DerefMut for WorkerLease {
 
 impl Drop for WorkerLease {
     fn drop(&mut self) {
-        self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut in_flight = self.worker.in_flight();
+        in_flight.jobs.remove(&self.id);
+        in_flight.last_ended = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reporting(queued_tokens: u64, running: u32, awaiting_kv: u32) -> Busyness {
+        Busyness {
+            load: WorkerLoad {
+                queued_tokens,
+                running_requests: running,
+                awaiting_kv_requests: awaiting_kv,
+                ..WorkerLoad::default()
+            },
+            ..Busyness::default()
+        }
+    }
+
+    #[test]
+    fn the_backlog_adds_jobs_sent_since_the_report_unless_the_report_may_count_an_ended_one() {
+        let mut busyness = reporting(300, 1, 0);
+        busyness.in_flight = 2;
+        busyness.in_flight_tokens = 900;
+        busyness.unreported_tokens = 500;
+        assert_eq!(busyness.backlog_tokens(), 800);
+        busyness.report_may_count_ended_jobs = true;
+        assert_eq!(busyness.backlog_tokens(), 900);
+    }
+
+    #[test]
+    fn a_worker_whose_only_jobs_await_their_prompts_is_idle() {
+        let mut busyness = reporting(0, 1, 1);
+        busyness.in_flight = 1;
+        busyness.awaiting_kv = 1;
+        assert!(busyness.is_idle());
+        // A job of this coordinator that generates, reported or not yet.
+        busyness.in_flight = 2;
+        assert!(!busyness.is_idle());
+        // Another coordinator's job that generates.
+        let mut other = reporting(0, 2, 1);
+        other.in_flight = 1;
+        other.awaiting_kv = 1;
+        assert!(!other.is_idle());
+        // Queued work.
+        let mut queued = reporting(0, 0, 0);
+        queued.load.queued_requests = 1;
+        assert!(!queued.is_idle());
+        assert!(reporting(0, 0, 0).is_idle());
     }
 }

@@ -436,6 +436,7 @@ impl Engine {
         let allocator = self.scheduler.allocator();
         let stats = EngineStats {
             running: self.scheduler.running(),
+            receiving: self.scheduler.receiving(),
             waiting: self.scheduler.waiting(),
             free_blocks: allocator.free_blocks(),
             total_blocks: allocator.total_blocks(),

@@ -26,6 +26,9 @@ use crate::sequence::Sequence;
 pub struct EngineStats {
     /// Sequences holding KV blocks.
     pub running: usize,
+    /// Of the running sequences, those waiting for their prompt's keys and values from a
+    /// prefill worker.
+    pub receiving: usize,
     /// Sequences waiting for blocks (new, or preempted).
     pub waiting: usize,
     /// Blocks no sequence holds, cached ones included.

@@ -4,6 +4,7 @@
 //! by its key only.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fovea_model::ImagePlacement;
 use fovea_model::preprocess::{PreprocessConfig, prepare_image};
@@ -24,6 +25,51 @@ pub struct JobContext {
     pub peers: Arc<PeerChannels>,
     /// The decoder's hidden size: elements per feature row.
     pub hidden_size: usize,
+    /// Jobs being turned into requests now (their images fetched or decoded).
+    pub preparing: Arc<PreparingJobs>,
+}
+
+/// Jobs accepted but not yet handed to the engine, which the worker's load reports count as
+/// queued: a prefill worker fetching a prompt's image features has that prompt to compute.
+#[derive(Debug, Default)]
+pub struct PreparingJobs {
+    jobs: AtomicUsize,
+    prompt_tokens: AtomicUsize,
+}
+
+impl PreparingJobs {
+    /// Jobs and their prompt tokens, now.
+    pub fn count(&self) -> (usize, usize) {
+        (
+            self.jobs.load(Ordering::Relaxed),
+            self.prompt_tokens.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts a job of `prompt_tokens` until the guard is dropped.
+    fn start(self: &Arc<Self>, prompt_tokens: usize) -> PreparingGuard {
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        self.prompt_tokens
+            .fetch_add(prompt_tokens, Ordering::Relaxed);
+        PreparingGuard {
+            jobs: Arc::clone(self),
+            prompt_tokens,
+        }
+    }
+}
+
+struct PreparingGuard {
+    jobs: Arc<PreparingJobs>,
+    prompt_tokens: usize,
+}
+
+impl Drop for PreparingGuard {
+    fn drop(&mut self) {
+        self.jobs.jobs.fetch_sub(1, Ordering::Relaxed);
+        self.jobs
+            .prompt_tokens
+            .fetch_sub(self.prompt_tokens, Ordering::Relaxed);
+    }
 }
 
 /// Whether a job's images have to be turned into features on this worker.
@@ -41,6 +87,7 @@ pub async fn engine_request(
     images: Images,
     context: &JobContext,
 ) -> Result<GenerateRequest, Status> {
+    let _preparing = context.preparing.start(job.prompt_token_ids.len());
     let mut sources = Vec::with_capacity(job.images.len());
     for (index, input) in job.images.into_iter().enumerate() {
         sources.push(image_source(index, input, &job.request_id, images, context).await?);

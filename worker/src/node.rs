@@ -117,6 +117,7 @@ impl WorkerNode {
             preprocess,
             peers: Arc::new(PeerChannels::default()),
             hidden_size: model.config().text.hidden_size,
+            preparing: Arc::default(),
         };
         let engine = Engine::start_on_ranks(ranks, tokenizer, config)?;
         let awaited = AwaitedTransfers::default();

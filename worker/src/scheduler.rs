@@ -488,6 +488,11 @@ impl Scheduler {
         self.running.len() + self.receiving.len()
     }
 
+    /// Of the running sequences, those waiting for their transferred prompt.
+    pub fn receiving(&self) -> usize {
+        self.receiving.len()
+    }
+
     /// Sequences waiting for admission (new or preempted).
     pub fn waiting(&self) -> usize {
         self.waiting.len()

@@ -275,13 +275,15 @@ impl Worker for WorkerService {
         &self,
         request: Request<WatchLoadRequest>,
     ) -> Result<Response<Self::WatchLoadStream>, Status> {
-        let engine = self.engine.clone();
+        let (engine, preparing) = (self.engine.clone(), Arc::clone(&self.jobs.preparing));
         let reports = load_reports(request.into_inner(), self.draining.subscribe(), move || {
             let stats = engine.stats();
+            let (preparing_jobs, preparing_tokens) = preparing.count();
             WorkerLoad {
                 running_requests: stats.running as u32,
-                queued_requests: stats.waiting as u32,
-                queued_tokens: stats.queued_tokens as u64,
+                awaiting_kv_requests: stats.receiving as u32,
+                queued_requests: (stats.waiting + preparing_jobs) as u32,
+                queued_tokens: (stats.queued_tokens + preparing_tokens) as u64,
                 free_kv_blocks: stats.free_blocks as u32,
                 total_kv_blocks: stats.total_blocks as u32,
                 steps_completed: stats.steps,

@@ -76,6 +76,7 @@ fn vision_worker_features_equal_a_local_encode_bit_for_bit_and_are_encoded_once(
     let cases = common::golden_cases(&common::preparer());
     let vision = Node::start(&model, WorkerRole::Vision, 0);
     let context = JobContext {
+        preparing: Default::default(),
         preprocess: Arc::new(
             PreprocessConfig::from_file(common::model_dir().join("preprocessor_config.json"))
                 .unwrap(),
@@ -160,6 +161,7 @@ fn a_vision_worker_describes_itself_reports_its_encoders_load_and_refuses_genera
     let cases = common::golden_cases(&common::preparer());
     let vision = Node::start(&model, WorkerRole::Vision, 0);
     let context = JobContext {
+        preparing: Default::default(),
         preprocess: Arc::new(
             PreprocessConfig::from_file(common::model_dir().join("preprocessor_config.json"))
                 .unwrap(),
@@ -574,5 +576,84 @@ fn a_dead_decode_peer_fails_the_prefill_with_a_clear_status() {
             .unwrap();
         assert_eq!(blamed, dead);
         wait_idle(prefill.engine.as_ref().unwrap(), "prefill worker").await;
+    });
+}
+
+/// The first load report of the worker at `address`.
+async fn load_now(address: &str) -> fovea_proto::worker::v1::WorkerLoad {
+    let request = WatchLoadRequest { interval_ms: 10 };
+    let mut reports = worker_client(address)
+        .await
+        .watch_load(request)
+        .await
+        .unwrap()
+        .into_inner();
+    reports.message().await.unwrap().unwrap()
+}
+
+#[test]
+fn a_prefill_worker_reports_a_prompt_whose_features_it_is_fetching_as_queued() {
+    let model = common::load_model();
+    let cases = common::golden_cases(&common::preparer());
+    let case = cases
+        .iter()
+        .find(|case| !case.image_files.is_empty())
+        .unwrap();
+    let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
+    runtime().block_on(async {
+        // A vision worker that takes connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_address = silent.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = silent.accept().await {
+                held.push(connection);
+            }
+        });
+        let mut job = golden_job(case, "fetching", &silent_address);
+        job.kv_transfer_id = "fetching/kv".into();
+        let mut prefiller = PrefillerClient::connect(format!("http://{}", prefill.address))
+            .await
+            .unwrap();
+        let call = tokio::spawn(async move {
+            prefiller
+                .prefill(PrefillJob {
+                    job: Some(job),
+                    decode_worker: "127.0.0.1:1".into(),
+                    transfer_id: "fetching/kv".into(),
+                })
+                .await
+        });
+        let prompt_tokens = case.request.prompt_ids.len() as u64;
+        let mut load = load_now(&prefill.address).await;
+        for _ in 0..200 {
+            if load.queued_requests == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            load = load_now(&prefill.address).await;
+        }
+        assert_eq!(
+            (
+                load.queued_requests,
+                load.queued_tokens,
+                load.running_requests
+            ),
+            (1, prompt_tokens, 0),
+            "a prompt waiting for its features is queued: {load:?}"
+        );
+        call.abort();
+        for _ in 0..200 {
+            load = load_now(&prefill.address).await;
+            if load.queued_requests == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert_eq!(
+            (load.queued_requests, load.queued_tokens),
+            (0, 0),
+            "a dropped call leaves nothing queued: {load:?}"
+        );
     });
 }
