@@ -29,6 +29,10 @@
 #     prompts always go to the prefill worker at once, as before conditional disaggregation).
 #   WARMUP_IMAGE_SIZE=640x360: the warm-up's one text and one image request (the latter, about
 #     2230 tokens, is split as the benchmark's are).
+#   WORKER_ARGS="": more flags for every worker, space-separated (e.g.
+#     "--max-prefill-tokens-while-decoding=32": prompts prefilled on a worker that is decoding go
+#     in smaller chunks between its decoding steps); DISAGGREGATED_WORKER_ARGS="": the same for
+#     the workers of the disaggregated topology only.
 # FOVEA, ETCD and BASE_PORT are passed on to deploy/local-cluster.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +57,9 @@ ttft_slo_ms="${TTFT_SLO_MS:-45000}" tpot_slo_ms="${TPOT_SLO_MS:-200}" seed="${SE
 disagg_min_prompt_tokens="${DISAGG_MIN_PROMPT_TOKENS:-2048}"
 coordinator_args=(--coordinator-arg "--disagg-min-prompt-tokens=$disagg_min_prompt_tokens")
 for arg in ${COORDINATOR_ARGS:-}; do coordinator_args+=(--coordinator-arg "$arg"); done
+all_worker_args=() disaggregated_worker_args=()
+for arg in ${WORKER_ARGS:-}; do all_worker_args+=(--worker-arg "$arg"); done
+for arg in ${DISAGGREGATED_WORKER_ARGS:-}; do disaggregated_worker_args+=(--worker-arg "$arg"); done
 export FOVEA="${FOVEA:-target/release/fovea}"
 base="${BASE_PORT:-23790}"
 addr="http://127.0.0.1:$((base + 10))"
@@ -73,9 +80,10 @@ trap 'exit 130' INT TERM
 
 # Starts the cluster of topology $1, its output appended to $2, and waits until it is ready.
 start_cluster() {
-    local log="$2"
+    local log="$2" worker_args=("${all_worker_args[@]}")
+    [ "$1" != disaggregated ] || worker_args+=("${disaggregated_worker_args[@]}")
     deploy/local-cluster.sh --model "$model" --topology "$1" ${pin:+--pin "$pin"} \
-        "${coordinator_args[@]}" >>"$log" 2>&1 &
+        "${coordinator_args[@]}" "${worker_args[@]}" >>"$log" 2>&1 &
     cluster_pid=$!
     until grep -q '^cluster ready' "$log"; do
         kill -0 "$cluster_pid" 2>/dev/null || { echo "the $1 cluster did not start; see $log" >&2; exit 1; }
