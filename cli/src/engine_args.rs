@@ -19,6 +19,11 @@ use fovea_worker::node::WorkerNode;
 use crate::generate::ComputeDtype;
 use crate::tensor_parallel::TensorParallelArgs;
 
+/// A decode worker's prompt tokens per forward pass while some request is decoding: it prefills
+/// only short prompts (and long ones when it has nothing else to do), so its steps stay close
+/// to decoding steps.
+const DECODE_ROLE_PREFILL_TOKENS_WHILE_DECODING: usize = 32;
+
 /// How the engine runs the model.
 #[derive(Args)]
 pub struct EngineArgs {
@@ -35,13 +40,10 @@ pub struct EngineArgs {
     #[arg(long, env = "FOVEA_MAX_BATCH_TOKENS", default_value_t = 512)]
     max_batch_tokens: usize,
     /// Prompt tokens per forward pass while some request is decoding (keeps its time between
-    /// tokens short while long image prompts prefill).
-    #[arg(
-        long,
-        env = "FOVEA_MAX_PREFILL_TOKENS_WHILE_DECODING",
-        default_value_t = 128
-    )]
-    max_prefill_tokens_while_decoding: usize,
+    /// tokens short while long image prompts prefill); default 128, and 32 on a decode worker,
+    /// which is there for its decoding steps.
+    #[arg(long, env = "FOVEA_MAX_PREFILL_TOKENS_WHILE_DECODING")]
+    max_prefill_tokens_while_decoding: Option<usize>,
     #[command(flatten)]
     pub tensor_parallel: TensorParallelArgs,
 }
@@ -66,6 +68,22 @@ impl EngineArgs {
         Ok(())
     }
 
+    /// The engine's settings for a worker of `role`.
+    fn engine_config(&self, role: WorkerRole) -> EngineConfig {
+        let defaults = EngineConfig::new(self.kv_blocks);
+        let role_default = match role {
+            WorkerRole::Decode => DECODE_ROLE_PREFILL_TOKENS_WHILE_DECODING,
+            _ => defaults.max_prefill_tokens_while_decoding,
+        };
+        EngineConfig {
+            max_batch_tokens: self.max_batch_tokens,
+            max_prefill_tokens_while_decoding: self
+                .max_prefill_tokens_while_decoding
+                .unwrap_or(role_default),
+            ..defaults
+        }
+    }
+
     /// Loads the checkpoint in `dir` and starts the worker node for `identity.role` on it (its
     /// engine, unless the role is vision), with the capacity it registers.
     pub fn start_worker(
@@ -77,11 +95,7 @@ impl EngineArgs {
         let preparer = RequestPreparer::from_model_dir(dir).map_err(|e| e.to_string())?;
         let preprocess = PreprocessConfig::from_file(dir.join("preprocessor_config.json"))
             .map_err(|e| e.to_string())?;
-        let engine_config = EngineConfig {
-            max_batch_tokens: self.max_batch_tokens,
-            max_prefill_tokens_while_decoding: self.max_prefill_tokens_while_decoding,
-            ..EngineConfig::new(self.kv_blocks)
-        };
+        let engine_config = self.engine_config(identity.role);
         let context_length = ModelConfig::from_dir(dir)
             .map_err(|e| e.to_string())?
             .text
@@ -119,5 +133,36 @@ impl EngineArgs {
             },
         };
         Ok((node, capacity))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        engine: EngineArgs,
+    }
+
+    fn prefill_tokens_while_decoding(args: &[&str], role: WorkerRole) -> usize {
+        let command =
+            Command::try_parse_from(std::iter::once("fovea").chain(args.iter().copied())).unwrap();
+        command
+            .engine
+            .engine_config(role)
+            .max_prefill_tokens_while_decoding
+    }
+
+    #[test]
+    fn a_decode_worker_prefills_in_smaller_chunks_while_decoding_unless_told() {
+        assert_eq!(prefill_tokens_while_decoding(&[], WorkerRole::Full), 128);
+        assert_eq!(prefill_tokens_while_decoding(&[], WorkerRole::Prefill), 128);
+        assert_eq!(prefill_tokens_while_decoding(&[], WorkerRole::Decode), 32);
+        let told = ["--max-prefill-tokens-while-decoding", "64"];
+        assert_eq!(prefill_tokens_while_decoding(&told, WorkerRole::Decode), 64);
+        assert_eq!(prefill_tokens_while_decoding(&told, WorkerRole::Full), 64);
     }
 }

@@ -420,42 +420,54 @@ fn without_a_prefill_worker_prompts_sent_to_disaggregation_run_whole_on_a_full_w
     });
 }
 
-/// A loopback proxy to `upstream` whose replies trickle (8 bytes every 25 ms: 12 token events
-/// take most of a second), so that a stream through it is still going when the test cuts it,
-/// however loaded the machine; `cut` drops every connection.
-async fn trickling_proxy(upstream: String, cut: watch::Receiver<bool>) -> String {
+/// A loopback proxy to `upstream`: each connection it takes, with its own to `upstream`, goes to
+/// `relay(client, server)`, run as a task. Gives the proxy's address.
+async fn loopback_proxy<F, R>(upstream: String, relay: F) -> String
+where
+    F: Fn(TcpStream, TcpStream) -> R + Send + 'static,
+    R: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = TcpStream::connect(&upstream).await else {
-                continue;
-            };
-            let mut cut = cut.clone();
-            tokio::spawn(async move {
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                let requests = tokio::io::copy(&mut client_read, &mut server_write);
-                let replies = async {
-                    let mut buffer = [0u8; 8];
-                    loop {
-                        let n = server_read.read(&mut buffer).await?;
-                        if n == 0 {
-                            return Ok::<(), std::io::Error>(());
-                        }
-                        client_write.write_all(&buffer[..n]).await?;
-                        tokio::time::sleep(Duration::from_millis(25)).await;
-                    }
-                };
-                tokio::select! {
-                    _ = requests => {}
-                    _ = replies => {}
-                    _ = cut.wait_for(|&cut| cut) => {}
-                }
-            });
+            if let Ok(server) = TcpStream::connect(&upstream).await {
+                tokio::spawn(relay(client, server));
+            }
         }
     });
     address
+}
+
+/// A loopback proxy to `upstream` whose replies trickle (8 bytes every 25 ms: 12 token events
+/// take most of a second), so that a stream through it is still going when the test cuts it,
+/// however loaded the machine; `cut` drops every connection.
+async fn trickling_proxy(upstream: String, cut: watch::Receiver<bool>) -> String {
+    loopback_proxy(upstream, move |client, server| {
+        let mut cut = cut.clone();
+        async move {
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let requests = tokio::io::copy(&mut client_read, &mut server_write);
+            let replies = async {
+                let mut buffer = [0u8; 8];
+                loop {
+                    let n = server_read.read(&mut buffer).await?;
+                    if n == 0 {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                    client_write.write_all(&buffer[..n]).await?;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            };
+            tokio::select! {
+                _ = requests => {}
+                _ = replies => {}
+                _ = cut.wait_for(|&cut| cut) => {}
+            }
+        }
+    })
+    .await
 }
 
 #[test]
@@ -522,20 +534,16 @@ fn killing_the_decode_worker_mid_stream_still_yields_the_golden_tokens() {
 /// every byte while it is false, as a worker that stopped answering would (its connections stay
 /// up).
 async fn gated_proxy(upstream: String, open: watch::Receiver<bool>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = TcpStream::connect(&upstream).await else {
-                continue;
-            };
-            let (client_read, client_write) = client.into_split();
-            let (server_read, server_write) = server.into_split();
-            tokio::spawn(gated_copy(client_read, server_write, open.clone()));
-            tokio::spawn(gated_copy(server_read, client_write, open.clone()));
+    loopback_proxy(upstream, move |client, server| {
+        let (client_read, client_write) = client.into_split();
+        let (server_read, server_write) = server.into_split();
+        let requests = gated_copy(client_read, server_write, open.clone());
+        let replies = gated_copy(server_read, client_write, open.clone());
+        async move {
+            tokio::join!(requests, replies);
         }
-    });
-    address
+    })
+    .await
 }
 
 /// Copies `from` to `to`, each read and each write waiting for `open`.

@@ -54,6 +54,18 @@ async fn worker_client(address: &str) -> WorkerClient<tonic::transport::Channel>
         .max_encoding_message_size(64 << 20)
 }
 
+/// The first load report of the worker at `address`.
+async fn load_now(address: &str) -> fovea_proto::worker::v1::WorkerLoad {
+    let request = WatchLoadRequest { interval_ms: 10 };
+    let mut reports = worker_client(address)
+        .await
+        .watch_load(request)
+        .await
+        .unwrap()
+        .into_inner();
+    reports.message().await.unwrap().unwrap()
+}
+
 /// Sends the decode worker at `address` `job`, to await its prompt's keys and values over the
 /// transfer `{request_id}/kv`; gives the job as sent and its event stream.
 async fn await_transfer(
@@ -177,17 +189,7 @@ fn a_vision_worker_describes_itself_reports_its_encoders_load_and_refuses_genera
             .unwrap()
             .into_inner();
         assert_eq!(info.role(), WorkerRole::Vision);
-        let first = || async {
-            let request = WatchLoadRequest { interval_ms: 10 };
-            let mut reports = worker_client(&vision.address)
-                .await
-                .watch_load(request)
-                .await
-                .unwrap()
-                .into_inner();
-            reports.message().await.unwrap().unwrap()
-        };
-        let idle = first().await;
+        let idle = load_now(&vision.address).await;
         assert_eq!(
             (idle.state(), idle.steps_completed, idle.total_kv_blocks),
             (WorkerState::Serving, 0, 0),
@@ -205,7 +207,7 @@ fn a_vision_worker_describes_itself_reports_its_encoders_load_and_refuses_genera
         fetch_features(&context, &vision.address, &case.name, image)
             .await
             .unwrap();
-        let load = first().await;
+        let load = load_now(&vision.address).await;
         assert_eq!(
             (
                 load.running_requests,
@@ -577,18 +579,6 @@ fn a_dead_decode_peer_fails_the_prefill_with_a_clear_status() {
         assert_eq!(blamed, dead);
         wait_idle(prefill.engine.as_ref().unwrap(), "prefill worker").await;
     });
-}
-
-/// The first load report of the worker at `address`.
-async fn load_now(address: &str) -> fovea_proto::worker::v1::WorkerLoad {
-    let request = WatchLoadRequest { interval_ms: 10 };
-    let mut reports = worker_client(address)
-        .await
-        .watch_load(request)
-        .await
-        .unwrap()
-        .into_inner();
-    reports.message().await.unwrap().unwrap()
 }
 
 #[test]
