@@ -47,6 +47,7 @@ impl ResumableEvents {
             let lost = match self.current.events.message().await {
                 Ok(Some(event)) => {
                     if let Some(generate_event::Event::Tokens(tokens)) = &event.event {
+                        self.current.worker.prompt_computed();
                         self.generated.extend(&tokens.token_ids);
                     }
                     return Ok(Some(event));

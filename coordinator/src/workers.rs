@@ -3,7 +3,8 @@
 //! every role (a vision worker reports its encoder's load: images and patches still to encode,
 //! batches answered), and gives each job the least-loaded ready worker of the role it needs
 //! ([`crate::health`] says which are ready): fewest prompt tokens yet to compute (the last
-//! report's, those of this coordinator's jobs sent since, and the job's own, less, on the workers
+//! report's corrected by this coordinator's jobs computed and sent since, and the job's own,
+//! less, on the workers
 //! with the fewest jobs in flight, the prefix the worker probably caches, see
 //! [`crate::prefix_affinity`]), then the largest free share of the KV cache (in sixteenths:
 //! reports come 100 ms apart, so finer differences are often stale), then fewest jobs in flight
@@ -78,29 +79,61 @@ impl Worker {
     /// How busy the worker is by `health`'s last report and this coordinator's jobs.
     fn busyness(&self, health: &WorkerHealth) -> Busyness {
         let reported_at = health.reported_at();
-        let in_flight = self.in_flight();
-        let jobs = || in_flight.jobs.values();
+        let mut in_flight = self.in_flight();
+        in_flight.forget_reported(reported_at);
         Busyness {
             // A worker yet to report ranks as if it had no free blocks: after every reporting one.
             load: health.load().cloned().unwrap_or_default(),
-            report_may_count_ended_jobs: in_flight.last_ended > reported_at,
             in_flight: in_flight.jobs.len(),
-            in_flight_tokens: jobs().map(|job| job.prompt_tokens).sum(),
-            unreported_tokens: jobs()
-                .filter(|job| Some(job.sent_at) > reported_at)
-                .map(|job| job.prompt_tokens)
-                .sum(),
-            awaiting_kv: jobs().filter(|job| job.awaiting_kv).count(),
+            unreported_tokens: in_flight.unreported_tokens(reported_at),
+            computed_since_report_tokens: in_flight.computed_since_tokens(reported_at),
+            awaiting_kv: in_flight.jobs.values().filter(|job| job.awaiting_kv).count(),
         }
     }
 }
 
-/// This coordinator's jobs on one worker.
+/// This coordinator's jobs on one worker: those in flight, and those that ended after the last
+/// report had been made that the report may still count as queued.
 #[derive(Debug, Default)]
 struct InFlight {
     jobs: BTreeMap<u64, Dispatch>,
-    /// When the last one ended.
-    last_ended: Option<Instant>,
+    ended: Vec<Dispatch>,
+}
+
+impl InFlight {
+    /// Prompt tokens of the jobs in flight sent after a report made at `reported_at` whose
+    /// prompts are not computed yet: work the report cannot count.
+    fn unreported_tokens(&self, reported_at: Option<Instant>) -> u64 {
+        self.jobs
+            .values()
+            .filter(|job| Some(job.sent_at) > reported_at && job.prompt_computed_at.is_none())
+            .map(|job| job.prompt_tokens)
+            .sum()
+    }
+
+    /// Prompt tokens of the jobs (in flight or ended) that a report made at `reported_at`
+    /// counted as queued and that have been computed since.
+    fn computed_since_tokens(&self, reported_at: Option<Instant>) -> u64 {
+        let counted_then_computed = |job: &&Dispatch| {
+            Some(job.sent_at) <= reported_at
+                && job
+                    .prompt_computed_at
+                    .is_some_and(|at| Some(at) > reported_at)
+        };
+        self.jobs
+            .values()
+            .chain(&self.ended)
+            .filter(counted_then_computed)
+            .map(|job| job.prompt_tokens)
+            .sum()
+    }
+
+    /// Drops the ended jobs whose prompts were computed before a report made at `reported_at`:
+    /// neither that report nor a later one counts them.
+    fn forget_reported(&mut self, reported_at: Option<Instant>) {
+        self.ended
+            .retain(|job| job.prompt_computed_at.is_some_and(|at| Some(at) > reported_at));
+    }
 }
 
 /// A job this coordinator sent to a worker.
@@ -108,6 +141,8 @@ struct InFlight {
 struct Dispatch {
     sent_at: Instant,
     prompt_tokens: u64,
+    /// When the worker had computed the prompt (its first token came, or the job ended).
+    prompt_computed_at: Option<Instant>,
     /// A decode job waiting for its prompt's keys and values (it computes nothing yet).
     awaiting_kv: bool,
 }
@@ -166,30 +201,26 @@ pub struct WorkerLease {
 #[derive(Debug, Clone, Default)]
 pub struct Busyness {
     pub load: WorkerLoad,
-    /// Whether a job of this coordinator ended there after the report was made, so that the
-    /// report may still count it.
-    pub report_may_count_ended_jobs: bool,
     /// This coordinator's jobs on the worker.
     pub in_flight: usize,
-    /// Their prompt tokens.
-    pub in_flight_tokens: u64,
-    /// Prompt tokens of those sent after the last report.
+    /// Prompt tokens of those sent after the last report, not computed yet.
     pub unreported_tokens: u64,
+    /// Prompt tokens of this coordinator's jobs that the last report counted as queued and that
+    /// have been computed since.
+    pub computed_since_report_tokens: u64,
     /// Of `in_flight`, decode jobs waiting for their prompt's keys and values.
     pub awaiting_kv: usize,
 }
 
 impl Busyness {
     /// Prompt tokens the worker has yet to compute: those of its last report (every
-    /// coordinator's jobs, as of up to 100 ms ago) and of this coordinator's jobs sent since; or,
-    /// while that report may still count a job that has ended, those of this coordinator's jobs
-    /// in flight.
+    /// coordinator's jobs, as of up to 100 ms ago), less this coordinator's computed since, plus
+    /// this coordinator's sent since.
     pub fn backlog_tokens(&self) -> u64 {
-        if self.report_may_count_ended_jobs {
-            self.in_flight_tokens
-        } else {
-            self.load.queued_tokens + self.unreported_tokens
-        }
+        self.load
+            .queued_tokens
+            .saturating_sub(self.computed_since_report_tokens)
+            + self.unreported_tokens
     }
 
     /// Whether the worker has nothing to compute: no job queued and none generating (decode jobs
@@ -380,6 +411,7 @@ impl WorkerLease {
         let dispatch = Dispatch {
             sent_at: Instant::now(),
             prompt_tokens,
+            prompt_computed_at: None,
             awaiting_kv: false,
         };
         worker.in_flight().jobs.insert(id, dispatch);
@@ -398,6 +430,13 @@ impl WorkerLease {
         }
     }
 
+    /// Notes that the worker has computed the job's prompt (its first token came).
+    pub fn prompt_computed(&self) {
+        if let Some(job) = self.worker.in_flight().jobs.get_mut(&self.id) {
+            job.prompt_computed_at.get_or_insert_with(Instant::now);
+        }
+    }
+
     /// The worker's id.
     pub fn worker_id(&self) -> &str {
         &self.worker.record.id
@@ -413,8 +452,20 @@ impl WorkerLease {
         self.worker.health().lost_contact();
     }
 
-    /// Asks the worker to drop `request_id`.
+    /// Stops counting the job as in flight (once; later calls do nothing).
+    fn end(&self) {
+        let reported_at = self.worker.health().reported_at();
+        let mut in_flight = self.worker.in_flight();
+        if let Some(mut job) = in_flight.jobs.remove(&self.id) {
+            job.prompt_computed_at.get_or_insert_with(Instant::now);
+            in_flight.ended.push(job);
+        }
+        in_flight.forget_reported(reported_at);
+    }
+
+    /// Asks the worker to drop `request_id`; from now on the job no longer counts against it.
     pub async fn abort(&self, request_id: &str) {
+        self.end();
         let request = AbortRequest {
             request_id: request_id.to_string(),
         };
@@ -439,9 +490,7 @@ impl std::ops::DerefMut for WorkerLease {
 
 impl Drop for WorkerLease {
     fn drop(&mut self) {
-        let mut in_flight = self.worker.in_flight();
-        in_flight.jobs.remove(&self.id);
-        in_flight.last_ended = Some(Instant::now());
+        self.end();
     }
 }
 
@@ -461,15 +510,47 @@ mod tests {
         }
     }
 
+    fn dispatch(sent_at: Instant, prompt_tokens: u64, computed_at: Option<Instant>) -> Dispatch {
+        Dispatch {
+            sent_at,
+            prompt_tokens,
+            prompt_computed_at: computed_at,
+            awaiting_kv: false,
+        }
+    }
+
     #[test]
-    fn the_backlog_adds_jobs_sent_since_the_report_unless_the_report_may_count_an_ended_one() {
-        let mut busyness = reporting(300, 1, 0);
-        busyness.in_flight = 2;
-        busyness.in_flight_tokens = 900;
-        busyness.unreported_tokens = 500;
-        assert_eq!(busyness.backlog_tokens(), 800);
-        busyness.report_may_count_ended_jobs = true;
-        assert_eq!(busyness.backlog_tokens(), 900);
+    fn the_backlog_corrects_the_report_by_the_jobs_sent_and_computed_since() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let report = Some(at(100));
+        let mut in_flight = InFlight::default();
+        // Sent before the report: computed before it (a decode worker's stream), computed since,
+        // still queued.
+        in_flight.jobs.insert(0, dispatch(at(0), 1000, Some(at(50))));
+        in_flight.jobs.insert(1, dispatch(at(10), 200, Some(at(150))));
+        in_flight.jobs.insert(2, dispatch(at(20), 300, None));
+        // Sent since: still queued, computed already.
+        in_flight.jobs.insert(3, dispatch(at(120), 400, None));
+        in_flight.jobs.insert(4, dispatch(at(130), 50, Some(at(140))));
+        // Ended: computed since the report, before it.
+        in_flight.ended.push(dispatch(at(30), 600, Some(at(160))));
+        in_flight.ended.push(dispatch(at(40), 700, Some(at(60))));
+        in_flight.forget_reported(report);
+        assert_eq!(in_flight.ended.len(), 1);
+        assert_eq!(in_flight.unreported_tokens(report), 400);
+        assert_eq!(in_flight.computed_since_tokens(report), 800);
+
+        let mut busyness = reporting(1100, 3, 0);
+        busyness.unreported_tokens = 400;
+        busyness.computed_since_report_tokens = 800;
+        assert_eq!(busyness.backlog_tokens(), 1100 - 800 + 400);
+        // Another coordinator's report may count less than this one's jobs computed since.
+        busyness.load.queued_tokens = 500;
+        assert_eq!(busyness.backlog_tokens(), 400);
+        // Before the first report every job not computed counts.
+        assert_eq!(in_flight.unreported_tokens(None), 700);
+        assert_eq!(in_flight.computed_since_tokens(None), 0);
     }
 
     #[test]
