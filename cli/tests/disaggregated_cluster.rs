@@ -25,6 +25,7 @@ use fovea_membership::{LocalRegistry, Registration, Registry, WorkerCapacity, Wo
 use fovea_proto::v1::generation_client::GenerationClient;
 use fovea_proto::v1::{FinishReason, generate_response};
 use fovea_proto::worker::v1::WorkerRole;
+use fovea_worker::EngineConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -60,23 +61,25 @@ impl Cluster {
             first_decode_address,
             str::to_string,
             both_decode_workers,
+            EngineConfig::new(1024),
         )
     }
 
     /// [`Cluster::start`] with the prefill worker reached at the address `prefill_address`
-    /// gives for its own.
+    /// gives for its own, and decode workers whose engines run with `decode_engine`.
     fn start_behind(
         policy: SplitPolicy,
         first_decode_address: impl FnOnce(&str) -> String,
         prefill_address: impl FnOnce(&str) -> String,
         both_decode_workers: bool,
+        decode_engine: EngineConfig,
     ) -> Cluster {
         let model = worker_common::load_model();
         let vision = Node::start(&model, WorkerRole::Vision, 0);
         let prefill = Node::start(&model, WorkerRole::Prefill, 1024);
         let decode = [
-            Node::start(&model, WorkerRole::Decode, 1024),
-            Node::start(&model, WorkerRole::Decode, 1024),
+            Node::start_with(&model, WorkerRole::Decode, decode_engine.clone()),
+            Node::start_with(&model, WorkerRole::Decode, decode_engine),
         ];
         let first_decode = first_decode_address(&decode[0].address);
         let prefill_address = prefill_address(&prefill.address);
@@ -567,6 +570,79 @@ async fn gated_copy(
     }
 }
 
+#[test]
+fn a_decode_worker_short_of_blocks_gives_back_a_transferred_image_prompt_and_its_stream_goes_on() {
+    // Every prompt split at once. 106 blocks of 16 tokens per decode worker: the two prompts'
+    // blocks (46 + 58) leave 2 free, so as both generate one must be preempted, and with no
+    // prefix cache to resume from (as when other sequences evicted its blocks) the decode worker
+    // cannot recompute it: it has its images' keys, not their features.
+    let eager = SplitPolicy {
+        max_prefill_backlog_tokens: u64::MAX,
+        ..policy(600, 2)
+    };
+    let short_of_blocks = EngineConfig {
+        prefix_caching: false,
+        ..EngineConfig::new(106)
+    };
+    let mut cluster = Cluster::start_behind(
+        eager,
+        str::to_string,
+        str::to_string,
+        false,
+        short_of_blocks,
+    );
+    let cases = [
+        golden_case("chart_nothink"),
+        golden_case("two_images_compare"),
+    ];
+    let max_tokens = 200;
+    let runtime = runtime();
+    let streams = runtime.block_on(async {
+        let client = cluster.client().await;
+        let streams: Vec<_> = cases
+            .iter()
+            .map(|case| {
+                let (mut client, request) = (client.clone(), golden_request(case, max_tokens));
+                tokio::spawn(async move { collect(&mut client, request).await })
+            })
+            .collect();
+        let first_decode = cluster.decode[0].engine.as_ref().unwrap();
+        for _ in 0..400 {
+            let stats = first_decode.stats();
+            if stats.running == 2 {
+                return streams;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "both prompts reserve their blocks on the first decode worker: {:?}",
+            first_decode.stats()
+        );
+    });
+    // The second decode worker joins for the request given back.
+    cluster.register_second_decode();
+    runtime.block_on(async {
+        for (case, stream) in cases.iter().zip(streams) {
+            let (tokens, _, last) = stream.await.unwrap();
+            assert_eq!(
+                last.finish_reason,
+                FinishReason::Length as i32,
+                "{}: {}",
+                case.name,
+                last.error
+            );
+            assert_eq!(tokens.len(), max_tokens as usize, "{}", case.name);
+            assert_eq!(tokens[..12], case.greedy_tokens[..], "{}", case.name);
+        }
+        let second_decode = cluster.decode[1].engine.as_ref().unwrap();
+        assert!(
+            second_decode.stats().steps > 0,
+            "the request given back went on on the second decode worker"
+        );
+        cluster.wait_all_idle().await;
+    });
+}
+
 /// A cluster whose prefill worker sits behind a gate (`open` sends true to open it), splitting
 /// every prompt, none of them short enough to prefill on a busy decode worker.
 fn cluster_with_gated_prefill(
@@ -586,6 +662,7 @@ fn cluster_with_gated_prefill(
         str::to_string,
         |upstream| gate_runtime.block_on(gated_proxy(upstream.to_string(), open)),
         false,
+        EngineConfig::new(1024),
     )
 }
 

@@ -1,7 +1,9 @@
 //! A request's worker events, continued across a lost decode worker: when the stream breaks
 //! before its final event, the prompt plus the tokens generated so far is sent again (split as
 //! any request) to another worker, which goes on from there, so the client's stream continues
-//! with no token repeated or missing. Replays are bounded by the split policy's retries.
+//! with no token repeated or missing. A job the worker gives back (a decode worker that had to
+//! preempt it and cannot recompute it) is sent again the same way, the worker not excluded.
+//! Replays are bounded by the split policy's retries.
 
 use fovea_proto::v1::FinishReason;
 use fovea_proto::worker::v1::{GenerateEvent, GenerateFinished, GenerateJob, generate_event};
@@ -44,18 +46,26 @@ impl ResumableEvents {
     /// could not be continued.
     pub async fn message(&mut self) -> Result<Option<GenerateEvent>, Status> {
         loop {
-            let lost = match self.current.events.message().await {
-                Ok(Some(event)) => {
-                    if let Some(generate_event::Event::Tokens(tokens)) = &event.event {
+            // Why the job must go on elsewhere, and whether the worker failed it.
+            let (lost, worker_failed) = match self.current.events.message().await {
+                Ok(Some(event)) => match &event.event {
+                    Some(generate_event::Event::Tokens(tokens)) => {
                         self.current.worker.prompt_computed();
                         self.generated.extend(&tokens.token_ids);
+                        return Ok(Some(event));
                     }
-                    return Ok(Some(event));
-                }
-                Ok(None) => {
-                    Status::unavailable("the worker ended the stream without a final event")
-                }
-                Err(status) => status,
+                    Some(generate_event::Event::Finished(finished))
+                        if finished.given_back && self.replays_left > 0 =>
+                    {
+                        (Status::aborted(finished.error.clone()), false)
+                    }
+                    _ => return Ok(Some(event)),
+                },
+                Ok(None) => (
+                    Status::unavailable("the worker ended the stream without a final event"),
+                    true,
+                ),
+                Err(status) => (status, true),
             };
             if let Some(finished) = self.finished_already() {
                 return Ok(Some(finished));
@@ -69,10 +79,12 @@ impl ResumableEvents {
                 request_id = %self.job.request_id,
                 worker = %address,
                 generated = self.generated.len(),
-                "decode worker lost mid-stream, replaying elsewhere: {}",
+                "the worker lost or gave back the request mid-stream, replaying: {}",
                 lost.message()
             );
-            self.excluded.push(address);
+            if worker_failed {
+                self.excluded.push(address);
+            }
             self.current = self
                 .splitter
                 .start(&self.replay_job(), &mut self.excluded)

@@ -87,7 +87,11 @@ impl Worker {
             in_flight: in_flight.jobs.len(),
             unreported_tokens: in_flight.unreported_tokens(reported_at),
             computed_since_report_tokens: in_flight.computed_since_tokens(reported_at),
-            awaiting_kv: in_flight.jobs.values().filter(|job| job.awaiting_kv).count(),
+            awaiting_kv: in_flight
+                .jobs
+                .values()
+                .filter(|job| job.awaiting_kv)
+                .count(),
         }
     }
 }
@@ -131,8 +135,10 @@ impl InFlight {
     /// Drops the ended jobs whose prompts were computed before a report made at `reported_at`:
     /// neither that report nor a later one counts them.
     fn forget_reported(&mut self, reported_at: Option<Instant>) {
-        self.ended
-            .retain(|job| job.prompt_computed_at.is_some_and(|at| Some(at) > reported_at));
+        self.ended.retain(|job| {
+            job.prompt_computed_at
+                .is_some_and(|at| Some(at) > reported_at)
+        });
     }
 }
 
@@ -527,12 +533,18 @@ mod tests {
         let mut in_flight = InFlight::default();
         // Sent before the report: computed before it (a decode worker's stream), computed since,
         // still queued.
-        in_flight.jobs.insert(0, dispatch(at(0), 1000, Some(at(50))));
-        in_flight.jobs.insert(1, dispatch(at(10), 200, Some(at(150))));
+        in_flight
+            .jobs
+            .insert(0, dispatch(at(0), 1000, Some(at(50))));
+        in_flight
+            .jobs
+            .insert(1, dispatch(at(10), 200, Some(at(150))));
         in_flight.jobs.insert(2, dispatch(at(20), 300, None));
         // Sent since: still queued, computed already.
         in_flight.jobs.insert(3, dispatch(at(120), 400, None));
-        in_flight.jobs.insert(4, dispatch(at(130), 50, Some(at(140))));
+        in_flight
+            .jobs
+            .insert(4, dispatch(at(130), 50, Some(at(140))));
         // Ended: computed since the report, before it.
         in_flight.ended.push(dispatch(at(30), 600, Some(at(160))));
         in_flight.ended.push(dispatch(at(40), 700, Some(at(60))));

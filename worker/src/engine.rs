@@ -342,7 +342,15 @@ impl Engine {
                     inputs.push(input);
                     chunks.push(chunk);
                 }
-                Err(e) => self.finish(chunk.id, model_failure(&e)),
+                Err(e) => {
+                    if e == RequestError::GivenBack {
+                        tracing::info!(
+                            "{} must recompute images it has no features of: given back",
+                            chunk.id
+                        );
+                    }
+                    self.finish(chunk.id, FinishReason::Error(e));
+                }
             }
         }
         if chunks.is_empty() {

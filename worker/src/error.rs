@@ -35,6 +35,15 @@ pub enum RequestError {
     /// reserve their blocks, a malformed or broken-off transfer).
     #[error("KV transfer failed: {0}")]
     KvTransfer(String),
+    /// A decode worker had to preempt the sequence for KV blocks, and cannot recompute it: its
+    /// prompt's keys and values came from a prefill worker and include images it has no
+    /// features of. The request can go on elsewhere from its prompt plus the tokens generated.
+    #[error(
+        "preempted for KV blocks after its prompt's keys and values came from a prefill worker, \
+         and this worker has no features of its images to recompute them; send the prompt plus \
+         the tokens generated so far again"
+    )]
+    GivenBack,
     /// The engine stopped before the request could finish.
     #[error("the engine has stopped")]
     EngineStopped,

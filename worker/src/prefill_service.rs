@@ -86,7 +86,9 @@ fn error_status(error: &RequestError) -> Status {
         }
         RequestError::ExceedsKvCache { .. } => Status::resource_exhausted(error.to_string()),
         RequestError::Model(_) | RequestError::KvTransfer(_) => Status::internal(error.to_string()),
-        RequestError::EngineStopped => Status::unavailable(error.to_string()),
+        RequestError::EngineStopped | RequestError::GivenBack => {
+            Status::unavailable(error.to_string())
+        }
     }
 }
 

@@ -83,8 +83,9 @@ pub enum ImageSource {
     /// Features `[grid_h · grid_w, text_hidden]` a vision worker encoded, under the image's key.
     Features { key: ImageKey, features: Tensor },
     /// Known by its key only: the prompt's keys and values come from a prefill worker, so the
-    /// features are needed only if the sequence has to be recomputed (after a preemption), which
-    /// then fails with an error naming this.
+    /// features are needed only if the sequence has to be recomputed (after a preemption, with
+    /// its blocks gone from the prefix cache), so such a sequence is given back instead
+    /// ([`crate::error::RequestError::GivenBack`]).
     KeyOnly { key: ImageKey, patches: usize },
 }
 

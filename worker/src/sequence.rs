@@ -196,8 +196,8 @@ impl Sequence {
     /// Decoder input for tokens `range`, which were just scheduled: their ids, and the image
     /// features that go over the image positions among them (encoded images must have been given
     /// their features by [`Sequence::set_features`]). The first call ends the request's time in
-    /// the queue.
-    pub fn chunk_input(&mut self, range: Range<usize>) -> fovea_model::Result<ChunkInput> {
+    /// the queue. [`RequestError::GivenBack`] when the range needs an image known by key only.
+    pub fn chunk_input(&mut self, range: Range<usize>) -> Result<ChunkInput, RequestError> {
         self.first_scheduled.get_or_insert_with(Instant::now);
         let mut pieces = Vec::new();
         for (image, features) in self.request.images.iter().zip(&mut self.features) {
@@ -211,17 +211,13 @@ impl Sequence {
                 None => features.insert(match &image.source {
                     ImageSource::Features { features, .. } => features.clone(),
                     ImageSource::Pixels(_) => {
-                        return Err(fovea_model::ModelError::BadInput(
+                        return Err(RequestError::Model(
                             "an image was scheduled before it was encoded".into(),
                         ));
                     }
-                    ImageSource::KeyOnly { .. } => {
-                        return Err(fovea_model::ModelError::BadInput(
-                            "the sequence was preempted after its prompt's keys and values came from a prefill \
-                             worker, and this worker has not got its image features to recompute them"
-                                .into(),
-                        ));
-                    }
+                    // Preempted after its prompt came from a prefill worker, with its blocks
+                    // no longer in the prefix cache.
+                    ImageSource::KeyOnly { .. } => return Err(RequestError::GivenBack),
                 }),
             };
             let placement = ImagePlacement {
@@ -230,7 +226,9 @@ impl Sequence {
             };
             pieces.push((
                 placement,
-                features.narrow(0, overlap.start - start, overlap.len())?,
+                features
+                    .narrow(0, overlap.start - start, overlap.len())
+                    .map_err(|e| RequestError::Model(e.to_string()))?,
             ));
         }
         Ok(ChunkInput {

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::error::RequestError;
 use crate::event::{Completion, Event, FinishReason};
 use crate::handle::EngineHandle;
 use crate::job::{Images, JobContext, engine_request};
@@ -103,6 +104,10 @@ fn wire_logprobs(logprobs: &TokenLogprobs) -> WireTokenLogprobs {
 }
 
 fn finished_event(completion: &Completion) -> GenerateEvent {
+    let given_back = matches!(
+        completion.reason,
+        FinishReason::Error(RequestError::GivenBack)
+    );
     let (reason, error) = match &completion.reason {
         FinishReason::Stop => (WireFinishReason::Stop, String::new()),
         FinishReason::Length => (WireFinishReason::Length, String::new()),
@@ -125,6 +130,7 @@ fn finished_event(completion: &Completion) -> GenerateEvent {
             decode_us: timings
                 .time_to_first_token
                 .map_or(0, |t| micros(timings.total.saturating_sub(t))),
+            given_back,
         })),
     }
 }

@@ -31,11 +31,20 @@ pub struct Node {
 impl Node {
     /// Starts a `role` worker of `model` with `kv_blocks` blocks of 16 tokens.
     pub fn start(model: &Arc<Phi4VisionModel>, role: WorkerRole, kv_blocks: usize) -> Node {
+        Self::start_with(model, role, EngineConfig::new(kv_blocks))
+    }
+
+    /// Starts a `role` worker of `model` whose engine runs with `config`.
+    pub fn start_with(
+        model: &Arc<Phi4VisionModel>,
+        role: WorkerRole,
+        config: EngineConfig,
+    ) -> Node {
         let node = WorkerNode::start(
             Arc::clone(model),
             Arc::clone(super::preparer().tokenizer()),
             preprocess(),
-            EngineConfig::new(kv_blocks),
+            config,
             info(role),
         )
         .unwrap();
