@@ -109,7 +109,10 @@ impl WorkerHealth {
         let Some((load, reported_at)) = &self.last else {
             return Condition::Unseen;
         };
-        let has_work = load.running_requests > 0 || load.queued_requests > 0;
+        // Jobs waiting for a peer (their prompt's keys and values, or their image features) do
+        // not need this worker's forward passes yet.
+        let has_work = load.running_requests > load.awaiting_kv_requests
+            || load.queued_requests > load.preparing_requests;
         let stalled_since = self.progressed_at.unwrap_or(*reported_at);
         if !self.reachable {
             Condition::Unreachable
@@ -190,6 +193,27 @@ mod tests {
             Condition::Ready,
             "progress again"
         );
+    }
+
+    #[test]
+    fn a_worker_whose_jobs_wait_for_peers_is_not_hung() {
+        let waiting_for_peers = |_| WorkerLoad {
+            running_requests: 2,
+            awaiting_kv_requests: 2,
+            queued_requests: 1,
+            preparing_requests: 1,
+            ..load(0, 100)
+        };
+        let mut health = WorkerHealth::default();
+        let now = report_every_second(&mut health, Instant::now(), 30, waiting_for_peers);
+        assert_eq!(health.condition(now, &POLICY), Condition::Ready);
+        // One queued job that is not waiting for its features: work, and no progress.
+        let mut health = WorkerHealth::default();
+        let now = report_every_second(&mut health, Instant::now(), 30, |second| WorkerLoad {
+            queued_requests: 2,
+            ..waiting_for_peers(second)
+        });
+        assert_eq!(health.condition(now, &POLICY), Condition::Hung);
     }
 
     #[test]

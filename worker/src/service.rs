@@ -289,6 +289,7 @@ impl Worker for WorkerService {
                 running_requests: stats.running as u32,
                 awaiting_kv_requests: stats.receiving as u32,
                 queued_requests: (stats.waiting + preparing_jobs) as u32,
+                preparing_requests: preparing_jobs as u32,
                 queued_tokens: (stats.queued_tokens + preparing_tokens) as u64,
                 free_kv_blocks: stats.free_blocks as u32,
                 total_kv_blocks: stats.total_blocks as u32,

@@ -626,11 +626,12 @@ fn a_prefill_worker_reports_a_prompt_whose_features_it_is_fetching_as_queued() {
         assert_eq!(
             (
                 load.queued_requests,
+                load.preparing_requests,
                 load.queued_tokens,
                 load.running_requests
             ),
-            (1, prompt_tokens, 0),
-            "a prompt waiting for its features is queued: {load:?}"
+            (1, 1, prompt_tokens, 0),
+            "a prompt waiting for its features is queued, preparing: {load:?}"
         );
         call.abort();
         for _ in 0..200 {
@@ -641,8 +642,12 @@ fn a_prefill_worker_reports_a_prompt_whose_features_it_is_fetching_as_queued() {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         assert_eq!(
-            (load.queued_requests, load.queued_tokens),
-            (0, 0),
+            (
+                load.queued_requests,
+                load.preparing_requests,
+                load.queued_tokens
+            ),
+            (0, 0, 0),
             "a dropped call leaves nothing queued: {load:?}"
         );
     });
