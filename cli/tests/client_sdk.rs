@@ -1,6 +1,6 @@
 //! The Rust SDK against a real `fovea serve` on the golden checkpoint: golden tokens through the
-//! request builder and the typed stream, the collect helper, retry while the server starts, typed
-//! errors, and log probabilities on the token events.
+//! request builder and the typed stream, the collect helper, retry while the server starts or
+//! drops connections, typed errors, and log probabilities on the token events.
 
 mod support;
 
@@ -172,6 +172,42 @@ async fn retries_are_bounded_when_no_server_comes() {
     assert!(
         matches!(error, Some(ClientError::Unavailable(_))),
         "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_drops_connections_is_retried_and_reported_unavailable() {
+    // A port that accepts each connection and closes it at once, as a server going down does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(connection);
+        }
+    });
+    let config = ClientConfig {
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        },
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(address(port), config).await.unwrap();
+    let error = client
+        .generate(golden_builder().user_text("hello"))
+        .await
+        .err();
+    assert!(
+        matches!(error, Some(ClientError::Unavailable(_))),
+        "{error:?}"
+    );
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "every attempt reached the port"
     );
 }
 

@@ -40,7 +40,8 @@ pub enum ClientError {
     /// The server's queue is full; try again later (RESOURCE_EXHAUSTED).
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
-    /// The server or its workers cannot be reached (UNAVAILABLE), after any retries.
+    /// The server or its workers cannot be reached (UNAVAILABLE, or a connection that broke
+    /// under the call), after any retries.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The call's deadline passed (DEADLINE_EXCEEDED).
@@ -71,6 +72,9 @@ impl ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
+        if let Some(cause) = transport_failure(&status) {
+            return ClientError::Unavailable(format!("{}: {cause}", status.message()));
+        }
         let message = status.message().to_string();
         match status.code() {
             Code::InvalidArgument => ClientError::InvalidArgument(message),
@@ -83,4 +87,26 @@ impl From<tonic::Status> for ClientError {
             code => ClientError::Status { code, message },
         }
     }
+}
+
+/// What broke, when `status` is tonic's UNKNOWN for a connection that failed under the call (a
+/// server that closed it, or went away): the causes below the transport error, innermost last.
+fn transport_failure(status: &tonic::Status) -> Option<String> {
+    if status.code() != Code::Unknown {
+        return None;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::transport::Error>() {
+            let mut causes = Vec::new();
+            let mut cause = error.source();
+            while let Some(inner) = cause {
+                causes.push(inner.to_string());
+                cause = inner.source();
+            }
+            return Some(causes.join(": "));
+        }
+        source = error.source();
+    }
+    None
 }
