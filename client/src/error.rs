@@ -89,24 +89,26 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
-/// What broke, when `status` is tonic's UNKNOWN for a connection that failed under the call (a
-/// server that closed it, or went away): the causes below the transport error, innermost last.
+/// What broke, when `status` is what tonic makes of a connection that failed under the call (a
+/// server that closed it, or went away): UNKNOWN "transport error", or CANCELLED "operation was
+/// canceled" for a request the connection dropped before sending it. The causes below the
+/// transport error, innermost last.
 fn transport_failure(status: &tonic::Status) -> Option<String> {
-    if status.code() != Code::Unknown {
+    if !matches!(status.code(), Code::Unknown | Code::Cancelled) {
         return None;
     }
+    let mut transport = None;
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
-        if error.is::<tonic::transport::Error>() {
-            let mut causes = Vec::new();
-            let mut cause = error.source();
-            while let Some(inner) = cause {
-                causes.push(inner.to_string());
-                cause = inner.source();
-            }
-            return Some(causes.join(": "));
+        if error.is::<tonic::TimeoutExpired>() {
+            return None;
+        }
+        if transport.is_none() && error.is::<tonic::transport::Error>() {
+            transport = Some(Vec::new());
+        } else if let Some(causes) = &mut transport {
+            causes.push(error.to_string());
         }
         source = error.source();
     }
-    None
+    transport.map(|causes| causes.join(": "))
 }
