@@ -152,8 +152,8 @@ async fn request_sent_before_the_server_starts_is_retried_until_it_succeeds() {
     drop(starter.await.unwrap());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_are_bounded_when_no_server_comes() {
+/// What a generation sent to `port` by a client making 3 attempts 10 ms apart fails with.
+async fn error_after_three_attempts(port: u16) -> Option<ClientError> {
     let config = ClientConfig {
         retry: RetryPolicy {
             max_attempts: 3,
@@ -162,13 +162,16 @@ async fn retries_are_bounded_when_no_server_comes() {
         },
         ..ClientConfig::default()
     };
-    let client = Client::connect_with(address(free_port()), config)
-        .await
-        .unwrap();
-    let error = client
+    let client = Client::connect_with(address(port), config).await.unwrap();
+    client
         .generate(golden_builder().user_text("hello"))
         .await
-        .err();
+        .err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_bounded_when_no_server_comes() {
+    let error = error_after_three_attempts(free_port()).await;
     assert!(
         matches!(error, Some(ClientError::Unavailable(_))),
         "{error:?}"
@@ -188,19 +191,7 @@ async fn a_server_that_drops_connections_is_retried_and_reported_unavailable() {
             drop(connection);
         }
     });
-    let config = ClientConfig {
-        retry: RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-        },
-        ..ClientConfig::default()
-    };
-    let client = Client::connect_with(address(port), config).await.unwrap();
-    let error = client
-        .generate(golden_builder().user_text("hello"))
-        .await
-        .err();
+    let error = error_after_three_attempts(port).await;
     assert!(
         matches!(error, Some(ClientError::Unavailable(_))),
         "{error:?}"

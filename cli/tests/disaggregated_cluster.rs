@@ -739,10 +739,17 @@ fn a_long_prompt_waits_for_a_prefill_worker_with_room_and_a_short_one_does_not()
                 let case = golden_case("chart_nothink");
                 collect(&mut client, golden_request(&case, 12)).await
             });
+            let vision = cluster.vision.vision.as_ref().unwrap();
             if waits {
-                // No decode worker may take it: it waits for the prefill worker's room.
+                // No decode worker may take it: it waits for the prefill worker's room, its
+                // image encoded meanwhile (the stuck prompt's waits for the prefill worker).
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 assert!(!second.is_finished(), "the long prompt did not wait");
+                assert_eq!(
+                    vision.stats().encoded,
+                    1,
+                    "its image was encoded while it waited"
+                );
                 gate.send(true).unwrap();
             }
             let (tokens, _, last) = tokio::time::timeout(Duration::from_secs(60), second)
@@ -758,6 +765,12 @@ fn a_long_prompt_waits_for_a_prefill_worker_with_room_and_a_short_one_does_not()
             let screen = golden_case("screen_grounding");
             assert_eq!(stuck.await.unwrap(), screen.greedy_tokens);
             cluster.wait_all_idle().await;
+            let stats = vision.stats();
+            assert_eq!(
+                (stats.encoded, stats.cache_hits),
+                (2, u64::from(waits)),
+                "each image encoded once; a prefetched one found in the cache"
+            );
         });
     }
 }

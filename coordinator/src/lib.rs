@@ -18,6 +18,7 @@ pub mod replay;
 pub mod server;
 pub mod split;
 pub mod validation;
+pub mod vision_assignment;
 pub mod workers;
 
 pub use server::{CoordinatorConfig, Listeners, serve};

@@ -1,6 +1,5 @@
-//! Job splitting: how one request becomes worker jobs. Each image goes to a vision worker (the
-//! one that encoded the same content before, whose cache then answers, while it is ready, else
-//! the least busy ready one), the prompt to a prefill worker whose keys and values go to a decode
+//! Job splitting: how one request becomes worker jobs. Each image goes to a vision worker
+//! ([`crate::vision_assignment`]), the prompt to a prefill worker whose keys and values go to a decode
 //! worker, or, below the disaggregation threshold or without decode workers, the whole job to a
 //! full or decode worker that prefills itself. Features and keys and values move between workers directly: the job
 //! names the vision worker and the decode worker, never the coordinator.
@@ -25,7 +24,7 @@
 //! worker has room or (with [`SplitPolicy::idle_decode_prefill`]) a decode worker has nothing to
 //! do, which then runs it whole. Long prompts are bound to a worker only when one can start them,
 //! so a decode worker left idle takes one rather than watching it queue behind others on a busy
-//! prefill worker.
+//! prefill worker; a waiting prompt's images are encoded on vision workers meanwhile.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +39,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
 use crate::prefix_affinity::{PrefixAffinity, PromptBlocks};
+use crate::vision_assignment::{VisionAssignment, peer_address};
 use crate::workers::{Busyness, WorkerLease, WorkerPool};
 
 /// Workers that run whole jobs (and decode after a transfer): full and decode workers.
@@ -49,9 +49,6 @@ const GENERATE_ROLES: [WorkerRole; 2] = [WorkerRole::Full, WorkerRole::Decode];
 /// full workers, which hold the prefill role too (decode workers only with
 /// [`SplitPolicy::prefill_fallback`]).
 const PREFILLING_ROLES: [WorkerRole; 1] = [WorkerRole::Full];
-
-/// Image contents remembered with the vision worker that encoded them, at most.
-const AFFINITY_ENTRIES: usize = 65_536;
 
 /// How often a prompt waiting for a prefill worker with room (or an idle decode worker) looks
 /// again.
@@ -120,8 +117,8 @@ pub struct Started {
 pub struct JobSplitter {
     workers: WorkerPool,
     policy: SplitPolicy,
-    /// Which vision worker encoded which image content.
-    affinity: Mutex<HashMap<[u8; 16], String>>,
+    /// Which vision worker encodes which image.
+    vision: VisionAssignment,
     /// Which prompt prefixes went to which worker.
     prefixes: PrefixAffinity,
     prefillers: Mutex<HashMap<String, PrefillerClient<Channel>>>,
@@ -135,9 +132,9 @@ impl JobSplitter {
     /// Splits over `workers` by `policy`.
     pub fn new(workers: WorkerPool, policy: SplitPolicy) -> Self {
         JobSplitter {
+            vision: VisionAssignment::new(workers.clone()),
             workers,
             policy,
-            affinity: Mutex::default(),
             prefixes: PrefixAffinity::default(),
             prefillers: Mutex::default(),
             next_transfer: AtomicU64::new(1),
@@ -194,7 +191,7 @@ impl JobSplitter {
         };
         let placement = if long && self.workers.has_role(WorkerRole::Decode) {
             Some(
-                self.place_long_prompt(excluded, prompt_tokens as u64, cached_tokens)
+                self.place_long_prompt(&job, excluded, prompt_tokens as u64, cached_tokens)
                     .await,
             )
         } else {
@@ -202,7 +199,7 @@ impl JobSplitter {
         };
         // An idle worker encodes the images no vision worker has seen itself.
         let fresh_images_here = matches!(placement, Some(Placement::Idle(_)));
-        let _vision = self.assign_vision_workers(&mut job, excluded, fresh_images_here);
+        let _vision = self.vision.assign(&mut job, excluded, fresh_images_here);
         let whole = match placement {
             None => pick(&GENERATE_ROLES).map_err(Failure::Final),
             Some(Placement::Split(prefill)) => {
@@ -230,9 +227,11 @@ impl JobSplitter {
     /// Where a prompt of `prompt_tokens` sent to disaggregation runs: on a ready prefill worker
     /// with room (the least loaded); else, if it is short enough and no longer prompt is
     /// waiting, on a decode worker at once; else on an idle decode worker if the policy lets one
-    /// take it; else, after waiting its turn, on whichever of the two comes first.
+    /// take it; else, after waiting its turn, on whichever of the two comes first, its images
+    /// encoded meanwhile.
     async fn place_long_prompt(
         &self,
+        job: &GenerateJob,
         excluded: &[String],
         prompt_tokens: u64,
         cached_tokens: impl Fn(&str) -> u64 + Copy,
@@ -245,6 +244,7 @@ impl JobSplitter {
             Err(_) if short => return Placement::Local,
             Err(_) => self.placement_turn.lock().await,
         };
+        let mut prefetched = false;
         loop {
             let prefill = self.workers.pick_where(
                 &[WorkerRole::Prefill],
@@ -269,6 +269,10 @@ impl JobSplitter {
                 )
             {
                 return Placement::Idle(idle);
+            }
+            if !prefetched {
+                self.vision.prefetch(job, excluded);
+                prefetched = true;
             }
             tokio::time::sleep(ROOM_POLL).await;
         }
@@ -332,58 +336,6 @@ impl JobSplitter {
         })
     }
 
-    /// Names a vision worker in each image of `job`: the one that encoded the same content
-    /// before while it is ready (a hung or silent one is passed over), else the least busy ready
-    /// one, unless `fresh_images_here`; with no vision worker ready (or not named), the image is
-    /// encoded where it is prefilled. The leases count the encodings against the workers until
-    /// the attempt ends.
-    fn assign_vision_workers(
-        &self,
-        job: &mut GenerateJob,
-        excluded: &[String],
-        fresh_images_here: bool,
-    ) -> Vec<WorkerLease> {
-        if !self.workers.has_role(WorkerRole::Vision) {
-            return Vec::new();
-        }
-        let mut leases = Vec::with_capacity(job.images.len());
-        let mut affinity = self.affinity.lock().unwrap_or_else(PoisonError::into_inner);
-        for input in &mut job.images {
-            let Some(hash) = input
-                .image
-                .as_ref()
-                .and_then(|image| <[u8; 16]>::try_from(&image.content_hash[..]).ok())
-            else {
-                continue;
-            };
-            let remembered = affinity
-                .get(&hash)
-                .filter(|address| {
-                    self.workers.is_ready(WorkerRole::Vision, address)
-                        && !excluded.contains(address)
-                })
-                .cloned();
-            let address = match remembered {
-                Some(address) => address,
-                None if fresh_images_here => continue,
-                None => match self.workers.pick_except(&[WorkerRole::Vision], excluded) {
-                    Ok(lease) => {
-                        let address = lease.address().to_string();
-                        leases.push(lease);
-                        address
-                    }
-                    Err(_) => continue,
-                },
-            };
-            input.vision_worker = peer_address(&address).to_string();
-            if affinity.len() >= AFFINITY_ENTRIES {
-                affinity.clear();
-            }
-            affinity.insert(hash, address);
-        }
-        leases
-    }
-
     /// The end of a request whose prompt of `prompt_tokens` tokens no prefill worker could take,
     /// `status` saying why.
     fn no_prefill_worker(&self, prompt_tokens: usize, status: &Status) -> Failure {
@@ -413,11 +365,6 @@ impl JobSplitter {
         clients.insert(address.to_string(), client.clone());
         Ok(client)
     }
-}
-
-/// The `host:port` of an `http://host:port` address, as workers name their peers.
-fn peer_address(address: &str) -> &str {
-    address.split_once("://").map_or(address, |(_, rest)| rest)
 }
 
 /// `job` with every image's content hash filled in, the key of the vision workers' caches.

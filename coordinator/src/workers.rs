@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use fovea_membership::{Members, WorkerRecord, role_name};
+use fovea_proto::worker::v1::vision_encoder_client::VisionEncoderClient;
 use fovea_proto::worker::v1::worker_client::WorkerClient;
 use fovea_proto::worker::v1::{AbortRequest, WorkerLoad, WorkerRole};
 use tokio::sync::watch;
@@ -33,6 +34,7 @@ use crate::load_watch::watch_load;
 /// A worker in the pool.
 struct Worker {
     record: WorkerRecord,
+    channel: Channel,
     client: WorkerClient<Channel>,
     /// This coordinator's jobs on the worker, by lease, and when the last one ended.
     in_flight: Mutex<InFlight>,
@@ -48,7 +50,7 @@ impl Worker {
         let channel = Endpoint::from_shared(record.address.clone())?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
-        let client = WorkerClient::new(channel)
+        let client = WorkerClient::new(channel.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let health = Arc::default();
@@ -59,6 +61,7 @@ impl Worker {
         ));
         Ok(Worker {
             record,
+            channel,
             client,
             in_flight: Mutex::default(),
             health,
@@ -441,6 +444,13 @@ impl WorkerLease {
         if let Some(job) = self.worker.in_flight().jobs.get_mut(&self.id) {
             job.prompt_computed_at.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// A client of the worker's `VisionEncoder` service (vision role), on the same connection.
+    pub fn vision_encoder(&self) -> VisionEncoderClient<Channel> {
+        VisionEncoderClient::new(self.worker.channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
     }
 
     /// The worker's id.
