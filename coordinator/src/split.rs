@@ -26,16 +26,12 @@
 //! so a decode worker left idle takes one rather than watching it queue behind others on a busy
 //! prefill worker; a waiting prompt's images are encoded on vision workers meanwhile.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use fovea_proto::image_content_hash;
 use fovea_proto::worker::FAILED_PEER_METADATA;
-use fovea_proto::worker::v1::prefiller_client::PrefillerClient;
 use fovea_proto::worker::v1::{GenerateEvent, GenerateJob, PrefillJob, WorkerRole};
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
 use crate::prefix_affinity::{PrefixAffinity, PromptBlocks};
@@ -121,7 +117,6 @@ pub struct JobSplitter {
     vision: VisionAssignment,
     /// Which prompt prefixes went to which worker.
     prefixes: PrefixAffinity,
-    prefillers: Mutex<HashMap<String, PrefillerClient<Channel>>>,
     next_transfer: AtomicU64,
     /// Held by the prompt that places itself next: prompts waiting for room go first come first
     /// served.
@@ -136,7 +131,6 @@ impl JobSplitter {
             workers,
             policy,
             prefixes: PrefixAffinity::default(),
-            prefillers: Mutex::default(),
             next_transfer: AtomicU64::new(1),
             placement_turn: tokio::sync::Mutex::default(),
         }
@@ -312,14 +306,9 @@ impl JobSplitter {
             decode_worker: peer_address(&decode_address).to_string(),
             transfer_id,
         };
-        let prefilled = match self.prefiller(&prefill_address) {
-            Ok(mut prefiller) => prefiller
-                .prefill(prefill_job)
-                .await
-                .map_err(|status| Failure::of_lease(&prefill, status)),
-            Err(status) => Err(Failure::Final(status)),
-        };
-        if let Err(failure) = prefilled {
+        let prefilled = prefill.prefiller().prefill(prefill_job).await;
+        if let Err(status) = prefilled {
+            let failure = Failure::of_lease(&prefill, status);
             // Free the decode job's blocks (and its request id) before anything is retried.
             drop(events);
             decode.abort(&request_id).await;
@@ -346,24 +335,6 @@ impl JobSplitter {
             self.policy.disagg_min_prompt_tokens,
             status.message()
         )))
-    }
-
-    fn prefiller(&self, address: &str) -> Result<PrefillerClient<Channel>, Status> {
-        let mut clients = self
-            .prefillers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(client) = clients.get(address) {
-            return Ok(client.clone());
-        }
-        let channel = Endpoint::from_shared(address.to_string())
-            .map_err(|e| Status::internal(format!("bad prefill worker address {address:?}: {e}")))?
-            .connect_lazy();
-        let client = PrefillerClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
-        clients.insert(address.to_string(), client.clone());
-        Ok(client)
     }
 }
 

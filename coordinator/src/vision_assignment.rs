@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use fovea_proto::worker::v1::{GenerateJob, VisionJob, WorkerRole};
+use fovea_proto::worker::v1::{EncodedImage, GenerateJob, VisionJob, WorkerRole};
 
 use crate::workers::{WorkerLease, WorkerPool};
 
@@ -46,7 +46,7 @@ impl VisionAssignment {
         let mut leases = Vec::with_capacity(job.images.len());
         let mut affinity = self.affinity();
         for input in &mut job.images {
-            let Some(hash) = content_hash(input.image.as_ref()) else {
+            let Some(hash) = input.image.as_ref().and_then(content_hash) else {
                 continue;
             };
             let address = match self.remembered(&affinity, &hash, excluded) {
@@ -76,10 +76,11 @@ impl VisionAssignment {
         }
         let mut affinity = self.affinity();
         for input in &job.images {
-            let Some(image) = input.image.as_ref() else {
-                continue;
-            };
-            let Some(hash) = content_hash(Some(image)) else {
+            let Some((image, hash)) = input
+                .image
+                .as_ref()
+                .and_then(|image| Some((image, content_hash(image)?)))
+            else {
                 continue;
             };
             if image.data.is_empty() || self.remembered(&affinity, &hash, excluded).is_some() {
@@ -123,8 +124,8 @@ impl VisionAssignment {
 }
 
 /// An image's content hash, when set.
-fn content_hash(image: Option<&fovea_proto::worker::v1::EncodedImage>) -> Option<[u8; 16]> {
-    <[u8; 16]>::try_from(&image?.content_hash[..]).ok()
+fn content_hash(image: &EncodedImage) -> Option<[u8; 16]> {
+    <[u8; 16]>::try_from(&image.content_hash[..]).ok()
 }
 
 fn remember(affinity: &mut HashMap<[u8; 16], String>, hash: [u8; 16], address: String) {

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use fovea_membership::{Members, WorkerRecord, role_name};
+use fovea_proto::worker::v1::prefiller_client::PrefillerClient;
 use fovea_proto::worker::v1::vision_encoder_client::VisionEncoderClient;
 use fovea_proto::worker::v1::worker_client::WorkerClient;
 use fovea_proto::worker::v1::{AbortRequest, WorkerLoad, WorkerRole};
@@ -31,12 +32,16 @@ use tonic::transport::{Channel, Endpoint};
 use crate::health::{HealthPolicy, WorkerHealth};
 use crate::load_watch::watch_load;
 
+/// Largest message sent to or accepted from a worker (jobs carry image data).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// A worker in the pool.
 struct Worker {
     record: WorkerRecord,
     channel: Channel,
     client: WorkerClient<Channel>,
-    /// This coordinator's jobs on the worker, by lease, and when the last one ended.
+    /// This coordinator's jobs on the worker: in flight, by lease, and ended ones its last load
+    /// report may still count.
     in_flight: Mutex<InFlight>,
     health: Arc<Mutex<WorkerHealth>>,
     /// Reads the worker's load reports into `health` (every role reports its load, the vision
@@ -51,8 +56,8 @@ impl Worker {
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
         let client = WorkerClient::new(channel.clone())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let health = Arc::default();
         let load_stream = tokio::spawn(watch_load(
             record.id.clone(),
@@ -449,8 +454,15 @@ impl WorkerLease {
     /// A client of the worker's `VisionEncoder` service (vision role), on the same connection.
     pub fn vision_encoder(&self) -> VisionEncoderClient<Channel> {
         VisionEncoderClient::new(self.worker.channel.clone())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// A client of the worker's `Prefiller` service (prefill role), on the same connection.
+    pub fn prefiller(&self) -> PrefillerClient<Channel> {
+        PrefillerClient::new(self.worker.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The worker's id.
